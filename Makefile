@@ -1,0 +1,94 @@
+# weave - build, test, demo, bench.  `make` builds everything into build/.
+LUA      ?= lua5.4
+CC       ?= cc
+PREFIX   ?= /usr/local
+CFLAGS   ?= -O2 -g
+STRICT   ?= 0
+PKGS     := lua5.4 libuv
+DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
+UVLIBS   := $(shell pkg-config --libs libuv 2>/dev/null || echo -luv)
+WARN     := -Wall -Wextra $(if $(filter 1,$(STRICT)),-Werror)
+XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
+B        ?= build
+
+SRC      := error.c future.c loop.c module.c scope.c task.c timer.c
+OBJ      := $(SRC:%.c=$(B)/obj/%.o)
+LUASRC   := $(sort $(wildcard lua/weave/*.lua))
+# lua/weave/init.lua -> weave, lua/weave/x.lua -> weave.x
+LUAMODS  := $(foreach f,$(LUASRC),$(if $(filter init.lua,$(notdir $(f))),weave,weave.$(basename $(notdir $(f))))=$(f))
+
+TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
+            LUA_CPATH="$(CURDIR)/$(B)/?.so;;"
+
+.PHONY: all deps test asan demo bench install clean format check-format
+
+all: $(B)/weave.so $(B)/libweave.a $(B)/weave
+
+$(B)/obj/%.o: csrc/%.c csrc/internal.h csrc/weave.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(XCFLAGS) -c $< -o $@
+
+$(B)/weave.so: $(OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -shared -o $@ $(OBJ) $(UVLIBS) $(LDFLAGS)
+
+$(B)/gen/luasrc.c: $(LUASRC) tools/embed.lua
+	@mkdir -p $(dir $@)
+	$(LUA) tools/embed.lua $@ $(LUAMODS)
+
+$(B)/obj/luasrc.o: $(B)/gen/luasrc.c
+	$(CC) $(CFLAGS) $(XCFLAGS) -c $< -o $@
+
+$(B)/libweave.a: $(OBJ) $(B)/obj/embed.o $(B)/obj/luasrc.o
+	rm -f $@
+	ar rcs $@ $^
+
+$(B)/weave: csrc/main.c $(B)/libweave.a
+	$(CC) $(CFLAGS) $(XCFLAGS) -o $@ csrc/main.c $(B)/libweave.a \
+	  $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) $(UVLIBS) -lm -ldl $(LDFLAGS)
+
+# Install missing Debian packages when root (prints what is missing otherwise).
+deps:
+	@sh tools/deps.sh
+
+test: deps all
+	@$(TEST_ENV) WEAVE_BIN="$(CURDIR)/$(B)/weave" sh spec/run.sh
+
+# The suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+asan: deps
+	$(MAKE) B=build-asan STRICT=$(STRICT) \
+	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" all
+	@LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=23" \
+	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/support/lsan.supp:print_suppressions=0" \
+	  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+	  $(MAKE) --no-print-directory B=build-asan test-only
+
+.PHONY: test-only
+test-only:
+	@$(TEST_ENV) WEAVE_BIN="$(CURDIR)/$(B)/weave" sh spec/run.sh
+
+demo: deps all
+	@$(TEST_ENV) $(LUA) examples/demo.lua
+
+bench: deps all
+	@$(TEST_ENV) sh bench/run.sh
+
+format:
+	clang-format -i csrc/*.c csrc/*.h
+
+check-format:
+	clang-format --dry-run --Werror csrc/*.c csrc/*.h
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/weave $(DESTDIR)$(PREFIX)/share/lua/5.4/weave \
+	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(B)/weave.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/weave/core.so
+	install -m 644 $(LUASRC) $(DESTDIR)$(PREFIX)/share/lua/5.4/weave/
+	install -m 644 csrc/weave.h $(DESTDIR)$(PREFIX)/include/weave.h
+	install -m 644 $(B)/libweave.a $(DESTDIR)$(PREFIX)/lib/libweave.a
+	install -m 755 $(B)/weave $(DESTDIR)$(PREFIX)/bin/weave
+
+clean:
+	rm -rf build build-asan

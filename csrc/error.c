@@ -1,0 +1,94 @@
+/*
+** error.c - weave's error objects.
+** One shape for every kind: a table {kind=, message=, ...} with the
+** metatable "weave.Error", so errors compose with pcall, gather and group
+** and still print well.
+*/
+#include <string.h>
+
+#include "internal.h"
+
+/* Push a new error object of `kind` with `message` (stack: +1). */
+void weave__newerror(lua_State *L, const char *kind, const char *msg) {
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  lua_pushstring(L, msg);
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, WV_ERROR_MT);
+}
+
+/* Is the value at idx a weave error (of `kind`, when not NULL)? */
+int weave__iserror(lua_State *L, int idx, const char *kind) {
+  int ok = 0;
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
+  luaL_getmetatable(L, WV_ERROR_MT);
+  ok = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  if (ok && kind != NULL) {
+    lua_getfield(L, idx, "kind");
+    ok = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), kind) == 0;
+    lua_pop(L, 1);
+  }
+  return ok;
+}
+
+/* core.error(kind, message [, fields]) -> error object */
+static int l_error(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const char *msg = luaL_optstring(L, 2, kind);
+  weave__newerror(L, kind, msg);
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
+  }
+  return 1;
+}
+
+/* core.iserror(v [, kind]) -> boolean */
+static int l_iserror(lua_State *L) {
+  lua_pushboolean(L, weave__iserror(L, 1, luaL_optstring(L, 2, NULL)));
+  return 1;
+}
+
+/* tostring(err): "kind: message" plus the url when there is one. */
+static int error_tostring(lua_State *L) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  lua_getfield(L, 1, "kind");
+  luaL_addvalue(&b);
+  luaL_addstring(&b, ": ");
+  lua_getfield(L, 1, "message");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "(no message)");
+  }
+  luaL_tolstring(L, -1, NULL);
+  lua_remove(L, -2);
+  luaL_addvalue(&b);
+  lua_getfield(L, 1, "url");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    luaL_addstring(&b, " (");
+    luaL_addvalue(&b);
+    luaL_addstring(&b, ")");
+  } else {
+    lua_pop(L, 1);
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+void weave__errorlib(lua_State *L) {
+  static const luaL_Reg meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"error", l_error}, {"iserror", l_iserror}, {NULL, NULL}};
+  luaL_newmetatable(L, WV_ERROR_MT);
+  luaL_setfuncs(L, meta, 0);
+  lua_pushliteral(L, "weave.Error");
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, fns, 0); /* into the module table on top */
+}

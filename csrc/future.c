@@ -1,0 +1,335 @@
+/*
+** future.c - Future and the part of Task it shares: states, waiters,
+** settling, await and the observer methods.
+**
+** A Future keeps its values in a table in user value 1 ({v1, ..., vn} with
+** the count in nvals); a Task keeps them on its finished coroutine's stack,
+** so settling a task allocates nothing.
+*/
+#include <string.h>
+
+#include "internal.h"
+
+#define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
+
+wv_fut *weave__testfut(lua_State *L, int idx) {
+  void *p = luaL_testudata(L, idx, WV_TASK_MT);
+  if (p == NULL) p = luaL_testudata(L, idx, WV_FUTURE_MT);
+  return p;
+}
+
+wv_fut *weave__checkfut(lua_State *L, int idx, const char *fname) {
+  wv_fut *f = weave__testfut(L, idx);
+  if (f == NULL)
+    luaL_error(L, "%s: expected a Task or Future, got %s", fname, luaL_typename(L, idx));
+  return f;
+}
+
+/* Push the "extra" table of the Future/Task at idx, creating it. */
+void weave__pushextra(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_getiuservalue(L, idx, 2) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, idx, 2);
+  }
+}
+
+/* Push the values of a resolved f (userdata at idx); returns their count. */
+int weave__pushvalues(lua_State *L, wv_fut *f, int idx) {
+  int i, n = f->nvals;
+  luaL_checkstack(L, n + 1, "too many results");
+  if (f->kind == WV_KTASK) {
+    lua_State *co = ((wv_task *)f)->co;
+    luaL_checkstack(co, n, "too many results");
+    for (i = 1; i <= n; i++) lua_pushvalue(co, i);
+    lua_xmove(co, L, n);
+  } else {
+    lua_getiuservalue(L, idx, 1);
+    for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+    lua_remove(L, -n - 1);
+  }
+  return n;
+}
+
+/* Push the error of a failed or cancelled f (userdata at idx). */
+void weave__pusherror(lua_State *L, wv_fut *f, int idx) {
+  if (f->kind == WV_KTASK) {
+    lua_State *co = ((wv_task *)f)->co;
+    lua_pushvalue(co, 1);
+    lua_xmove(co, L, 1);
+  } else {
+    lua_getiuservalue(L, idx, 1);
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
+}
+
+/* f (userdata at idx of L) has just settled: wake its waiters in order and
+** queue its on_done callbacks for the next turn. */
+void weave__settled(lua_State *L, wv_rt *rt, wv_fut *f, int idx) {
+  while (f->whead != NULL) {
+    wv_task *t = f->whead;
+    f->whead = t->wnext;
+    t->wprev = t->wnext = NULL;
+    t->waiting = NULL;
+    weave__wake(rt, t, WV_WAKE_OK);
+  }
+  f->wtail = NULL;
+  if (f->hascbs) {
+    if (f->ref == LUA_NOREF) {
+      lua_pushvalue(L, idx);
+      f->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    weave__queuecbs(rt, f);
+  }
+}
+
+/* Return f's values or raise its error, marking the outcome observed. */
+static int outcome(lua_State *L, wv_fut *f, int idx) {
+  f->observed = 1;
+  if (f->state == WV_RESOLVED) return weave__pushvalues(L, f, idx);
+  weave__pusherror(L, f, idx);
+  return lua_error(L);
+}
+
+static void await_unblock(wv_rt *rt, wv_task *t) {
+  wv_fut *f = t->waiting;
+  (void)rt;
+  if (f == NULL) return;
+  if (t->wprev)
+    t->wprev->wnext = t->wnext;
+  else
+    f->whead = t->wnext;
+  if (t->wnext)
+    t->wnext->wprev = t->wprev;
+  else
+    f->wtail = t->wprev;
+  t->wprev = t->wnext = NULL;
+  t->waiting = NULL;
+}
+
+static int await_k(lua_State *L, int status, lua_KContext ctx) {
+  wv_rt *rt = (wv_rt *)ctx;
+  wv_fut *f = lua_touserdata(L, 1);
+  (void)status;
+  if (rt->current->wake == WV_WAKE_CANCEL) weave__checkcancel(L, rt->current);
+  return outcome(L, f, 1);
+}
+
+/* weave.await(x) / x:await(): suspend until x settles. */
+static int l_await(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_fut *f = weave__checkfut(L, 1, "weave.await");
+  wv_task *t;
+  lua_settop(L, 1);
+  if (!weave__incontext(L, rt, "weave.await")) return weave__blocking(L, l_await);
+  t = rt->current;
+  weave__checkcancel(L, t);
+  if (f->state != WV_PENDING) return outcome(L, f, 1);
+  if (f == &t->f) return luaL_error(L, "weave.await: a task cannot await itself");
+  t->wnext = NULL;
+  t->wprev = f->wtail;
+  if (f->wtail)
+    f->wtail->wnext = t;
+  else
+    f->whead = t;
+  f->wtail = t;
+  t->waiting = f;
+  return weave__suspend(L, rt, t, await_unblock, await_k, (lua_KContext)rt);
+}
+
+/* core.isawaitable(x) -> is x a Task or a Future? */
+static int l_isawaitable(lua_State *L) {
+  lua_pushboolean(L, weave__testfut(L, 1) != NULL);
+  return 1;
+}
+
+/* weave.future() -> a pending Future */
+static int l_future(lua_State *L) {
+  wv_fut *f = lua_newuserdatauv(L, sizeof *f, 2);
+  memset(f, 0, sizeof *f);
+  f->kind = WV_KFUTURE;
+  f->ref = LUA_NOREF;
+  luaL_setmetatable(L, WV_FUTURE_MT);
+  return 1;
+}
+
+static wv_fut *checkfuture(lua_State *L, const char *fname) {
+  wv_fut *f = luaL_testudata(L, 1, WV_FUTURE_MT);
+  if (f == NULL) luaL_error(L, "%s: expected a Future as self (use f:%s)", fname, fname + 7);
+  return f;
+}
+
+static void settle(lua_State *L, wv_fut *f, int state, int first, int n, const char *fname) {
+  int i;
+  if (f->state != WV_PENDING) luaL_error(L, "%s: the future is already settled", fname);
+  lua_createtable(L, n, 0);
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, first + i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setiuservalue(L, 1, 1);
+  f->nvals = state == WV_RESOLVED ? n : 0;
+  f->state = (unsigned char)state;
+  weave__settled(L, getrt(L), f, 1);
+}
+
+/* f:resolve(...): every value kept, nils included. */
+static int f_resolve(lua_State *L) {
+  wv_fut *f = checkfuture(L, "Future:resolve");
+  settle(L, f, WV_RESOLVED, 2, lua_gettop(L) - 1, "Future:resolve");
+  return 0;
+}
+
+/* f:reject(err) */
+static int f_reject(lua_State *L) {
+  wv_fut *f = checkfuture(L, "Future:reject");
+  if (lua_isnoneornil(L, 2)) return luaL_error(L, "Future:reject: expected an error value, got nil");
+  settle(L, f, WV_REJECTED, 2, 1, "Future:reject");
+  return 0;
+}
+
+static int m_done(lua_State *L) {
+  lua_pushboolean(L, weave__checkfut(L, 1, "done")->state != WV_PENDING);
+  return 1;
+}
+
+static int m_cancelled(lua_State *L) {
+  lua_pushboolean(L, weave__checkfut(L, 1, "cancelled")->state == WV_CANCELLED);
+  return 1;
+}
+
+static int m_result(lua_State *L) {
+  wv_fut *f = weave__checkfut(L, 1, "result");
+  if (f->state == WV_PENDING) return luaL_error(L, "result: not done yet (await it first)");
+  return outcome(L, f, 1);
+}
+
+static int m_error(lua_State *L) {
+  wv_fut *f = weave__checkfut(L, 1, "error");
+  if (f->state == WV_PENDING || f->state == WV_RESOLVED) return 0;
+  f->observed = 1;
+  weave__pusherror(L, f, 1);
+  return 1;
+}
+
+static int m_cancel(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_fut *f = weave__checkfut(L, 1, "cancel");
+  if (f->kind == WV_KTASK) {
+    lua_pushboolean(L, weave__cancel(L, rt, (wv_task *)f, 2));
+    return 1;
+  }
+  if (f->state != WV_PENDING) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  weave__newerror(L, "cancelled", lua_isnoneornil(L, 2) ? "future cancelled" : luaL_tolstring(L, 2, NULL));
+  settle(L, f, WV_CANCELLED, lua_gettop(L), 1, "cancel");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* x:on_done(cb): cb(x) runs on a later loop turn, once. */
+static int m_on_done(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_fut *f = weave__checkfut(L, 1, "on_done");
+  int t2 = lua_type(L, 2);
+  if (t2 != LUA_TFUNCTION && !(t2 != LUA_TNIL && luaL_getmetafield(L, 2, "__call") != LUA_TNIL))
+    return luaL_error(L, "on_done: expected a function, got %s", luaL_typename(L, 2));
+  lua_settop(L, 2);
+  weave__pushextra(L, 1);
+  if (lua_getfield(L, -1, "cbs") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "cbs");
+  }
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  f->hascbs = 1;
+  f->observed = 1;
+  if (f->state != WV_PENDING) weave__settled(L, rt, f, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static const char *statename(wv_fut *f) {
+  static const char *const names[] = {"pending", "resolved", "failed", "cancelled"};
+  return names[f->state];
+}
+
+static int f_tostring(lua_State *L) {
+  wv_fut *f = weave__checkfut(L, 1, "tostring");
+  lua_pushfstring(L, "weave.Future (%s): %p", statename(f), (void *)f);
+  return 1;
+}
+
+static int t_tostring(lua_State *L) {
+  wv_fut *f = weave__checkfut(L, 1, "tostring");
+  lua_getfield(L, 1, "name");
+  lua_pushfstring(L, "weave.Task '%s' (%s)", lua_tostring(L, -1), statename(f));
+  return 1;
+}
+
+/* Task.__index: the name field, then the methods (upvalue 1). */
+static int t_index(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  if (k != NULL && strcmp(k, "name") == 0) {
+    wv_task *t = lua_touserdata(L, 1);
+    if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE && lua_getfield(L, -1, "name") == LUA_TSTRING)
+      return 1;
+    lua_pushfstring(L, "task-%d", (int)t->id);
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+/* t:traceback(): traceback of a failed task, else nil. */
+static int t_traceback(lua_State *L) {
+  wv_task *t = weave__checktask(L, 1, "Task:traceback");
+  if (t->f.state != WV_REJECTED || lua_gettop(t->co) < 2) return 0;
+  lua_pushvalue(t->co, 2);
+  lua_xmove(t->co, L, 1);
+  return 1;
+}
+
+void weave__futlib(lua_State *L, wv_rt *rt) {
+  static const luaL_Reg common[] = {{"await", l_await},     {"done", m_done},   {"cancelled", m_cancelled},
+                                    {"result", m_result},   {"error", m_error}, {"cancel", m_cancel},
+                                    {"on_done", m_on_done}, {NULL, NULL}};
+  static const luaL_Reg futonly[] = {{"resolve", f_resolve}, {"reject", f_reject}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"await", l_await}, {"future", l_future}, {"isawaitable", l_isawaitable}, {NULL, NULL}};
+
+  /* Future */
+  luaL_newmetatable(L, WV_FUTURE_MT);
+  lua_newtable(L);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, common, 1);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, futonly, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, f_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+
+  /* Task */
+  luaL_newmetatable(L, WV_TASK_MT);
+  lua_newtable(L);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, common, 1);
+  lua_pushcfunction(L, t_traceback);
+  lua_setfield(L, -2, "traceback");
+  lua_pushcclosure(L, t_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, t_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, fns, 1);
+}

@@ -1,0 +1,183 @@
+/*
+** internal.h - types and prototypes shared by the weave core.
+** Nothing here is installed; the public surface is weave.h.
+*/
+#ifndef WEAVE_INTERNAL_H
+#define WEAVE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <uv.h>
+
+#include "weave.h"
+
+#define WV_TASK_MT   "weave.Task"
+#define WV_FUTURE_MT "weave.Future"
+#define WV_ERROR_MT  "weave.Error"
+
+/* Lua 5.4.6 renamed lua_resetthread and gave it a `from` argument. */
+#if LUA_VERSION_RELEASE_NUM >= 50406
+#define wv_closethread(co, from) lua_closethread(co, from)
+#else
+#define wv_closethread(co, from) ((void)(from), lua_resetthread(co))
+#endif
+
+typedef struct wv_rt wv_rt;
+typedef struct wv_fut wv_fut;
+typedef struct wv_task wv_task;
+typedef struct wv_timer wv_timer;
+typedef struct wv_scope wv_scope;
+
+/* A timer entry lives inside the object it belongs to (a sleeping task, a
+** scope deadline) and sits in the runtime's binary heap while armed. */
+typedef void (*wv_timer_cb)(wv_rt *rt, wv_timer *tm);
+struct wv_timer {
+  uint64_t when; /* uv_hrtime() deadline, ns */
+  uint64_t seq;  /* insertion order: equal deadlines fire FIFO */
+  int idx;       /* heap slot, -1 when not armed */
+  wv_timer_cb cb;
+};
+
+enum { WV_PENDING, WV_RESOLVED, WV_REJECTED, WV_CANCELLED };
+enum { WV_KFUTURE, WV_KTASK };
+
+/* The part shared by Futures and Tasks.  Tasks waiting on it form a doubly
+** linked list through wv_task.wprev/wnext so a cancelled waiter leaves in
+** O(1).  Userdata slots: 1 = values (table for a Future, the coroutine for a
+** Task), 2 = the lazily created "extra" table (name, callbacks, message). */
+struct wv_fut {
+  unsigned char kind;     /* WV_KFUTURE / WV_KTASK */
+  unsigned char state;    /* WV_PENDING ... */
+  unsigned char observed; /* someone looked at the outcome */
+  unsigned char cbqueued; /* in the runtime's callback queue */
+  unsigned char hascbs;   /* on_done callbacks registered */
+  unsigned char reported; /* unhandled failure already reported */
+  int nvals;              /* number of values when resolved */
+  int ref;                /* registry anchor while callbacks are queued */
+  wv_task *whead, *wtail; /* tasks awaiting this */
+  wv_fut *cbnext;         /* callback queue link */
+};
+
+/* Why a blocked task was woken. */
+enum { WV_WAKE_OK, WV_WAKE_CANCEL };
+
+/* Task lifecycle. */
+enum { WV_TNEW, WV_TREADY, WV_TRUNNING, WV_TBLOCKED, WV_TDONE };
+
+/* A cancel scope.  The task's own (root) scope is the task's `cancelled`
+** flag; nested scopes (timeouts, shields) are chained through `parent`.  A
+** shield stops the walk: cancellations of scopes outside it do not reach. */
+struct wv_scope {
+  wv_scope *parent;
+  wv_task *task;
+  wv_timer deadline;
+  unsigned char cancelled, shield, expired, active;
+  int id;
+};
+
+/* Hook that detaches a blocked task from what it waits on (cancel path). */
+typedef void (*wv_unblock_fn)(wv_rt *rt, wv_task *t);
+
+struct wv_task {
+  wv_fut f; /* must be first: a Task is a Future */
+  lua_State *co;
+  wv_task *rnext;          /* ready queue */
+  wv_task *lprev, *lnext;  /* live list */
+  wv_task *wprev, *wnext;  /* waiters list of `waiting` */
+  wv_fut *waiting;         /* future awaited, if any */
+  wv_unblock_fn unblock;   /* detach hook while blocked */
+  wv_scope *scope;         /* innermost nested scope, NULL: root only */
+  wv_timer tm;             /* sleep */
+  unsigned id;
+  int ref;                 /* registry anchor while alive */
+  int nargs;               /* arguments for the first resume */
+  unsigned char status;    /* WV_TNEW ... */
+  unsigned char wake;      /* WV_WAKE_* of the last wake-up */
+  unsigned char cancelled; /* root scope cancelled (level-triggered) */
+  unsigned char interrupt; /* cancelled by SIGINT */
+  unsigned char hasname;
+};
+
+struct wv_rt {
+  lua_State *L; /* main thread */
+  uv_loop_t *loop;
+  int ownloop;
+  int running;          /* inside run or step */
+  int closing;          /* weave_close in progress */
+  wv_task *current;     /* task being resumed */
+  wv_task *root;        /* root task of the active run */
+  wv_task *rhead, *rtail; /* ready queue */
+  int nready;
+  wv_fut *cbhead, *cbtail; /* futures with on_done callbacks to run */
+  int ntasks;           /* live tasks */
+  wv_task *live;        /* live list head */
+  int deadlock;         /* the run loop found nothing left to wake the root */
+  unsigned nextid;
+  /* timer heap */
+  wv_timer **heap;
+  int nheap, capheap;
+  uint64_t tseq;
+  int nextscope;
+  /* libuv handles, malloc'ed, freed in their close callbacks */
+  uv_idle_t *idle;
+  uv_timer_t *timer;
+  uv_signal_t *sigint;
+  int sigcount;
+  int idleon;
+};
+
+/* loop.c */
+wv_rt *weave__rt(lua_State *L);
+void weave__ready(wv_rt *rt, wv_task *t);
+void weave__drain(wv_rt *rt);
+int weave__runloop(lua_State *L, wv_rt *rt, wv_fut *until);
+int weave__blocking(lua_State *L, lua_CFunction fn);
+int weave__incontext(lua_State *L, wv_rt *rt, const char *fname);
+void weave__report(wv_rt *rt, int errindex, int taskindex);
+void weave__queuecbs(wv_rt *rt, wv_fut *f);
+void weave__notefailure(lua_State *L);
+void weave__close(wv_rt *rt);
+int weave__newrt(lua_State *L, uv_loop_t *loop);
+void weave__looplib(lua_State *L, wv_rt *rt);
+
+/* future.c */
+wv_fut *weave__testfut(lua_State *L, int idx);
+wv_fut *weave__checkfut(lua_State *L, int idx, const char *fname);
+void weave__settled(lua_State *L, wv_rt *rt, wv_fut *f, int idx);
+int weave__pushvalues(lua_State *L, wv_fut *f, int idx);
+void weave__pusherror(lua_State *L, wv_fut *f, int idx);
+void weave__pushextra(lua_State *L, int idx);
+void weave__futlib(lua_State *L, wv_rt *rt);
+
+/* task.c */
+wv_task *weave__checktask(lua_State *L, int idx, const char *fname);
+int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs);
+void weave__resume(wv_rt *rt, wv_task *t);
+int weave__suspend(lua_State *L, wv_rt *rt, wv_task *t, wv_unblock_fn fn,
+                   lua_KFunction k, lua_KContext ctx);
+void weave__wake(wv_rt *rt, wv_task *t, int why);
+int weave__checkcancel(lua_State *L, wv_task *t);
+void weave__deliver(wv_rt *rt, wv_task *t);
+int weave__cancel(lua_State *L, wv_rt *rt, wv_task *t, int msgidx);
+wv_scope *weave__cancelled_scope(wv_task *t);
+void weave__tasklib(lua_State *L, wv_rt *rt);
+
+/* timer.c */
+void weave__timer_start(wv_rt *rt, wv_timer *tm, uint64_t when);
+void weave__timer_stop(wv_rt *rt, wv_timer *tm);
+void weave__timer_arm(wv_rt *rt);
+double weave__now(void);
+void weave__timerlib(lua_State *L, wv_rt *rt);
+
+/* error.c */
+void weave__newerror(lua_State *L, const char *kind, const char *msg);
+int weave__iserror(lua_State *L, int idx, const char *kind);
+void weave__errorlib(lua_State *L);
+
+/* scope.c */
+void weave__scopelib(lua_State *L, wv_rt *rt);
+
+#endif

@@ -1,0 +1,451 @@
+/*
+** loop.c - the runtime: owns or borrows the uv loop, keeps the ready queue,
+** drains it on a loop turn, runs the root task, reaps leftovers and reports
+** failures nobody looked at.
+**
+** Ready tasks are resumed from a uv_idle_t callback (active only while the
+** queue is non-empty, so the loop never blocks with work pending), always
+** from the main thread, never from inside another coroutine's C frame.
+*/
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static const char RTKEY = 'r';     /* registry: the runtime userdata */
+static const char FAILKEY = 'f';   /* registry: failed tasks not yet checked */
+static const char HANDLERKEY = 'h'; /* registry: on_unhandled function */
+
+wv_rt *weave__rt(lua_State *L) {
+  wv_rt *rt;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &RTKEY);
+  rt = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return rt;
+}
+
+static void on_idle(uv_idle_t *h) { weave__drain(h->data); }
+
+static void kick(wv_rt *rt) {
+  if (!rt->idleon && rt->idle != NULL) {
+    uv_idle_start(rt->idle, on_idle);
+    rt->idleon = 1;
+  }
+}
+
+/* Append t to the ready queue (FIFO). */
+void weave__ready(wv_rt *rt, wv_task *t) {
+  t->status = t->status == WV_TNEW ? WV_TNEW : WV_TREADY;
+  t->rnext = NULL;
+  if (rt->rtail)
+    rt->rtail->rnext = t;
+  else
+    rt->rhead = t;
+  rt->rtail = t;
+  rt->nready++;
+  kick(rt);
+}
+
+/* Queue f's on_done callbacks for the next drain. */
+void weave__queuecbs(wv_rt *rt, wv_fut *f) {
+  if (f->cbqueued) return;
+  f->cbqueued = 1;
+  f->cbnext = NULL;
+  if (rt->cbtail)
+    rt->cbtail->cbnext = f;
+  else
+    rt->cbhead = f;
+  rt->cbtail = f;
+  kick(rt);
+}
+
+/* Report an error nobody handled: on_unhandled(err, task) or stderr.
+** errindex/taskindex are stack slots of rt->L (taskindex 0: none). */
+void weave__report(wv_rt *rt, int errindex, int taskindex) {
+  lua_State *L = rt->L;
+  errindex = lua_absindex(L, errindex);
+  if (taskindex) taskindex = lua_absindex(L, taskindex);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HANDLERKEY);
+  if (!lua_isnil(L, -1)) {
+    lua_pushvalue(L, errindex);
+    if (taskindex)
+      lua_pushvalue(L, taskindex);
+    else
+      lua_pushnil(L);
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK) return;
+    fprintf(stderr, "weave: error in on_unhandled handler: %s\n", luaL_tolstring(L, -1, NULL));
+    lua_pop(L, 2);
+    return;
+  }
+  lua_pop(L, 1);
+  if (taskindex) {
+    wv_task *t = lua_touserdata(L, taskindex);
+    lua_getfield(L, taskindex, "name");
+    fprintf(stderr, "weave: unhandled error in task '%s':\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (t->co != NULL && lua_gettop(t->co) >= 2 && lua_type(t->co, 2) == LUA_TSTRING) {
+      fprintf(stderr, "%s\n", lua_tostring(t->co, 2));
+      fflush(stderr);
+      return;
+    }
+  } else {
+    fprintf(stderr, "weave: unhandled error in callback:\n");
+  }
+  fprintf(stderr, "%s\n", luaL_tolstring(L, errindex, NULL));
+  fflush(stderr);
+  lua_pop(L, 1);
+}
+
+/* Remember a failed task so an unobserved failure is reported at the end of
+** run (stack: task on top of L, kept). */
+void weave__notefailure(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &FAILKEY);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  lua_pop(L, 1);
+}
+
+/* Report every failed task that nobody observed, once. */
+static void report_failures(wv_rt *rt) {
+  lua_State *L = rt->L;
+  lua_Integer i, n;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &FAILKEY);
+  n = (lua_Integer)lua_rawlen(L, -1);
+  if (n == 0) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &FAILKEY);
+  for (i = 1; i <= n; i++) {
+    wv_fut *f;
+    lua_rawgeti(L, -1, i);
+    f = lua_touserdata(L, -1);
+    if (!f->observed && !f->reported) {
+      f->reported = 1;
+      weave__pusherror(L, f, lua_gettop(L));
+      weave__report(rt, -1, -2);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+static void run_callbacks(wv_rt *rt, wv_fut *f) {
+  lua_State *L = rt->L;
+  lua_Integer i, n;
+  int fi;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, f->ref);
+  fi = lua_gettop(L);
+  f->cbqueued = 0;
+  f->hascbs = 0;
+  if (f->kind == WV_KFUTURE || ((wv_task *)f)->status == WV_TDONE) {
+    luaL_unref(L, LUA_REGISTRYINDEX, f->ref);
+    f->ref = LUA_NOREF;
+  }
+  weave__pushextra(L, fi);
+  lua_getfield(L, -1, "cbs");
+  lua_pushnil(L);
+  lua_setfield(L, -3, "cbs");
+  n = lua_istable(L, -1) ? (lua_Integer)lua_rawlen(L, -1) : 0;
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    lua_pushvalue(L, fi);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      weave__report(rt, -1, 0);
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, fi - 1);
+}
+
+/* One drain: resume the tasks that were ready when it began (later arrivals
+** wait for the next turn, so I/O is polled between rounds), then run the
+** queued on_done callbacks. */
+void weave__drain(wv_rt *rt) {
+  int n = rt->nready;
+  wv_fut *cb;
+  rt->running++;
+  lua_checkstack(rt->L, 8);
+  while (n-- > 0 && rt->rhead != NULL) {
+    wv_task *t = rt->rhead;
+    rt->rhead = t->rnext;
+    if (rt->rhead == NULL) rt->rtail = NULL;
+    rt->nready--;
+    t->rnext = NULL;
+    weave__resume(rt, t);
+  }
+  cb = rt->cbhead;
+  rt->cbhead = rt->cbtail = NULL;
+  while (cb != NULL) {
+    wv_fut *next = cb->cbnext;
+    run_callbacks(rt, cb);
+    cb = next;
+  }
+  rt->running--;
+  if (rt->rhead == NULL && rt->cbhead == NULL && rt->idleon) {
+    uv_idle_stop(rt->idle);
+    rt->idleon = 0;
+  }
+}
+
+/* One loop turn; 0 when nothing at all can make progress. */
+static int turn(wv_rt *rt) {
+  int r = uv_run(rt->loop, UV_RUN_ONCE);
+  return r || rt->rhead != NULL || rt->cbhead != NULL;
+}
+
+/* Cancel every live task and turn the loop until they are gone, or until
+** nothing can make progress (tasks blocked where no cancel reaches). */
+static void reap(wv_rt *rt) {
+  while (rt->ntasks > 0) {
+    wv_task *t;
+    for (t = rt->live; t != NULL; t = t->lnext)
+      if (!t->cancelled) weave__cancel(rt->L, rt, t, 0);
+    if (!turn(rt)) break;
+  }
+}
+
+/* Turn the loop until `until` settles.  When nothing can ever settle it, the
+** root is cancelled (flagging a deadlock) so that its cleanup runs. */
+static void rununtil(wv_rt *rt, wv_task *root) {
+  while (root->f.state == WV_PENDING) {
+    if (!turn(rt)) {
+      if (rt->deadlock) break;
+      rt->deadlock = 1;
+      weave__cancel(rt->L, rt, root, 0);
+    }
+  }
+}
+
+static void on_sigint(uv_signal_t *h, int signum) {
+  wv_rt *rt = h->data;
+  (void)signum;
+  /* Stopping the last watcher restores the default action: a second SIGINT
+  ** ends the process at once. */
+  uv_signal_stop(h);
+  if (rt->root != NULL && rt->root->status != WV_TDONE) {
+    rt->root->interrupt = 1;
+    weave__cancel(rt->L, rt, rt->root, 0);
+  }
+}
+
+/* Push the root task's outcome: its values, or raise its error.  `plain`
+** (blocking convenience) raises errors untouched; run adds the traceback. */
+static int outcome(lua_State *L, wv_rt *rt, int rootidx, int plain) {
+  wv_task *root = lua_touserdata(L, rootidx);
+  root->f.observed = 1;
+  if (root->f.state == WV_RESOLVED) return weave__pushvalues(L, &root->f, rootidx);
+  if (root->interrupt) {
+    weave__newerror(L, "interrupted", "interrupted (SIGINT)");
+    return lua_error(L);
+  }
+  if (rt->deadlock && root->f.state == WV_CANCELLED) {
+    weave__newerror(L, "deadlock",
+                    "weave.run: deadlock: the root task waits for something nothing can settle");
+    return lua_error(L);
+  }
+  weave__pusherror(L, &root->f, rootidx);
+  if (!plain && root->f.state == WV_REJECTED && lua_gettop(root->co) >= 2 &&
+      lua_type(root->co, 2) == LUA_TSTRING) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushvalue(root->co, 2);
+      lua_xmove(root->co, L, 1);
+    } else if (weave__iserror(L, -1, NULL)) {
+      lua_pushvalue(root->co, 2);
+      lua_xmove(root->co, L, 1);
+      lua_setfield(L, -2, "traceback");
+    }
+  }
+  return lua_error(L);
+}
+
+/* Run stack[1](stack[2..]) as the root task until it finishes. */
+static int runroot(lua_State *L, wv_rt *rt, int plain) {
+  int nargs = lua_gettop(L) - 1, rootidx;
+  wv_task *root, *prevroot = rt->root;
+  if (rt->closing) return luaL_error(L, "weave.run: the runtime is closed");
+  if (rt->running) {
+    return luaL_error(L, "weave.run: a loop is already running here; "
+                         "use weave.spawn or await instead of a nested run");
+  }
+  rt->running = 1;
+  rt->deadlock = 0;
+  weave__spawn(L, rt, 1, nargs);
+  rootidx = lua_gettop(L);
+  root = lua_touserdata(L, rootidx);
+  rt->root = root;
+  if (!plain && rt->sigint != NULL) uv_signal_start(rt->sigint, on_sigint, SIGINT);
+  rununtil(rt, root);
+  reap(rt);
+  if (rt->sigint != NULL) uv_signal_stop(rt->sigint);
+  rt->root = prevroot;
+  rt->running = 0;
+  root->f.observed = 1;
+  report_failures(rt);
+  return outcome(L, rt, rootidx, plain);
+}
+
+/* weave.run(fn, ...) */
+static int l_run(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  if (lua_type(L, 1) != LUA_TFUNCTION) {
+    return luaL_error(L, "weave.run: expected a function, got %s", luaL_typename(L, 1));
+  }
+  return runroot(L, rt, 0);
+}
+
+/* Blocking convenience: an awaiting C function `fn` called outside any loop
+** runs the loop itself until fn (as a root task) completes. */
+int weave__blocking(lua_State *L, lua_CFunction fn) {
+  wv_rt *rt = weave__rt(L);
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, fn, 1);
+  lua_insert(L, 1);
+  return runroot(L, rt, 1);
+}
+
+/* May an awaiting function named fname run here?  1: yes, inside a task;
+** 0: no loop is running, so the caller should use weave__blocking; raises
+** when called from a coroutine that is not a task while a loop runs. */
+int weave__incontext(lua_State *L, wv_rt *rt, const char *fname) {
+  if (rt->current != NULL && rt->current->co == L) return 1;
+  if (rt->closing) return luaL_error(L, "%s: the weave runtime is closed", fname);
+  if (rt->running) {
+    return luaL_error(L, "%s: called outside a weave task while the loop runs "
+                         "(from a plain coroutine or a callback); run it in weave.spawn",
+                      fname);
+  }
+  return 0;
+}
+
+/* weave.on_unhandled(fn | nil) */
+static int l_on_unhandled(lua_State *L) {
+  if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TFUNCTION)
+    return luaL_error(L, "weave.on_unhandled: expected a function or nil, got %s",
+                      luaL_typename(L, 1));
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &HANDLERKEY);
+  return 0;
+}
+
+/* weave.running() -> true while a loop runs (inside run or a step) */
+static int l_running(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  lua_pushboolean(L, rt->running > 0);
+  return 1;
+}
+
+/* --- lifetime ------------------------------------------------------------ */
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static void close_handle(void *h) {
+  if (h != NULL && !uv_is_closing((uv_handle_t *)h)) uv_close((uv_handle_t *)h, free_handle);
+}
+
+/* Cancel tasks, close every handle weave put on the loop, free.  Safe to
+** call twice; __gc of the runtime (lua_close) calls it too. */
+void weave__close(wv_rt *rt) {
+  if (rt->closing) return;
+  rt->running++;
+  reap(rt);
+  rt->running--;
+  report_failures(rt);
+  rt->closing = 1;
+  close_handle(rt->idle);
+  close_handle(rt->timer);
+  close_handle(rt->sigint);
+  rt->idle = NULL;
+  rt->timer = NULL;
+  rt->sigint = NULL;
+  if (rt->ownloop) {
+    uv_run(rt->loop, UV_RUN_DEFAULT);
+    uv_loop_close(rt->loop);
+    free(rt->loop);
+  }
+  rt->loop = NULL;
+  free(rt->heap);
+  rt->heap = NULL;
+  rt->nheap = rt->capheap = 0;
+}
+
+static int rt_gc(lua_State *L) {
+  weave__close(lua_touserdata(L, 1));
+  return 0;
+}
+
+/* Create the runtime for L on `loop` (NULL: an own loop); 0 or < 0. */
+int weave__newrt(lua_State *L, uv_loop_t *loop) {
+  wv_rt *rt;
+  if (weave__rt(L) != NULL) return 0;
+  rt = lua_newuserdatauv(L, sizeof *rt, 0);
+  memset(rt, 0, sizeof *rt);
+  if (luaL_newmetatable(L, "weave.Runtime")) {
+    lua_pushcfunction(L, rt_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  rt->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (loop == NULL) {
+    loop = malloc(sizeof *loop);
+    if (loop == NULL || uv_loop_init(loop) != 0) {
+      free(loop);
+      lua_pop(L, 1);
+      return UV_ENOMEM;
+    }
+    rt->ownloop = 1;
+  }
+  rt->loop = loop;
+  rt->idle = malloc(sizeof *rt->idle);
+  rt->timer = malloc(sizeof *rt->timer);
+  rt->sigint = malloc(sizeof *rt->sigint);
+  if (!rt->idle || !rt->timer || !rt->sigint) {
+    free(rt->idle), free(rt->timer), free(rt->sigint);
+    rt->idle = NULL, rt->timer = NULL, rt->sigint = NULL;
+    lua_pop(L, 1);
+    return UV_ENOMEM;
+  }
+  uv_idle_init(loop, rt->idle);
+  uv_timer_init(loop, rt->timer);
+  uv_signal_init(loop, rt->sigint);
+  uv_unref((uv_handle_t *)rt->sigint);
+  rt->idle->data = rt->timer->data = rt->sigint->data = rt;
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &RTKEY);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &FAILKEY);
+  return 0;
+}
+
+void weave__looplib(lua_State *L, wv_rt *rt) {
+  static const luaL_Reg fns[] = {{"run", l_run},
+                                 {"on_unhandled", l_on_unhandled},
+                                 {"running", l_running},
+                                 {NULL, NULL}};
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, fns, 1);
+}
+
+/* --- embedding API (weave.h) --------------------------------------------- */
+
+int weave_step(lua_State *L) {
+  wv_rt *rt = weave__rt(L);
+  if (rt == NULL || rt->closing) return UV_EINVAL;
+  if (rt->running) return UV_EBUSY;
+  weave__drain(rt);
+  rt->running++;
+  uv_run(rt->loop, UV_RUN_NOWAIT);
+  rt->running--;
+  return rt->ntasks;
+}
+
+void weave_close(lua_State *L) {
+  wv_rt *rt = weave__rt(L);
+  if (rt != NULL) weave__close(rt);
+}

@@ -1,0 +1,82 @@
+/*
+** main.c - the `weave` command: run a Lua script as the root task.
+**   weave script.lua args...
+** `arg` and `...` are set as lua(1) sets them.  An uncaught error prints its
+** traceback on stderr and exits 1 (130 when interrupted by SIGINT).
+*/
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "weave.h"
+
+static void usage(const char *prog) {
+  fprintf(stderr, "usage: %s script.lua [args...]\n       %s --version\n", prog, prog);
+}
+
+/* Protected body: require "weave", load the script, weave.run it. */
+static int pmain(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1), i;
+  char **argv = lua_touserdata(L, 2);
+  luaL_openlibs(L);
+  lua_createtable(L, argc - 2, 2);
+  for (i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - 1);
+  }
+  lua_setglobal(L, "arg");
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "weave");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "run");
+  if (luaL_loadfile(L, argv[1]) != LUA_OK) return lua_error(L);
+  luaL_checkstack(L, argc, "too many arguments");
+  for (i = 2; i < argc; i++) lua_pushstring(L, argv[i]);
+  lua_call(L, argc - 1, 0);
+  return 0;
+}
+
+static int report(lua_State *L) {
+  int code = 1;
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_getfield(L, -1, "kind");
+    if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "interrupted") == 0) code = 130;
+    lua_pop(L, 1);
+    fprintf(stderr, "weave: %s\n", luaL_tolstring(L, -1, NULL));
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "traceback");
+    if (lua_type(L, -1) == LUA_TSTRING) fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  } else {
+    fprintf(stderr, "weave: %s\n", luaL_tolstring(L, -1, NULL));
+    lua_pop(L, 1);
+  }
+  fflush(stderr);
+  return code;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L;
+  int code = 0;
+  if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+    usage(argv[0]);
+    return argc < 2 ? 2 : 0;
+  }
+  if (strcmp(argv[1], "-v") == 0 || strcmp(argv[1], "--version") == 0) {
+    printf("weave %s (%s, libuv %s)\n", WEAVE_VERSION_STRING, LUA_RELEASE, uv_version_string());
+    return 0;
+  }
+  L = luaL_newstate();
+  if (L == NULL || weave_attach(L, NULL) != 0) {
+    fprintf(stderr, "weave: cannot create the Lua state\n");
+    return 1;
+  }
+  lua_pushcfunction(L, pmain);
+  lua_pushinteger(L, argc);
+  lua_pushlightuserdata(L, argv);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) code = report(L);
+  lua_close(L);
+  return code;
+}

@@ -1,0 +1,35 @@
+/*
+** module.c - luaopen_weave_core: the runtime, metatables and registration.
+*/
+#include "internal.h"
+
+int luaopen_weave_core(lua_State *L) {
+  wv_rt *rt;
+  if (weave__newrt(L, NULL) != 0) return luaL_error(L, "weave: cannot initialise the libuv loop");
+  rt = weave__rt(L);
+  lua_newtable(L);
+  weave__errorlib(L);
+  weave__looplib(L, rt);
+  weave__futlib(L, rt);
+  weave__tasklib(L, rt);
+  weave__timerlib(L, rt);
+  weave__scopelib(L, rt);
+  lua_pushliteral(L, WEAVE_VERSION_STRING);
+  lua_setfield(L, -2, "version");
+  lua_pushinteger(L, WEAVE_VERSION_NUM);
+  lua_setfield(L, -2, "version_num");
+  return 1;
+}
+
+/* weave_spawn: function + nargs on the stack -> the Task. */
+int weave_spawn(lua_State *L, int nargs) {
+  wv_rt *rt = weave__rt(L);
+  int fnidx;
+  if (rt == NULL || rt->closing || nargs < 0 || lua_gettop(L) < nargs + 1) return UV_EINVAL;
+  fnidx = lua_gettop(L) - nargs;
+  if (lua_type(L, fnidx) != LUA_TFUNCTION) return UV_EINVAL;
+  weave__spawn(L, rt, fnidx, nargs);
+  lua_replace(L, fnidx);
+  lua_settop(L, fnidx);
+  return 0;
+}

@@ -1,0 +1,134 @@
+/*
+** scope.c - Trio-style cancel scopes: deadlines and shields nested inside a
+** task.  A scope is entered with core.runscope(scope, fn, ...) which calls
+** fn under lua_pcallk, so the scope is left exactly once whatever fn does
+** (returns, raises, yields any number of times).
+**
+** A cancellation is attributed to the outermost cancelled scope a task is
+** exposed to; the "cancelled" error carries that scope's id in `_scope`, and
+** only that scope turns it into its own outcome.  Inner scopes re-raise it.
+*/
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define WV_SCOPE_MT "weave.Scope"
+#define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
+#define scope_of_timer(tm) ((wv_scope *)((char *)(tm) - offsetof(wv_scope, deadline)))
+
+static void expired(wv_rt *rt, wv_timer *tm) {
+  wv_scope *s = scope_of_timer(tm);
+  s->expired = 1;
+  s->cancelled = 1;
+  if (s->active) weave__deliver(rt, s->task);
+}
+
+/* core.newscope(seconds|nil, shield) -> Scope (its clock starts now) */
+static int l_newscope(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_scope *s;
+  double secs = -1;
+  if (!lua_isnoneornil(L, 1)) {
+    secs = luaL_checknumber(L, 1);
+    if (isnan(secs)) return luaL_error(L, "weave: deadline must be a number of seconds, got nan");
+    if (secs < 0) secs = 0;
+    if (secs > 1e9) secs = 1e9;
+  }
+  s = lua_newuserdatauv(L, sizeof *s, 0);
+  memset(s, 0, sizeof *s);
+  s->deadline.idx = -1;
+  s->deadline.cb = expired;
+  s->deadline.when = secs >= 0 ? uv_hrtime() + (uint64_t)(secs * 1e9) : 0;
+  s->shield = (unsigned char)lua_toboolean(L, 2);
+  s->id = (int)++rt->nextid;
+  luaL_setmetatable(L, WV_SCOPE_MT);
+  return 1;
+}
+
+static int runscope_k(lua_State *L, int status, lua_KContext ctx) {
+  wv_rt *rt = (wv_rt *)ctx;
+  wv_scope *s = lua_touserdata(L, 1);
+  wv_task *t = s->task;
+  t->scope = s->parent;
+  s->active = 0;
+  weave__timer_stop(rt, &s->deadline);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    /* A shield hands over a pending outer cancel as soon as it returns. */
+    if (s->shield) weave__checkcancel(L, t);
+    lua_pushboolean(L, 1);
+    lua_replace(L, 1);
+    return lua_gettop(L);
+  }
+  if (s->cancelled && weave__iserror(L, -1, "cancelled")) {
+    lua_getfield(L, -1, "_scope");
+    if (lua_tointeger(L, -1) == s->id) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    lua_pop(L, 1);
+  }
+  return lua_error(L);
+}
+
+/* core.runscope(scope, fn, ...) -> true, fn's values | false when the scope's
+** own cancel or deadline cut fn short; other errors propagate. */
+static int l_runscope(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_scope *s = luaL_checkudata(L, 1, WV_SCOPE_MT);
+  wv_task *t;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!weave__incontext(L, rt, "weave scope")) return weave__blocking(L, l_runscope);
+  if (s->task != NULL) return luaL_error(L, "weave: a scope can be entered only once");
+  t = rt->current;
+  s->task = t;
+  s->parent = t->scope;
+  s->active = 1;
+  t->scope = s;
+  if (s->deadline.when != 0) weave__timer_start(rt, &s->deadline, s->deadline.when);
+  return runscope_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, (lua_KContext)rt, runscope_k),
+                    (lua_KContext)rt);
+}
+
+/* scope:cancel(): cancel everything inside the scope (level-triggered). */
+static int s_cancel(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_scope *s = luaL_checkudata(L, 1, WV_SCOPE_MT);
+  s->cancelled = 1;
+  if (s->active) weave__deliver(rt, s->task);
+  return 0;
+}
+
+static int s_cancelled(lua_State *L) {
+  lua_pushboolean(L, ((wv_scope *)luaL_checkudata(L, 1, WV_SCOPE_MT))->cancelled);
+  return 1;
+}
+
+static int s_expired(lua_State *L) {
+  lua_pushboolean(L, ((wv_scope *)luaL_checkudata(L, 1, WV_SCOPE_MT))->expired);
+  return 1;
+}
+
+static int s_gc(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_scope *s = lua_touserdata(L, 1);
+  if (!rt->closing) weave__timer_stop(rt, &s->deadline);
+  return 0;
+}
+
+void weave__scopelib(lua_State *L, wv_rt *rt) {
+  static const luaL_Reg meths[] = {
+      {"cancel", s_cancel}, {"cancelled", s_cancelled}, {"expired", s_expired}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"newscope", l_newscope}, {"runscope", l_runscope}, {NULL, NULL}};
+  luaL_newmetatable(L, WV_SCOPE_MT);
+  lua_newtable(L);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, meths, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, s_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, fns, 1);
+}

@@ -1,0 +1,302 @@
+/*
+** task.c - Task: a Lua coroutine driven by the runtime.  Spawning, resuming
+** from the ready queue, suspending on an await, cancellation (with nested
+** scopes) and capturing errors with their tracebacks.
+**
+** A task's coroutine is resumed only from the main thread by the drain.  An
+** awaiting C function marks the task blocked, records how to detach it
+** (`unblock`), and yields with a continuation; whoever settles the awaited
+** thing calls weave__wake, and a cancel calls `unblock` then weave__wake.
+*/
+#include <string.h>
+
+#include "internal.h"
+
+#define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
+
+wv_task *weave__checktask(lua_State *L, int idx, const char *fname) {
+  wv_task *t = luaL_testudata(L, idx, WV_TASK_MT);
+  if (t == NULL) luaL_error(L, "%s: expected a Task, got %s", fname, luaL_typename(L, idx));
+  return t;
+}
+
+/* Push the userdata of a live (anchored) task. */
+static void pushtask(lua_State *L, wv_task *t) { lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref); }
+
+/* Create a task running stack[fnidx](next nargs values); pushes it and
+** queues it (stack: -nargs, +1 ... the function and args are left alone). */
+int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs) {
+  wv_task *t;
+  lua_State *co;
+  int i;
+  fnidx = lua_absindex(L, fnidx);
+  t = lua_newuserdatauv(L, sizeof *t, 2);
+  memset(t, 0, sizeof *t);
+  t->f.kind = WV_KTASK;
+  t->tm.idx = -1;
+  t->id = ++rt->nextid;
+  luaL_setmetatable(L, WV_TASK_MT);
+  co = lua_newthread(L);
+  t->co = co;
+  lua_setiuservalue(L, -2, 1);
+  luaL_checkstack(co, nargs + 1, "weave.spawn: too many arguments");
+  for (i = 0; i <= nargs; i++) lua_pushvalue(L, fnidx + i);
+  lua_xmove(L, co, nargs + 1);
+  t->nargs = nargs;
+  lua_pushvalue(L, -1);
+  t->f.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  t->lnext = rt->live;
+  if (rt->live) rt->live->lprev = t;
+  rt->live = t;
+  rt->ntasks++;
+  t->status = WV_TNEW;
+  weave__ready(rt, t);
+  return 1;
+}
+
+/* The task ended in `state`; its values or [error, traceback] are on its
+** coroutine's stack. */
+static void finish(wv_rt *rt, wv_task *t, int state) {
+  lua_State *L = rt->L;
+  int idx;
+  t->status = WV_TDONE;
+  t->f.state = (unsigned char)state;
+  if (t->lprev)
+    t->lprev->lnext = t->lnext;
+  else
+    rt->live = t->lnext;
+  if (t->lnext) t->lnext->lprev = t->lprev;
+  t->lprev = t->lnext = NULL;
+  rt->ntasks--;
+  pushtask(L, t);
+  idx = lua_gettop(L);
+  if (state == WV_REJECTED) weave__notefailure(L);
+  weave__settled(L, rt, &t->f, idx);
+  if (!t->f.cbqueued) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->f.ref);
+    t->f.ref = LUA_NOREF;
+  }
+  lua_pop(L, 1);
+}
+
+/* The id of the outermost cancelled scope the task is exposed to (walking
+** out from the innermost scope and stopping at a shield), or 0. */
+static int cancel_source(wv_task *t) {
+  int src = 0;
+  wv_scope *s;
+  for (s = t->scope; s != NULL; s = s->parent) {
+    if (s->cancelled) src = s->id;
+    if (s->shield) return src;
+  }
+  return t->cancelled ? (int)t->id : src;
+}
+
+/* Push the "cancelled" error for source src (a scope id or the task id). */
+static void pushcancel(lua_State *L, wv_task *t, int src) {
+  const char *msg = "task cancelled";
+  int top = lua_gettop(L);
+  wv_scope *s;
+  for (s = t->scope; s != NULL; s = s->parent)
+    if (s->id == src) msg = s->expired ? "deadline exceeded" : "scope cancelled";
+  if (src == (int)t->id) {
+    pushtask(L, t);
+    if (lua_getiuservalue(L, -1, 2) == LUA_TTABLE && lua_getfield(L, -1, "cmsg") == LUA_TSTRING)
+      msg = lua_tostring(L, -1); /* stays on the stack until copied */
+  }
+  weave__newerror(L, "cancelled", msg);
+  lua_pushinteger(L, src);
+  lua_setfield(L, -2, "_scope");
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+}
+
+/* Level-triggered cancel check at an await: raises "cancelled" when the
+** task is inside a cancelled scope; returns 0 otherwise. */
+int weave__checkcancel(lua_State *L, wv_task *t) {
+  int src = cancel_source(t);
+  if (src == 0) return 0;
+  pushcancel(L, t, src);
+  return lua_error(L);
+}
+
+/* Interrupt t's current await if a cancel now reaches it. */
+void weave__deliver(wv_rt *rt, wv_task *t) {
+  if (t->status == WV_TBLOCKED && cancel_source(t) != 0) {
+    if (t->unblock != NULL) t->unblock(rt, t);
+    weave__wake(rt, t, WV_WAKE_CANCEL);
+  }
+}
+
+/* Request cancellation of t (message at msgidx of L, 0: none); 0 when t is
+** already done. */
+int weave__cancel(lua_State *L, wv_rt *rt, wv_task *t, int msgidx) {
+  if (t->status == WV_TDONE) return 0;
+  if (msgidx != 0 && !lua_isnoneornil(L, msgidx)) {
+    const char *msg = luaL_tolstring(L, msgidx, NULL);
+    pushtask(L, t);
+    weave__pushextra(L, -1);
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "cmsg");
+    lua_pop(L, 3);
+  }
+  t->cancelled = 1;
+  weave__deliver(rt, t);
+  return 1;
+}
+
+/* Mark t blocked and yield; `k` runs when it is resumed.  unblock == NULL
+** means "just yield": the task goes straight back to the ready queue. */
+int weave__suspend(lua_State *L, wv_rt *rt, wv_task *t, wv_unblock_fn unblock, lua_KFunction k,
+                   lua_KContext ctx) {
+  if (!lua_isyieldable(L)) {
+    if (unblock != NULL) unblock(rt, t);
+    return luaL_error(L, "weave: cannot await here: the call is inside a C boundary "
+                         "(a metamethod, an iterator or a sort comparator)");
+  }
+  t->status = WV_TBLOCKED;
+  t->unblock = unblock;
+  t->wake = WV_WAKE_OK;
+  if (unblock == NULL) weave__wake(rt, t, WV_WAKE_OK);
+  return lua_yieldk(L, 0, ctx, k);
+}
+
+/* Move a blocked task to the ready queue. */
+void weave__wake(wv_rt *rt, wv_task *t, int why) {
+  if (t->status != WV_TBLOCKED) return;
+  t->wake = (unsigned char)why;
+  t->unblock = NULL;
+  t->status = WV_TREADY;
+  weave__ready(rt, t);
+}
+
+/* Build "message + traceback" of the coroutine (upvalue-free C function
+** run under pcall, because __tostring of an error value may itself fail). */
+static int build_traceback(lua_State *L) {
+  lua_State *co = lua_touserdata(L, 2);
+  const char *msg = luaL_tolstring(L, 1, NULL);
+  luaL_traceback(L, co, msg, 0);
+  return 1;
+}
+
+/* The coroutine failed with the error on its top: capture the traceback,
+** close it (running its pending <close> variables) and finish the task. */
+static void fail(wv_rt *rt, wv_task *t) {
+  lua_State *L = rt->L, *co = t->co;
+  int cancelled = weave__iserror(co, -1, "cancelled");
+  if (cancelled) {
+    lua_pushnil(L);
+  } else {
+    lua_pushcfunction(L, build_traceback);
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    lua_pushlightuserdata(L, co);
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
+    }
+  }
+  wv_closethread(co, L); /* leaves [error] on co */
+  lua_settop(co, 1);
+  lua_xmove(L, co, 1);
+  finish(rt, t, cancelled ? WV_CANCELLED : WV_REJECTED);
+}
+
+/* Resume t from the ready queue (on rt->L, the main thread). */
+void weave__resume(wv_rt *rt, wv_task *t) {
+  lua_State *co = t->co;
+  int nargs = 0, nres = 0, st;
+  if (t->status == WV_TNEW) {
+    if (t->cancelled) {
+      /* Cancelled before it ever ran: settle without running the body. */
+      lua_settop(co, 0);
+      pushcancel(co, t, (int)t->id);
+      lua_pushnil(co);
+      finish(rt, t, WV_CANCELLED);
+      return;
+    }
+    nargs = t->nargs;
+  }
+  t->status = WV_TRUNNING;
+  rt->current = t;
+  st = lua_resume(co, rt->L, nargs, &nres);
+  rt->current = NULL;
+  if (st == LUA_YIELD) {
+    if (t->status != WV_TRUNNING) return; /* blocked or requeued by weave */
+    lua_pop(co, nres);
+    lua_pushliteral(rt->L, "coroutine.yield called directly inside a weave task "
+                           "(use weave.sleep(0) to let other tasks run)");
+    luaL_traceback(rt->L, co, lua_tostring(rt->L, -1), 0);
+    wv_closethread(co, rt->L);
+    lua_settop(co, 0);
+    lua_xmove(rt->L, co, 2);
+    finish(rt, t, WV_REJECTED);
+    return;
+  }
+  if (st == LUA_OK) {
+    int below = lua_gettop(co) - nres;
+    if (below > 0) {
+      lua_rotate(co, 1, -below);
+      lua_settop(co, nres);
+    }
+    t->f.nvals = nres;
+    finish(rt, t, WV_RESOLVED);
+    return;
+  }
+  fail(rt, t);
+}
+
+/* weave.spawn(fn, ...) / weave.spawn{name=, fn, ...} -> Task */
+static int l_spawn(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  int top = lua_gettop(L);
+  if (rt->closing) return luaL_error(L, "weave.spawn: the weave runtime is closed");
+  if (lua_type(L, 1) == LUA_TFUNCTION) return weave__spawn(L, rt, 1, top - 1);
+  if (lua_type(L, 1) == LUA_TTABLE) {
+    lua_Integer i, n;
+    int fnidx;
+    if (lua_getfield(L, 1, "n") == LUA_TNUMBER)
+      n = lua_tointeger(L, -1);
+    else
+      n = (lua_Integer)lua_rawlen(L, 1);
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "name");
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+      return luaL_error(L, "weave.spawn: name must be a string, got %s", luaL_typename(L, -1));
+    if (lua_rawgeti(L, 1, 1) != LUA_TFUNCTION)
+      return luaL_error(L, "weave.spawn: expected {name=, fn, ...} with a function at [1], got %s",
+                        luaL_typename(L, -1));
+    fnidx = lua_gettop(L);
+    luaL_checkstack(L, (int)n + 4, "weave.spawn: too many arguments");
+    for (i = 2; i <= n; i++) lua_rawgeti(L, 1, i);
+    weave__spawn(L, rt, fnidx, n > 1 ? (int)n - 1 : 0);
+    if (!lua_isnil(L, top + 1)) {
+      weave__pushextra(L, -1);
+      lua_pushvalue(L, top + 1);
+      lua_setfield(L, -2, "name");
+      lua_pop(L, 1);
+    }
+    return 1;
+  }
+  return luaL_error(L, "weave.spawn: expected a function or {name=, fn, ...}, got %s", luaL_typename(L, 1));
+}
+
+/* weave.current() -> the running Task or nil */
+static int l_current(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  if (rt->current == NULL) return 0;
+  pushtask(L, rt->current);
+  return 1;
+}
+
+/* weave.ntasks() -> live task count (diagnostics and tests) */
+static int l_ntasks(lua_State *L) {
+  lua_pushinteger(L, getrt(L)->ntasks);
+  return 1;
+}
+
+void weave__tasklib(lua_State *L, wv_rt *rt) {
+  static const luaL_Reg fns[] = {
+      {"spawn", l_spawn}, {"current", l_current}, {"ntasks", l_ntasks}, {NULL, NULL}};
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, fns, 1);
+}

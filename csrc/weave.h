@@ -1,0 +1,56 @@
+/*
+** weave.h - the embedding API of weave, async I/O for Lua 5.4 on libuv.
+** This is the only installed header.  Every function returns 0 (or a count)
+** on success and a negative libuv-style error code on failure; none of them
+** raise Lua errors or block.
+*/
+#ifndef WEAVE_H
+#define WEAVE_H
+
+#include <lua.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WEAVE_VERSION_MAJOR 0
+#define WEAVE_VERSION_MINOR 1
+#define WEAVE_VERSION_PATCH 0
+#define WEAVE_VERSION_NUM \
+  ((WEAVE_VERSION_MAJOR * 10000) + (WEAVE_VERSION_MINOR * 100) + WEAVE_VERSION_PATCH)
+#define WEAVE_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__)
+#define WEAVE_API __attribute__((visibility("default")))
+#else
+#define WEAVE_API
+#endif
+
+/* Attach weave to L, running on the host's `loop` (NULL: weave creates and
+** owns a loop).  Call before require "weave"; afterwards require "weave" and
+** its submodules resolve to the code linked into libweave.a. */
+WEAVE_API int weave_attach(lua_State *L, uv_loop_t *loop);
+
+/* Run the ready tasks and one non-blocking loop turn.  Returns the number of
+** live tasks (>= 0) or a negative error code (not attached, or called from
+** inside weave). */
+WEAVE_API int weave_step(lua_State *L);
+
+/* Spawn a task: the function and `nargs` arguments on top of the stack are
+** replaced by the new Task.  Returns 0 or a negative error code. */
+WEAVE_API int weave_spawn(lua_State *L, int nargs);
+
+/* Cancel every task, wait for their cleanup, close every handle weave put on
+** the loop and free weave's memory.  lua_close(L) does the same. */
+WEAVE_API void weave_close(lua_State *L);
+
+/* The Lua module loader for "weave.core" (for package.preload or a static
+** Lua build). */
+WEAVE_API int luaopen_weave_core(lua_State *L);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

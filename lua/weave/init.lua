@@ -1,0 +1,98 @@
+--- weave: structured async I/O for Lua 5.4 on libuv.
+-- The façade over weave.core (C): tasks, futures, time, cancel scopes.
+-- See docs/core.md and docs/concurrency.md.
+local core = require "weave.core"
+
+local select, type, error = select, type, error
+local unpack = table.unpack
+
+local M = {
+  version = core.version,
+  version_num = core.version_num,
+  run = core.run,
+  spawn = core.spawn,
+  current = core.current,
+  sleep = core.sleep,
+  now = core.now,
+  future = core.future,
+  await = core.await,
+  on_unhandled = core.on_unhandled,
+  ntasks = core.ntasks,
+}
+
+--- The error object constructor, shared by every module: err.kind, err.message.
+M.error = core.error
+
+--- Is `err` a weave error (of `kind`, when given)?
+function M.is_error(err, kind) return core.iserror(err, kind) end
+
+--- Is `err` the error raised at an await in a cancelled task or scope?
+function M.is_cancelled(err) return core.iserror(err, "cancelled") end
+
+--- Is `err` the error of an expired weave.timeout / wait_for?
+function M.is_timeout(err) return core.iserror(err, "timeout") end
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+local function check_seconds(fname, s)
+  if type(s) ~= "number" or s ~= s then
+    error(("%s: expected seconds (number), got %s"):format(fname, s ~= s and "nan" or type(s)), 3)
+  end
+end
+
+local function check_fn(fname, fn, pos)
+  if type(fn) ~= "function" then
+    error(("%s: expected a function as argument %d, got %s"):format(fname, pos, type(fn)), 3)
+  end
+end
+
+local function timeout_error(fname, s)
+  return core.error("timeout", ("%s: deadline of %g s exceeded"):format(fname, s), { seconds = s })
+end
+
+--- Run fn(...) with a deadline: its values, or raises kind "timeout".
+function M.timeout(s, fn, ...)
+  check_seconds("weave.timeout", s)
+  check_fn("weave.timeout", fn, 2)
+  local r = pack(core.runscope(core.newscope(s, false), fn, ...))
+  if r[1] then return unpack(r, 2, r.n) end
+  error(timeout_error("weave.timeout", s), 2)
+end
+
+--- Run fn(...) with a deadline: true, values... or false when cut short.
+function M.move_on_after(s, fn, ...)
+  check_seconds("weave.move_on_after", s)
+  check_fn("weave.move_on_after", fn, 2)
+  return core.runscope(core.newscope(s, false), fn, ...)
+end
+
+--- Run fn(...) immune to outer cancellation; a pending cancel is delivered
+-- when it returns.
+function M.shield(fn, ...)
+  check_fn("weave.shield", fn, 1)
+  local r = pack(core.runscope(core.newscope(nil, true), fn, ...))
+  return unpack(r, 2, r.n)
+end
+
+local function awaitable(fname, x)
+  if type(x) == "function" then return core.spawn(x) end
+  if core.isawaitable(x) then return x end
+  error(("%s: expected a Task, Future or function, got %s"):format(fname, type(x)), 3)
+end
+M._awaitable = awaitable
+
+--- Await x with a deadline; on expiry cancel x, wait for it to finish
+-- cancelling, raise kind "timeout".
+function M.wait_for(x, s)
+  x = awaitable("weave.wait_for", x)
+  check_seconds("weave.wait_for", s)
+  local r = pack(pcall(core.runscope, core.newscope(s, false), core.await, x))
+  if r[1] and r[2] then return unpack(r, 3, r.n) end
+  -- Expired (r[2] == false) or interrupted by an outer cancel: x is ours to stop.
+  x:cancel()
+  M.shield(function() pcall(core.await, x) end)
+  if not r[1] then error(r[2], 0) end
+  error(timeout_error("weave.wait_for", s), 2)
+end
+
+return M
