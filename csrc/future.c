@@ -12,16 +12,26 @@
 
 #define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
 
-wv_fut *weave__testfut(lua_State *L, int idx) {
-  void *p = luaL_testudata(L, idx, WV_TASK_MT);
-  if (p == NULL) p = luaL_testudata(L, idx, WV_FUTURE_MT);
-  return p;
+/* The metatable identity of the value at idx: 1 Task, 2 Future, 0 other. */
+static int kindof(lua_State *L, int idx) {
+  const void *mt;
+  wv_rt *rt;
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return 0;
+  mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  rt = weave__rt(L);
+  return mt == rt->taskmt ? 1 : mt == rt->futmt ? 2 : 0;
+}
+
+wv_fut *weave__testfut(lua_State *L, int idx) { return kindof(L, idx) ? lua_touserdata(L, idx) : NULL; }
+
+wv_task *weave__testtask(lua_State *L, int idx) {
+  return kindof(L, idx) == 1 ? lua_touserdata(L, idx) : NULL;
 }
 
 wv_fut *weave__checkfut(lua_State *L, int idx, const char *fname) {
   wv_fut *f = weave__testfut(L, idx);
-  if (f == NULL)
-    luaL_error(L, "%s: expected a Task or Future, got %s", fname, luaL_typename(L, idx));
+  if (f == NULL) luaL_error(L, "%s: expected a Task or Future, got %s", fname, luaL_typename(L, idx));
   return f;
 }
 
@@ -36,32 +46,47 @@ void weave__pushextra(lua_State *L, int idx) {
   }
 }
 
+/* Store the n values on top of L (popped) as the outcome of the Future or
+** Task at idx: one value as itself, several as a table. */
+void weave__store(lua_State *L, int idx, int n) {
+  idx = lua_absindex(L, idx);
+  if (n == 0) {
+    lua_pushnil(L);
+  } else if (n > 1) {
+    int i, tbl;
+    lua_createtable(L, n, 0);
+    lua_insert(L, -(n + 1));
+    tbl = lua_gettop(L) - n;
+    for (i = n; i >= 1; i--)
+      lua_rawseti(L, tbl, i);
+  }
+  lua_setiuservalue(L, idx, 1);
+}
+
 /* Push the values of a resolved f (userdata at idx); returns their count. */
 int weave__pushvalues(lua_State *L, wv_fut *f, int idx) {
   int i, n = f->nvals;
+  idx = lua_absindex(L, idx);
+  if (n == 0) return 0;
   luaL_checkstack(L, n + 1, "too many results");
-  if (f->kind == WV_KTASK) {
-    lua_State *co = ((wv_task *)f)->co;
-    luaL_checkstack(co, n, "too many results");
-    for (i = 1; i <= n; i++) lua_pushvalue(co, i);
-    lua_xmove(co, L, n);
-  } else {
-    lua_getiuservalue(L, idx, 1);
-    for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
-    lua_remove(L, -n - 1);
-  }
+  lua_getiuservalue(L, idx, 1);
+  if (n == 1) return 1;
+  for (i = 1; i <= n; i++)
+    lua_rawgeti(L, -i, i);
+  lua_remove(L, -n - 1);
   return n;
 }
 
 /* Push the error of a failed or cancelled f (userdata at idx). */
 void weave__pusherror(lua_State *L, wv_fut *f, int idx) {
-  if (f->kind == WV_KTASK) {
-    lua_State *co = ((wv_task *)f)->co;
-    lua_pushvalue(co, 1);
-    lua_xmove(co, L, 1);
-  } else {
-    lua_getiuservalue(L, idx, 1);
-    lua_rawgeti(L, -1, 1);
+  (void)f;
+  lua_getiuservalue(L, idx, 1);
+}
+
+/* Push the traceback of the failed Task at idx, or nil. */
+void weave__pushtb(lua_State *L, int idx) {
+  if (lua_getiuservalue(L, idx, 2) == LUA_TTABLE) {
+    lua_getfield(L, -1, "tb");
     lua_remove(L, -2);
   }
 }
@@ -77,13 +102,7 @@ void weave__settled(lua_State *L, wv_rt *rt, wv_fut *f, int idx) {
     weave__wake(rt, t, WV_WAKE_OK);
   }
   f->wtail = NULL;
-  if (f->hascbs) {
-    if (f->ref == LUA_NOREF) {
-      lua_pushvalue(L, idx);
-      f->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
-    weave__queuecbs(rt, f);
-  }
+  if (f->hascbs) weave__queuecbs(L, rt, f, idx);
 }
 
 /* Return f's values or raise its error, marking the outcome observed. */
@@ -157,7 +176,7 @@ static int l_future(lua_State *L) {
 }
 
 static wv_fut *checkfuture(lua_State *L, const char *fname) {
-  wv_fut *f = luaL_testudata(L, 1, WV_FUTURE_MT);
+  wv_fut *f = kindof(L, 1) == 2 ? lua_touserdata(L, 1) : NULL;
   if (f == NULL) luaL_error(L, "%s: expected a Future as self (use f:%s)", fname, fname + 7);
   return f;
 }
@@ -165,12 +184,10 @@ static wv_fut *checkfuture(lua_State *L, const char *fname) {
 static void settle(lua_State *L, wv_fut *f, int state, int first, int n, const char *fname) {
   int i;
   if (f->state != WV_PENDING) luaL_error(L, "%s: the future is already settled", fname);
-  lua_createtable(L, n, 0);
-  for (i = 0; i < n; i++) {
+  luaL_checkstack(L, n + 2, "too many values");
+  for (i = 0; i < n; i++)
     lua_pushvalue(L, first + i);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_setiuservalue(L, 1, 1);
+  weave__store(L, 1, n);
   f->nvals = state == WV_RESOLVED ? n : 0;
   f->state = (unsigned char)state;
   weave__settled(L, getrt(L), f, 1);
@@ -279,8 +296,7 @@ static int t_index(lua_State *L) {
   const char *k = lua_tostring(L, 2);
   if (k != NULL && strcmp(k, "name") == 0) {
     wv_task *t = lua_touserdata(L, 1);
-    if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE && lua_getfield(L, -1, "name") == LUA_TSTRING)
-      return 1;
+    if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE && lua_getfield(L, -1, "name") == LUA_TSTRING) return 1;
     lua_pushfstring(L, "task-%d", (int)t->id);
     return 1;
   }
@@ -292,9 +308,8 @@ static int t_index(lua_State *L) {
 /* t:traceback(): traceback of a failed task, else nil. */
 static int t_traceback(lua_State *L) {
   wv_task *t = weave__checktask(L, 1, "Task:traceback");
-  if (t->f.state != WV_REJECTED || lua_gettop(t->co) < 2) return 0;
-  lua_pushvalue(t->co, 2);
-  lua_xmove(t->co, L, 1);
+  if (t->f.state != WV_REJECTED) return 0;
+  weave__pushtb(L, 1);
   return 1;
 }
 
@@ -303,7 +318,8 @@ void weave__futlib(lua_State *L, wv_rt *rt) {
                                     {"result", m_result},   {"error", m_error}, {"cancel", m_cancel},
                                     {"on_done", m_on_done}, {NULL, NULL}};
   static const luaL_Reg futonly[] = {{"resolve", f_resolve}, {"reject", f_reject}, {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"await", l_await}, {"future", l_future}, {"isawaitable", l_isawaitable}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"await", l_await}, {"future", l_future}, {"isawaitable", l_isawaitable}, {NULL, NULL}};
 
   /* Future */
   luaL_newmetatable(L, WV_FUTURE_MT);

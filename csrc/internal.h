@@ -14,9 +14,9 @@
 
 #include "weave.h"
 
-#define WV_TASK_MT   "weave.Task"
+#define WV_TASK_MT "weave.Task"
 #define WV_FUTURE_MT "weave.Future"
-#define WV_ERROR_MT  "weave.Error"
+#define WV_ERROR_MT "weave.Error"
 
 /* Lua 5.4.6 renamed lua_resetthread and gave it a `from` argument. */
 #if LUA_VERSION_RELEASE_NUM >= 50406
@@ -33,21 +33,28 @@ typedef struct wv_scope wv_scope;
 
 /* A timer entry lives inside the object it belongs to (a sleeping task, a
 ** scope deadline) and sits in the runtime's binary heap while armed. */
-typedef void (*wv_timer_cb)(wv_rt *rt, wv_timer *tm);
+enum { WV_TM_SLEEP, WV_TM_DEADLINE };
 struct wv_timer {
-  uint64_t when; /* uv_hrtime() deadline, ns */
-  uint64_t seq;  /* insertion order: equal deadlines fire FIFO */
-  int idx;       /* heap slot, -1 when not armed */
-  wv_timer_cb cb;
+  uint64_t when;      /* uv_hrtime() deadline, ns */
+  int idx;            /* heap slot, -1 when not armed */
+  unsigned char kind; /* WV_TM_SLEEP (in a task) or WV_TM_DEADLINE (in a scope) */
 };
+
+/* A heap entry keeps its key inline so sifting never chases pointers. */
+typedef struct {
+  uint64_t when;
+  wv_timer *tm;
+} wv_hent;
 
 enum { WV_PENDING, WV_RESOLVED, WV_REJECTED, WV_CANCELLED };
 enum { WV_KFUTURE, WV_KTASK };
 
 /* The part shared by Futures and Tasks.  Tasks waiting on it form a doubly
 ** linked list through wv_task.wprev/wnext so a cancelled waiter leaves in
-** O(1).  Userdata slots: 1 = values (table for a Future, the coroutine for a
-** Task), 2 = the lazily created "extra" table (name, callbacks, message). */
+** O(1).  Userdata slots: 1 = the outcome once settled (the single value, a
+** table of values when nvals > 1, or the error), and for a running Task its
+** coroutine; 2 = the lazily created "extra" table (name, on_done callbacks,
+** cancel message, traceback). */
 struct wv_fut {
   unsigned char kind;     /* WV_KFUTURE / WV_KTASK */
   unsigned char state;    /* WV_PENDING ... */
@@ -56,9 +63,8 @@ struct wv_fut {
   unsigned char hascbs;   /* on_done callbacks registered */
   unsigned char reported; /* unhandled failure already reported */
   int nvals;              /* number of values when resolved */
-  int ref;                /* registry anchor while callbacks are queued */
+  int ref;                /* registry anchor of a live Task */
   wv_task *whead, *wtail; /* tasks awaiting this */
-  wv_fut *cbnext;         /* callback queue link */
 };
 
 /* Why a blocked task was woken. */
@@ -82,17 +88,15 @@ struct wv_scope {
 typedef void (*wv_unblock_fn)(wv_rt *rt, wv_task *t);
 
 struct wv_task {
-  wv_fut f; /* must be first: a Task is a Future */
-  lua_State *co;
-  wv_task *rnext;          /* ready queue */
-  wv_task *lprev, *lnext;  /* live list */
-  wv_task *wprev, *wnext;  /* waiters list of `waiting` */
-  wv_fut *waiting;         /* future awaited, if any */
-  wv_unblock_fn unblock;   /* detach hook while blocked */
-  wv_scope *scope;         /* innermost nested scope, NULL: root only */
-  wv_timer tm;             /* sleep */
+  wv_fut f;               /* must be first: a Task is a Future */
+  lua_State *co;          /* while started and not finished */
+  wv_task *rnext;         /* ready queue */
+  wv_task *wprev, *wnext; /* waiters list of `waiting` */
+  wv_fut *waiting;        /* future awaited, if any */
+  wv_unblock_fn unblock;  /* detach hook while blocked */
+  wv_scope *scope;        /* innermost nested scope, NULL: root only */
+  wv_timer tm;            /* sleep */
   unsigned id;
-  int ref;                 /* registry anchor while alive */
   int nargs;               /* arguments for the first resume */
   unsigned char status;    /* WV_TNEW ... */
   unsigned char wake;      /* WV_WAKE_* of the last wake-up */
@@ -102,24 +106,25 @@ struct wv_task {
 };
 
 struct wv_rt {
-  lua_State *L; /* main thread */
+  lua_State *L;               /* main thread */
+  const void *taskmt, *futmt; /* metatable identities */
   uv_loop_t *loop;
   int ownloop;
-  int running;          /* inside run or step */
-  int closing;          /* weave_close in progress */
-  wv_task *current;     /* task being resumed */
-  wv_task *root;        /* root task of the active run */
+  int running;            /* inside run or step */
+  int closing;            /* weave_close in progress */
+  wv_task *current;       /* task being resumed */
+  wv_task *root;          /* root task of the active run */
   wv_task *rhead, *rtail; /* ready queue */
   int nready;
-  wv_fut *cbhead, *cbtail; /* futures with on_done callbacks to run */
-  int ntasks;           /* live tasks */
-  wv_task *live;        /* live list head */
-  int deadlock;         /* the run loop found nothing left to wake the root */
+  int ncbq;                /* futures in the on_done queue (registry table) */
+  int ntasks;              /* live tasks */
+  int deadlock;            /* the run loop found nothing left to wake the root */
+  int npool;               /* coroutines of finished tasks kept for reuse */
+  int qhead, qcount, qcap; /* ring of fn+args of tasks not yet started */
   unsigned nextid;
   /* timer heap */
-  wv_timer **heap;
+  wv_hent *heap;
   int nheap, capheap;
-  uint64_t tseq;
   int nextscope;
   /* libuv handles, malloc'ed, freed in their close callbacks */
   uv_idle_t *idle;
@@ -137,27 +142,33 @@ int weave__runloop(lua_State *L, wv_rt *rt, wv_fut *until);
 int weave__blocking(lua_State *L, lua_CFunction fn);
 int weave__incontext(lua_State *L, wv_rt *rt, const char *fname);
 void weave__report(wv_rt *rt, int errindex, int taskindex);
-void weave__queuecbs(wv_rt *rt, wv_fut *f);
+void weave__queuecbs(lua_State *L, wv_rt *rt, wv_fut *f, int idx);
 void weave__notefailure(lua_State *L);
 void weave__close(wv_rt *rt);
 int weave__newrt(lua_State *L, uv_loop_t *loop);
 void weave__looplib(lua_State *L, wv_rt *rt);
+lua_State *weave__getco(lua_State *L, wv_rt *rt);
+void weave__putco(lua_State *L, wv_rt *rt, lua_State *co);
+void weave__qpush(lua_State *L, wv_rt *rt, int first, int n);
+void weave__qpop(lua_State *L, wv_rt *rt, lua_State *to, int n);
 
 /* future.c */
 wv_fut *weave__testfut(lua_State *L, int idx);
+wv_task *weave__testtask(lua_State *L, int idx);
 wv_fut *weave__checkfut(lua_State *L, int idx, const char *fname);
 void weave__settled(lua_State *L, wv_rt *rt, wv_fut *f, int idx);
 int weave__pushvalues(lua_State *L, wv_fut *f, int idx);
 void weave__pusherror(lua_State *L, wv_fut *f, int idx);
 void weave__pushextra(lua_State *L, int idx);
+void weave__store(lua_State *L, int idx, int n);
+void weave__pushtb(lua_State *L, int idx);
 void weave__futlib(lua_State *L, wv_rt *rt);
 
 /* task.c */
 wv_task *weave__checktask(lua_State *L, int idx, const char *fname);
 int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs);
 void weave__resume(wv_rt *rt, wv_task *t);
-int weave__suspend(lua_State *L, wv_rt *rt, wv_task *t, wv_unblock_fn fn,
-                   lua_KFunction k, lua_KContext ctx);
+int weave__suspend(lua_State *L, wv_rt *rt, wv_task *t, wv_unblock_fn fn, lua_KFunction k, lua_KContext ctx);
 void weave__wake(wv_rt *rt, wv_task *t, int why);
 int weave__checkcancel(lua_State *L, wv_task *t);
 void weave__deliver(wv_rt *rt, wv_task *t);
@@ -179,5 +190,6 @@ void weave__errorlib(lua_State *L);
 
 /* scope.c */
 void weave__scopelib(lua_State *L, wv_rt *rt);
+void weave__deadline_fired(wv_rt *rt, wv_timer *tm);
 
 #endif

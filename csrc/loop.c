@@ -14,9 +14,12 @@
 
 #include "internal.h"
 
-static const char RTKEY = 'r';     /* registry: the runtime userdata */
-static const char FAILKEY = 'f';   /* registry: failed tasks not yet checked */
+static const char RTKEY = 'r';      /* registry: the runtime userdata */
+static const char FAILKEY = 'f';    /* registry: failed tasks not yet checked */
 static const char HANDLERKEY = 'h'; /* registry: on_unhandled function */
+static const char CBQKEY = 'c';     /* registry: futures with callbacks due */
+static const char POOLKEY = 'p';    /* registry: coroutine pool */
+static const char ARGQKEY = 'q';    /* registry: ring of pending fn+args */
 
 wv_rt *weave__rt(lua_State *L) {
   wv_rt *rt;
@@ -48,16 +51,16 @@ void weave__ready(wv_rt *rt, wv_task *t) {
   kick(rt);
 }
 
-/* Queue f's on_done callbacks for the next drain. */
-void weave__queuecbs(wv_rt *rt, wv_fut *f) {
+/* Queue f's on_done callbacks for the next drain.  The queue is a registry
+** table holding the futures themselves, so it also keeps them alive. */
+void weave__queuecbs(lua_State *L, wv_rt *rt, wv_fut *f, int idx) {
   if (f->cbqueued) return;
   f->cbqueued = 1;
-  f->cbnext = NULL;
-  if (rt->cbtail)
-    rt->cbtail->cbnext = f;
-  else
-    rt->cbhead = f;
-  rt->cbtail = f;
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CBQKEY);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, ++rt->ncbq);
+  lua_pop(L, 1);
   kick(rt);
 }
 
@@ -81,15 +84,17 @@ void weave__report(wv_rt *rt, int errindex, int taskindex) {
   }
   lua_pop(L, 1);
   if (taskindex) {
-    wv_task *t = lua_touserdata(L, taskindex);
     lua_getfield(L, taskindex, "name");
     fprintf(stderr, "weave: unhandled error in task '%s':\n", lua_tostring(L, -1));
     lua_pop(L, 1);
-    if (t->co != NULL && lua_gettop(t->co) >= 2 && lua_type(t->co, 2) == LUA_TSTRING) {
-      fprintf(stderr, "%s\n", lua_tostring(t->co, 2));
+    weave__pushtb(L, taskindex);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      fprintf(stderr, "%s\n", lua_tostring(L, -1));
       fflush(stderr);
+      lua_pop(L, 1);
       return;
     }
+    lua_pop(L, 1);
   } else {
     fprintf(stderr, "weave: unhandled error in callback:\n");
   }
@@ -134,18 +139,13 @@ static void report_failures(wv_rt *rt) {
   lua_pop(L, 1);
 }
 
-static void run_callbacks(wv_rt *rt, wv_fut *f) {
+/* Run the on_done callbacks of the future at fi (on rt->L), in order. */
+static void run_callbacks(wv_rt *rt, int fi) {
   lua_State *L = rt->L;
+  wv_fut *f = lua_touserdata(L, fi);
   lua_Integer i, n;
-  int fi;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, f->ref);
-  fi = lua_gettop(L);
   f->cbqueued = 0;
   f->hascbs = 0;
-  if (f->kind == WV_KFUTURE || ((wv_task *)f)->status == WV_TDONE) {
-    luaL_unref(L, LUA_REGISTRYINDEX, f->ref);
-    f->ref = LUA_NOREF;
-  }
   weave__pushextra(L, fi);
   lua_getfield(L, -1, "cbs");
   lua_pushnil(L);
@@ -167,7 +167,6 @@ static void run_callbacks(wv_rt *rt, wv_fut *f) {
 ** queued on_done callbacks. */
 void weave__drain(wv_rt *rt) {
   int n = rt->nready;
-  wv_fut *cb;
   rt->running++;
   lua_checkstack(rt->L, 8);
   while (n-- > 0 && rt->rhead != NULL) {
@@ -178,15 +177,23 @@ void weave__drain(wv_rt *rt) {
     t->rnext = NULL;
     weave__resume(rt, t);
   }
-  cb = rt->cbhead;
-  rt->cbhead = rt->cbtail = NULL;
-  while (cb != NULL) {
-    wv_fut *next = cb->cbnext;
-    run_callbacks(rt, cb);
-    cb = next;
+  if (rt->ncbq > 0) {
+    /* Swap in a fresh queue: callbacks queued now run on the next turn. */
+    lua_State *L = rt->L;
+    int i, ncb = rt->ncbq, q;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &CBQKEY);
+    q = lua_gettop(L);
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &CBQKEY);
+    rt->ncbq = 0;
+    for (i = 1; i <= ncb; i++) {
+      lua_rawgeti(L, q, i);
+      run_callbacks(rt, lua_gettop(L));
+    }
+    lua_settop(L, q - 1);
   }
   rt->running--;
-  if (rt->rhead == NULL && rt->cbhead == NULL && rt->idleon) {
+  if (rt->rhead == NULL && rt->ncbq == 0 && rt->idleon) {
     uv_idle_stop(rt->idle);
     rt->idleon = 0;
   }
@@ -195,16 +202,25 @@ void weave__drain(wv_rt *rt) {
 /* One loop turn; 0 when nothing at all can make progress. */
 static int turn(wv_rt *rt) {
   int r = uv_run(rt->loop, UV_RUN_ONCE);
-  return r || rt->rhead != NULL || rt->cbhead != NULL;
+  return r || rt->rhead != NULL || rt->ncbq > 0;
+}
+
+/* Cancel every live task: they are the Tasks anchored in the registry. */
+static void cancel_all(wv_rt *rt) {
+  lua_State *L = rt->L;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {
+    wv_task *t = weave__testtask(L, -1);
+    if (t != NULL && !t->cancelled) weave__cancel(L, rt, t, 0);
+    lua_pop(L, 1);
+  }
 }
 
 /* Cancel every live task and turn the loop until they are gone, or until
 ** nothing can make progress (tasks blocked where no cancel reaches). */
 static void reap(wv_rt *rt) {
   while (rt->ntasks > 0) {
-    wv_task *t;
-    for (t = rt->live; t != NULL; t = t->lnext)
-      if (!t->cancelled) weave__cancel(rt->L, rt, t, 0);
+    cancel_all(rt);
     if (!turn(rt)) break;
   }
 }
@@ -249,17 +265,16 @@ static int outcome(lua_State *L, wv_rt *rt, int rootidx, int plain) {
     return lua_error(L);
   }
   weave__pusherror(L, &root->f, rootidx);
-  if (!plain && root->f.state == WV_REJECTED && lua_gettop(root->co) >= 2 &&
-      lua_type(root->co, 2) == LUA_TSTRING) {
-    if (lua_type(L, -1) == LUA_TSTRING) {
+  if (!plain && root->f.state == WV_REJECTED) {
+    weave__pushtb(L, rootidx);
+    if (lua_type(L, -1) != LUA_TSTRING)
       lua_pop(L, 1);
-      lua_pushvalue(root->co, 2);
-      lua_xmove(root->co, L, 1);
-    } else if (weave__iserror(L, -1, NULL)) {
-      lua_pushvalue(root->co, 2);
-      lua_xmove(root->co, L, 1);
+    else if (lua_type(L, -2) == LUA_TSTRING)
+      lua_remove(L, -2); /* the traceback starts with the message */
+    else if (weave__iserror(L, -2, NULL))
       lua_setfield(L, -2, "traceback");
-    }
+    else
+      lua_pop(L, 1);
   }
   return lua_error(L);
 }
@@ -316,8 +331,9 @@ int weave__incontext(lua_State *L, wv_rt *rt, const char *fname) {
   if (rt->current != NULL && rt->current->co == L) return 1;
   if (rt->closing) return luaL_error(L, "%s: the weave runtime is closed", fname);
   if (rt->running) {
-    return luaL_error(L, "%s: called outside a weave task while the loop runs "
-                         "(from a plain coroutine or a callback); run it in weave.spawn",
+    return luaL_error(L,
+                      "%s: called outside a weave task while the loop runs "
+                      "(from a plain coroutine or a callback); run it in weave.spawn",
                       fname);
   }
   return 0;
@@ -326,8 +342,7 @@ int weave__incontext(lua_State *L, wv_rt *rt, const char *fname) {
 /* weave.on_unhandled(fn | nil) */
 static int l_on_unhandled(lua_State *L) {
   if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TFUNCTION)
-    return luaL_error(L, "weave.on_unhandled: expected a function or nil, got %s",
-                      luaL_typename(L, 1));
+    return luaL_error(L, "weave.on_unhandled: expected a function or nil, got %s", luaL_typename(L, 1));
   lua_settop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &HANDLERKEY);
   return 0;
@@ -418,16 +433,112 @@ int weave__newrt(lua_State *L, uv_loop_t *loop) {
   uv_unref((uv_handle_t *)rt->sigint);
   rt->idle->data = rt->timer->data = rt->sigint->data = rt;
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RTKEY);
+  /* The metatables exist before any Task or Future; their addresses make
+  ** type checks cheap (no registry lookup by name). */
+  luaL_newmetatable(L, WV_TASK_MT);
+  rt->taskmt = lua_topointer(L, -1);
+  luaL_newmetatable(L, WV_FUTURE_MT);
+  rt->futmt = lua_topointer(L, -1);
+  lua_pop(L, 2);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &FAILKEY);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &POOLKEY);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &CBQKEY);
+  rt->qcap = 64;
+  lua_createtable(L, rt->qcap, 0);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
   return 0;
 }
 
+/* --- coroutine pool and pending-argument ring ---------------------------- */
+
+#define WV_POOLMAX 256
+
+/* Push a coroutine ready to start a function: a pooled one or a new one. */
+lua_State *weave__getco(lua_State *L, wv_rt *rt) {
+  lua_State *co;
+  if (rt->npool == 0) return lua_newthread(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &POOLKEY);
+  lua_rawgeti(L, -1, rt->npool);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, rt->npool--);
+  lua_remove(L, -2);
+  co = lua_tothread(L, -1);
+  return co;
+}
+
+/* Reset a finished coroutine (closing what it left open) and keep it for
+** reuse when the pool has room. */
+void weave__putco(lua_State *L, wv_rt *rt, lua_State *co) {
+  wv_closethread(co, L);
+  lua_settop(co, 0);
+  if (rt->npool >= WV_POOLMAX || lua_gethook(co) != NULL) return;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &POOLKEY);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_rawseti(L, -2, ++rt->npool);
+  lua_pop(L, 1);
+}
+
+/* Append copies of the n values at stack[first..] to the pending ring. */
+void weave__qpush(lua_State *L, wv_rt *rt, int first, int n) {
+  int i;
+  first = lua_absindex(L, first);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
+  if (rt->qcount + n > rt->qcap) {
+    int ncap = rt->qcap;
+    while (rt->qcount + n > ncap)
+      ncap *= 2;
+    lua_createtable(L, ncap, 0);
+    for (i = 0; i < rt->qcount; i++) {
+      lua_rawgeti(L, -2, (rt->qhead + i) % rt->qcap + 1);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
+    lua_remove(L, -2);
+    rt->qhead = 0;
+    rt->qcap = ncap;
+  }
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, first + i);
+    lua_rawseti(L, -2, (rt->qhead + rt->qcount + i) % rt->qcap + 1);
+  }
+  rt->qcount += n;
+  lua_pop(L, 1);
+}
+
+/* Take the n oldest values of the ring onto `to` (NULL: drop them). */
+void weave__qpop(lua_State *L, wv_rt *rt, lua_State *to, int n) {
+  int i;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
+  for (i = 0; i < n; i++) {
+    int k = (rt->qhead + i) % rt->qcap + 1;
+    if (to != NULL) lua_rawgeti(L, -1 - i, k);
+    lua_pushnil(L);
+    lua_rawseti(L, to != NULL ? -3 - i : -2, k);
+  }
+  rt->qhead = (rt->qhead + n) % rt->qcap;
+  rt->qcount -= n;
+  if (rt->qcount == 0 && rt->qcap > 1024) {
+    /* A burst of spawns is over: give the big ring back. */
+    rt->qhead = 0;
+    rt->qcap = 64;
+    lua_createtable(L, rt->qcap, 0);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
+  }
+  if (to != NULL) {
+    luaL_checkstack(to, n + LUA_MINSTACK, "weave.spawn: too many arguments");
+    lua_xmove(L, to, n);
+  }
+  lua_pop(L, 1);
+}
+
 void weave__looplib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg fns[] = {{"run", l_run},
-                                 {"on_unhandled", l_on_unhandled},
-                                 {"running", l_running},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"run", l_run}, {"on_unhandled", l_on_unhandled}, {"running", l_running}, {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
 }

@@ -33,7 +33,8 @@ static int pmain(lua_State *L) {
   lua_getfield(L, -1, "run");
   if (luaL_loadfile(L, argv[1]) != LUA_OK) return lua_error(L);
   luaL_checkstack(L, argc, "too many arguments");
-  for (i = 2; i < argc; i++) lua_pushstring(L, argv[i]);
+  for (i = 2; i < argc; i++)
+    lua_pushstring(L, argv[i]);
   lua_call(L, argc - 1, 0);
   return 0;
 }

@@ -15,9 +15,9 @@
 
 #define WV_SCOPE_MT "weave.Scope"
 #define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
-#define scope_of_timer(tm) ((wv_scope *)((char *)(tm) - offsetof(wv_scope, deadline)))
+#define scope_of_timer(tm) ((wv_scope *)((char *)(tm)-offsetof(wv_scope, deadline)))
 
-static void expired(wv_rt *rt, wv_timer *tm) {
+void weave__deadline_fired(wv_rt *rt, wv_timer *tm) {
   wv_scope *s = scope_of_timer(tm);
   s->expired = 1;
   s->cancelled = 1;
@@ -38,7 +38,7 @@ static int l_newscope(lua_State *L) {
   s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
   s->deadline.idx = -1;
-  s->deadline.cb = expired;
+  s->deadline.kind = WV_TM_DEADLINE;
   s->deadline.when = secs >= 0 ? uv_hrtime() + (uint64_t)(secs * 1e9) : 0;
   s->shield = (unsigned char)lua_toboolean(L, 2);
   s->id = (int)++rt->nextid;

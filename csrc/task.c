@@ -15,7 +15,7 @@
 #define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
 
 wv_task *weave__checktask(lua_State *L, int idx, const char *fname) {
-  wv_task *t = luaL_testudata(L, idx, WV_TASK_MT);
+  wv_task *t = weave__testtask(L, idx);
   if (t == NULL) luaL_error(L, "%s: expected a Task, got %s", fname, luaL_typename(L, idx));
   return t;
 }
@@ -23,60 +23,67 @@ wv_task *weave__checktask(lua_State *L, int idx, const char *fname) {
 /* Push the userdata of a live (anchored) task. */
 static void pushtask(lua_State *L, wv_task *t) { lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref); }
 
-/* Create a task running stack[fnidx](next nargs values); pushes it and
-** queues it (stack: -nargs, +1 ... the function and args are left alone). */
+/* Create a task running stack[fnidx](next nargs values) and queue it;
+** pushes the Task.  The function and arguments wait in the runtime's ring;
+** the coroutine is taken (from the pool) only when the task first runs. */
 int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs) {
   wv_task *t;
-  lua_State *co;
-  int i;
   fnidx = lua_absindex(L, fnidx);
+  weave__qpush(L, rt, fnidx, nargs + 1);
   t = lua_newuserdatauv(L, sizeof *t, 2);
   memset(t, 0, sizeof *t);
   t->f.kind = WV_KTASK;
   t->tm.idx = -1;
   t->id = ++rt->nextid;
-  luaL_setmetatable(L, WV_TASK_MT);
-  co = lua_newthread(L);
-  t->co = co;
-  lua_setiuservalue(L, -2, 1);
-  luaL_checkstack(co, nargs + 1, "weave.spawn: too many arguments");
-  for (i = 0; i <= nargs; i++) lua_pushvalue(L, fnidx + i);
-  lua_xmove(L, co, nargs + 1);
   t->nargs = nargs;
+  luaL_setmetatable(L, WV_TASK_MT);
   lua_pushvalue(L, -1);
   t->f.ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  t->lnext = rt->live;
-  if (rt->live) rt->live->lprev = t;
-  rt->live = t;
   rt->ntasks++;
   t->status = WV_TNEW;
   weave__ready(rt, t);
   return 1;
 }
 
-/* The task ended in `state`; its values or [error, traceback] are on its
-** coroutine's stack. */
+/* The task ended in `state` with its outcome on top of rt->L: nvals values
+** when resolved, [error, traceback] otherwise (popped). */
 static void finish(wv_rt *rt, wv_task *t, int state) {
   lua_State *L = rt->L;
   int idx;
   t->status = WV_TDONE;
   t->f.state = (unsigned char)state;
-  if (t->lprev)
-    t->lprev->lnext = t->lnext;
-  else
-    rt->live = t->lnext;
-  if (t->lnext) t->lnext->lprev = t->lprev;
-  t->lprev = t->lnext = NULL;
   rt->ntasks--;
   pushtask(L, t);
   idx = lua_gettop(L);
+  if (state == WV_RESOLVED) {
+    lua_insert(L, idx - t->f.nvals);
+    weave__store(L, idx - t->f.nvals, t->f.nvals);
+    idx -= t->f.nvals;
+  } else {
+    lua_insert(L, idx - 2);
+    idx -= 2;
+    if (!lua_isnil(L, -1)) {
+      weave__pushextra(L, idx);
+      lua_insert(L, -2);
+      lua_setfield(L, -2, "tb");
+      lua_pop(L, 1);
+    } else {
+      lua_pop(L, 1);
+    }
+    lua_setiuservalue(L, idx, 1);
+  }
   if (state == WV_REJECTED) weave__notefailure(L);
   weave__settled(L, rt, &t->f, idx);
-  if (!t->f.cbqueued) {
-    luaL_unref(L, LUA_REGISTRYINDEX, t->f.ref);
-    t->f.ref = LUA_NOREF;
-  }
+  luaL_unref(L, LUA_REGISTRYINDEX, t->f.ref);
+  t->f.ref = LUA_NOREF;
   lua_pop(L, 1);
+}
+
+/* Give the finished task's coroutine back to the pool. */
+static void release(wv_rt *rt, wv_task *t) {
+  lua_State *co = t->co;
+  t->co = NULL;
+  weave__putco(rt->L, rt, co);
 }
 
 /* The id of the outermost cancelled scope the task is exposed to (walking
@@ -195,50 +202,53 @@ static void fail(wv_rt *rt, wv_task *t) {
       lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
     }
   }
-  wv_closethread(co, L); /* leaves [error] on co */
-  lua_settop(co, 1);
-  lua_xmove(L, co, 1);
+  wv_closethread(co, L); /* runs <close> handlers; leaves [error] on co */
+  lua_xmove(co, L, 1);
+  lua_insert(L, -2); /* [error, traceback] */
+  release(rt, t);
   finish(rt, t, cancelled ? WV_CANCELLED : WV_REJECTED);
 }
 
 /* Resume t from the ready queue (on rt->L, the main thread). */
 void weave__resume(wv_rt *rt, wv_task *t) {
-  lua_State *co = t->co;
+  lua_State *L = rt->L, *co;
   int nargs = 0, nres = 0, st;
   if (t->status == WV_TNEW) {
     if (t->cancelled) {
       /* Cancelled before it ever ran: settle without running the body. */
-      lua_settop(co, 0);
-      pushcancel(co, t, (int)t->id);
-      lua_pushnil(co);
+      weave__qpop(L, rt, NULL, t->nargs + 1);
+      pushcancel(L, t, (int)t->id);
+      lua_pushnil(L);
       finish(rt, t, WV_CANCELLED);
       return;
     }
+    pushtask(L, t);
+    t->co = weave__getco(L, rt);
+    lua_setiuservalue(L, -2, 1);
+    lua_pop(L, 1);
+    weave__qpop(L, rt, t->co, t->nargs + 1);
     nargs = t->nargs;
   }
+  co = t->co;
   t->status = WV_TRUNNING;
   rt->current = t;
-  st = lua_resume(co, rt->L, nargs, &nres);
+  st = lua_resume(co, L, nargs, &nres);
   rt->current = NULL;
   if (st == LUA_YIELD) {
     if (t->status != WV_TRUNNING) return; /* blocked or requeued by weave */
     lua_pop(co, nres);
-    lua_pushliteral(rt->L, "coroutine.yield called directly inside a weave task "
-                           "(use weave.sleep(0) to let other tasks run)");
-    luaL_traceback(rt->L, co, lua_tostring(rt->L, -1), 0);
-    wv_closethread(co, rt->L);
-    lua_settop(co, 0);
-    lua_xmove(rt->L, co, 2);
+    lua_pushliteral(L, "coroutine.yield called directly inside a weave task "
+                       "(use weave.sleep(0) to let other tasks run)");
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
+    release(rt, t);
     finish(rt, t, WV_REJECTED);
     return;
   }
   if (st == LUA_OK) {
-    int below = lua_gettop(co) - nres;
-    if (below > 0) {
-      lua_rotate(co, 1, -below);
-      lua_settop(co, nres);
-    }
+    luaL_checkstack(L, nres + LUA_MINSTACK, "too many results");
+    lua_xmove(co, L, nres);
     t->f.nvals = nres;
+    release(rt, t);
     finish(rt, t, WV_RESOLVED);
     return;
   }
@@ -267,7 +277,8 @@ static int l_spawn(lua_State *L) {
                         luaL_typename(L, -1));
     fnidx = lua_gettop(L);
     luaL_checkstack(L, (int)n + 4, "weave.spawn: too many arguments");
-    for (i = 2; i <= n; i++) lua_rawgeti(L, 1, i);
+    for (i = 2; i <= n; i++)
+      lua_rawgeti(L, 1, i);
     weave__spawn(L, rt, fnidx, n > 1 ? (int)n - 1 : 0);
     if (!lua_isnil(L, top + 1)) {
       weave__pushextra(L, -1);

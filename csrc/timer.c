@@ -14,37 +14,33 @@
 
 double weave__now(void) { return (double)uv_hrtime() / WV_NS; }
 
-static int before(const wv_timer *a, const wv_timer *b) {
-  return a->when < b->when || (a->when == b->when && a->seq < b->seq);
-}
-
-static void place(wv_rt *rt, int i, wv_timer *tm) {
-  rt->heap[i] = tm;
-  tm->idx = i;
+static void place(wv_rt *rt, int i, wv_hent e) {
+  rt->heap[i] = e;
+  e.tm->idx = i;
 }
 
 static void sift_up(wv_rt *rt, int i) {
-  wv_timer *tm = rt->heap[i];
+  wv_hent e = rt->heap[i];
   while (i > 0) {
     int p = (i - 1) / 2;
-    if (!before(tm, rt->heap[p])) break;
+    if (rt->heap[p].when <= e.when) break;
     place(rt, i, rt->heap[p]);
     i = p;
   }
-  place(rt, i, tm);
+  place(rt, i, e);
 }
 
 static void sift_down(wv_rt *rt, int i) {
-  wv_timer *tm = rt->heap[i];
+  wv_hent e = rt->heap[i];
   for (;;) {
     int c = 2 * i + 1;
     if (c >= rt->nheap) break;
-    if (c + 1 < rt->nheap && before(rt->heap[c + 1], rt->heap[c])) c++;
-    if (!before(rt->heap[c], tm)) break;
+    if (c + 1 < rt->nheap && rt->heap[c + 1].when < rt->heap[c].when) c++;
+    if (rt->heap[c].when >= e.when) break;
     place(rt, i, rt->heap[c]);
     i = c;
   }
-  place(rt, i, tm);
+  place(rt, i, e);
 }
 
 static void on_uvtimer(uv_timer_t *h);
@@ -58,39 +54,39 @@ void weave__timer_arm(wv_rt *rt) {
     return;
   }
   now = uv_hrtime();
-  ms = rt->heap[0]->when > now ? (rt->heap[0]->when - now + 999999) / 1000000 : 0;
+  ms = rt->heap[0].when > now ? (rt->heap[0].when - now + 999999) / 1000000 : 0;
   uv_update_time(rt->loop);
   uv_timer_start(rt->timer, on_uvtimer, ms, 0);
 }
 
 /* Arm `tm` for the absolute hrtime `when`; re-arming moves it. */
 void weave__timer_start(wv_rt *rt, wv_timer *tm, uint64_t when) {
-  int first;
+  wv_hent e;
   if (tm->idx >= 0) weave__timer_stop(rt, tm);
   if (rt->nheap == rt->capheap) {
     int ncap = rt->capheap ? rt->capheap * 2 : 64;
-    wv_timer **nh = realloc(rt->heap, (size_t)ncap * sizeof *nh);
+    wv_hent *nh = realloc(rt->heap, (size_t)ncap * sizeof *nh);
     if (nh == NULL) luaL_error(rt->L, "weave: out of memory (timer heap)");
     rt->heap = nh;
     rt->capheap = ncap;
   }
   tm->when = when;
-  tm->seq = rt->tseq++;
-  place(rt, rt->nheap++, tm);
+  e.when = when;
+  e.tm = tm;
+  place(rt, rt->nheap++, e);
   sift_up(rt, tm->idx);
-  first = rt->heap[0] == tm;
-  if (first) weave__timer_arm(rt);
+  if (rt->heap[0].tm == tm) weave__timer_arm(rt);
 }
 
 void weave__timer_stop(wv_rt *rt, wv_timer *tm) {
   int i = tm->idx, wasfirst = (i == 0);
-  wv_timer *last;
-  if (i < 0) return;
+  wv_hent last;
+  if (i < 0 || rt->heap == NULL) return;
   tm->idx = -1;
   last = rt->heap[--rt->nheap];
-  if (last != tm) {
+  if (last.tm != tm) {
     place(rt, i, last);
-    if (i > 0 && before(last, rt->heap[(i - 1) / 2]))
+    if (i > 0 && last.when < rt->heap[(i - 1) / 2].when)
       sift_up(rt, i);
     else
       sift_down(rt, i);
@@ -98,28 +94,29 @@ void weave__timer_stop(wv_rt *rt, wv_timer *tm) {
   if (wasfirst) weave__timer_arm(rt);
 }
 
-/* Fire every due entry.  Callbacks only move tasks to the ready queue; no
-** Lua runs here. */
+#define task_of_timer(tm) ((wv_task *)((char *)(tm)-offsetof(wv_task, tm)))
+
+/* Fire every due entry.  Firing only moves tasks to the ready queue; no Lua
+** runs here. */
 static void on_uvtimer(uv_timer_t *h) {
   wv_rt *rt = h->data;
   uint64_t now = uv_hrtime();
-  while (rt->nheap > 0 && rt->heap[0]->when <= now) {
-    wv_timer *tm = rt->heap[0];
+  while (rt->nheap > 0 && rt->heap[0].when <= now) {
+    wv_timer *tm = rt->heap[0].tm;
     tm->idx = -1;
     if (--rt->nheap > 0) {
       place(rt, 0, rt->heap[rt->nheap]);
       sift_down(rt, 0);
     }
-    tm->cb(rt, tm);
+    if (tm->kind == WV_TM_SLEEP)
+      weave__wake(rt, task_of_timer(tm), WV_WAKE_OK);
+    else
+      weave__deadline_fired(rt, tm);
   }
   weave__timer_arm(rt);
 }
 
 /* --- sleep --------------------------------------------------------------- */
-
-#define task_of_timer(tm) ((wv_task *)((char *)(tm) - offsetof(wv_task, tm)))
-
-static void sleep_fired(wv_rt *rt, wv_timer *tm) { weave__wake(rt, task_of_timer(tm), WV_WAKE_OK); }
 
 static void sleep_unblock(wv_rt *rt, wv_task *t) { weave__timer_stop(rt, &t->tm); }
 
@@ -147,7 +144,7 @@ static int l_sleep(lua_State *L) {
     return weave__suspend(L, rt, t, NULL, sleep_k, (lua_KContext)rt);
   }
   if (s > 1e9) s = 1e9;
-  t->tm.cb = sleep_fired;
+  t->tm.kind = WV_TM_SLEEP;
   weave__timer_start(rt, &t->tm, uv_hrtime() + (uint64_t)(s * WV_NS));
   return weave__suspend(L, rt, t, sleep_unblock, sleep_k, (lua_KContext)rt);
 }

@@ -28,7 +28,7 @@ end
 --- Run a shell command line; returns stdout, stderr, exit code.
 function M.sh(cmdline)
   local errf = os.tmpname()
-  local p = io.popen(cmdline .. " 2>" .. errf, "r")
+  local p = io.popen("( " .. cmdline .. " ) 2>" .. errf, "r")
   local out = p:read("a")
   local _, _, code = p:close()
   local err = readall(errf)

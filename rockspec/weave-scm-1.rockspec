@@ -1,0 +1,39 @@
+rockspec_format = "3.0"
+package = "weave"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/weave.git",
+}
+description = {
+  summary = "Structured async I/O for Lua 5.4: libuv loop, libcurl HTTP, tasks and futures",
+  detailed = [[
+weave runs a libuv event loop with libcurl's multi interface on it and hands
+futures and tasks to Lua coroutines: await-style code, Trio-style cancel
+scopes and deadlines, gather/race/group combinators, HTTP, threads, files and
+processes, all driven from C.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+  "lua-cjson",
+}
+external_dependencies = {
+  LIBUV = { header = "uv.h", library = "uv" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["weave.core"] = {
+      sources = {
+        "csrc/error.c", "csrc/future.c", "csrc/loop.c", "csrc/module.c",
+        "csrc/scope.c", "csrc/task.c", "csrc/timer.c",
+      },
+      libraries = { "uv" },
+      incdirs = { "csrc", "$(LIBUV_INCDIR)" },
+      libdirs = { "$(LIBUV_LIBDIR)" },
+    },
+    ["weave"] = "lua/weave/init.lua",
+  },
+  copy_directories = { "docs", "examples" },
+}

@@ -1,0 +1,110 @@
+-- The weave command and SIGINT handling, run as real processes.
+local helpers = require "support.helpers"
+
+describe("the weave command", function()
+  it("runs the chunk as the root task with arg and ... set like lua", function()
+    local out, err, code = helpers.weave([[
+      local weave = require "weave"
+      print(weave.current() ~= nil, select("#", ...), ...)
+      print(arg[0]:match("%.lua$") ~= nil, arg[1], arg[2], #arg)
+      weave.sleep(0.01)
+    ]], { "one", "two words" })
+    assert.are.equal(0, code, err)
+    assert.are.equal("true\t2\tone\ttwo words\ntrue\tone\ttwo words\t2\n", out)
+  end)
+
+  it("prints the traceback of an uncaught error and exits 1", function()
+    local _, err, code = helpers.weave([[
+      local function inner() error("went wrong") end
+      inner()
+    ]])
+    assert.are.equal(1, code)
+    assert.matches("went wrong", err)
+    assert.matches("stack traceback", err)
+    assert.matches("in %a* ?%a* ?'?inner'?", err)
+  end)
+
+  it("reports a table error with its fields and traceback", function()
+    local _, err, code = helpers.weave([[
+      local weave = require "weave"
+      error(weave.error("custom", "a custom failure"))
+    ]])
+    assert.are.equal(1, code)
+    assert.matches("custom: a custom failure", err)
+    assert.matches("stack traceback", err)
+  end)
+
+  it("reports a syntax error and exits 1", function()
+    local _, err, code = helpers.weave("local = 1")
+    assert.are.equal(1, code)
+    assert.matches("expected near", err)
+  end)
+
+  it("prints usage without a script and the version with --version", function()
+    local _, err, code = helpers.sh(helpers.shquote(helpers.weave_bin))
+    assert.are.equal(2, code)
+    assert.matches("usage:", err)
+    local out, _, code2 = helpers.sh(helpers.shquote(helpers.weave_bin) .. " --version")
+    assert.are.equal(0, code2)
+    assert.matches("^weave %d+%.%d+%.%d+", out)
+  end)
+
+  it("uses the façade compiled into the binary, not the tree", function()
+    local out, _, code = helpers.sh("cd / && LUA_PATH='/nonexistent/?.lua' LUA_CPATH='/nonexistent/?.so' "
+      .. helpers.shquote(helpers.weave_bin) .. " " .. helpers.shquote(helpers.script([[
+        local weave = require "weave"
+        print(package.loaded["weave.core"] ~= nil, type(weave.timeout))
+      ]])))
+    assert.are.equal(0, code)
+    assert.are.equal("true\tfunction\n", out)
+  end)
+end)
+
+describe("SIGINT", function()
+  local function interrupt(code_path, runner)
+    return helpers.sh(("%s %s & pid=$!; sleep 0.5; kill -INT $pid; wait $pid; echo rc=$?")
+      :format(runner, helpers.shquote(code_path)))
+  end
+
+  it("cancels the root, runs its cleanup and raises kind 'interrupted' from run", function()
+    local path = helpers.script([[
+      local weave = require "weave"
+      local ok, err = pcall(weave.run, function()
+        local _ <close> = setmetatable({}, {__close = function() print("cleanup ran") end})
+        weave.spawn(function()
+          local _ <close> = setmetatable({}, {__close = function() print("child cleanup ran") end})
+          weave.sleep(60)
+        end)
+        weave.sleep(60)
+      end)
+      print(ok, err.kind)
+    ]])
+    local out = interrupt(path, "lua5.4")
+    os.remove(path)
+    assert.matches("cleanup ran", out)
+    assert.matches("child cleanup ran", out)
+    assert.matches("false\tinterrupted", out)
+    assert.matches("rc=0", out)
+  end)
+
+  it("makes the weave command exit 130", function()
+    local path = helpers.script([[ require("weave").sleep(60) ]])
+    local out, err = interrupt(path, helpers.shquote(helpers.weave_bin))
+    os.remove(path)
+    assert.matches("rc=130", out)
+    assert.matches("interrupted", err)
+  end)
+
+  it("a second SIGINT ends the process at once", function()
+    local path = helpers.script([[
+      local weave = require "weave"
+      weave.run(function()
+        weave.shield(function() weave.sleep(60) end)
+      end)
+    ]])
+    local out = helpers.sh(("%s %s & pid=$!; sleep 0.5; kill -INT $pid; sleep 0.2; kill -INT $pid; wait $pid; echo rc=$?")
+      :format("lua5.4", helpers.shquote(path)))
+    os.remove(path)
+    assert.matches("rc=130", out)
+  end)
+end)
