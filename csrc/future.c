@@ -165,6 +165,13 @@ static int l_isawaitable(lua_State *L) {
   return 1;
 }
 
+/* core.state(x) -> "pending" | "resolved" | "failed" | "cancelled" */
+static int l_state(lua_State *L) {
+  static const char *const names[] = {"pending", "resolved", "failed", "cancelled"};
+  lua_pushstring(L, names[weave__checkfut(L, 1, "weave.state")->state]);
+  return 1;
+}
+
 /* weave.future() -> a pending Future */
 static int l_future(lua_State *L) {
   wv_fut *f = lua_newuserdatauv(L, sizeof *f, 2);
@@ -318,8 +325,11 @@ void weave__futlib(lua_State *L, wv_rt *rt) {
                                     {"result", m_result},   {"error", m_error}, {"cancel", m_cancel},
                                     {"on_done", m_on_done}, {NULL, NULL}};
   static const luaL_Reg futonly[] = {{"resolve", f_resolve}, {"reject", f_reject}, {NULL, NULL}};
-  static const luaL_Reg fns[] = {
-      {"await", l_await}, {"future", l_future}, {"isawaitable", l_isawaitable}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"await", l_await},
+                                 {"future", l_future},
+                                 {"isawaitable", l_isawaitable},
+                                 {"state", l_state},
+                                 {NULL, NULL}};
 
   /* Future */
   luaL_newmetatable(L, WV_FUTURE_MT);

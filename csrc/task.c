@@ -113,8 +113,10 @@ static void pushcancel(lua_State *L, wv_task *t, int src) {
   weave__newerror(L, "cancelled", msg);
   lua_pushinteger(L, src);
   lua_setfield(L, -2, "_scope");
-  lua_replace(L, top + 1);
-  lua_settop(L, top + 1);
+  if (lua_gettop(L) > top + 1) {
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+  }
 }
 
 /* Level-triggered cancel check at an await: raises "cancelled" when the
@@ -299,6 +301,13 @@ static int l_current(lua_State *L) {
   return 1;
 }
 
+/* core.cancelpending() -> does a cancel reach the running task now? */
+static int l_cancelpending(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  lua_pushboolean(L, rt->current != NULL && cancel_source(rt->current) != 0);
+  return 1;
+}
+
 /* weave.ntasks() -> live task count (diagnostics and tests) */
 static int l_ntasks(lua_State *L) {
   lua_pushinteger(L, getrt(L)->ntasks);
@@ -306,8 +315,11 @@ static int l_ntasks(lua_State *L) {
 }
 
 void weave__tasklib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg fns[] = {
-      {"spawn", l_spawn}, {"current", l_current}, {"ntasks", l_ntasks}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"spawn", l_spawn},
+                                 {"current", l_current},
+                                 {"ntasks", l_ntasks},
+                                 {"cancelpending", l_cancelpending},
+                                 {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
 }

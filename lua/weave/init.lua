@@ -79,7 +79,6 @@ local function awaitable(fname, x)
   if core.isawaitable(x) then return x end
   error(("%s: expected a Task, Future or function, got %s"):format(fname, type(x)), 3)
 end
-M._awaitable = awaitable
 
 --- Await x with a deadline; on expiry cancel x, wait for it to finish
 -- cancelling, raise kind "timeout".
@@ -94,5 +93,14 @@ function M.wait_for(x, s)
   if not r[1] then error(r[2], 0) end
   error(timeout_error("weave.wait_for", s), 2)
 end
+
+-- Combinators (weave.combinators) and synchronisation (weave.sync).
+local combinators = require "weave.combinators"
+for _, k in ipairs { "gather", "wait", "as_completed", "race", "any", "group" } do M[k] = combinators[k] end
+local sync = require "weave.sync"
+for _, k in ipairs { "Lock", "Event", "Semaphore", "BoundedSemaphore", "Condition", "Queue" } do M[k] = sync[k] end
+
+--- x's lifecycle: "pending", "resolved", "failed" or "cancelled".
+M.state = core.state
 
 return M

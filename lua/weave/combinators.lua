@@ -1,0 +1,287 @@
+--- weave.combinators: gather, wait, as_completed, race, any, group.
+-- Every combinator that raises has first cancelled and reaped the children it
+-- started or was given: no orphan task outlives it. See docs/concurrency.md.
+local core = require "weave.core"
+
+local select, type, error, pcall, setmetatable = select, type, error, pcall, setmetatable
+local unpack = table.unpack
+local state, spawn, await, future = core.state, core.spawn, core.await, core.future
+
+local M = {}
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+local function awaitable(fname, x, i)
+  if type(x) == "function" then return spawn(x) end
+  if core.isawaitable(x) then return x end
+  error(("%s: item %d: expected a Task, Future or function, got %s"):format(fname, i, type(x)), 4)
+end
+
+-- A list argument: {x1, x2, ...} (n = list.n or #list) -> awaitables, n
+local function collect(fname, list)
+  if type(list) ~= "table" or core.isawaitable(list) then
+    error(("%s: expected a list of Tasks, Futures or functions, got %s"):format(fname, type(list)), 3)
+  end
+  local n = list.n or #list
+  local items = {}
+  for i = 1, n do items[i] = awaitable(fname, list[i], i) end
+  return items, n
+end
+
+local function failed(x)
+  local s = state(x)
+  return s == "failed" or s == "cancelled"
+end
+
+local function cancel_all(items, n)
+  for i = 1, n do
+    if not items[i]:done() then items[i]:cancel() end
+  end
+end
+
+-- Wait, immune to our own cancellation, until every item is done.
+local function reap(items, n)
+  core.runscope(core.newscope(nil, true), function()
+    for i = 1, n do
+      if not items[i]:done() then pcall(await, items[i]) end
+    end
+  end)
+end
+M._reap = reap
+
+-- Cancel what is still running, wait for it, then raise err.
+local function abort(items, n, err)
+  cancel_all(items, n)
+  reap(items, n)
+  error(err, 0)
+end
+
+-- A future resolved (once) when pred(i, x) is true for a finished item.
+local function trigger(items, n, pred)
+  local f = future()
+  for i = 1, n do
+    items[i]:on_done(function(x)
+      if not f:done() and pred(i, x) then f:resolve(i) end
+    end)
+  end
+  return f
+end
+
+local function settle_opts(fname, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("%s: options must be a table, got %s"):format(fname, type(opts)), 3)
+  end
+  return opts or {}
+end
+
+--- gather(a, b, ...) -> ra, rb, ...; gather(list [, {settle=true}]) -> results[, errors]
+function M.gather(first, ...)
+  local items, n, varargs, opts
+  if type(first) == "table" and not core.isawaitable(first) then
+    items, n = collect("weave.gather", first)
+    opts = settle_opts("weave.gather", (...))
+  else
+    local args = pack(first, ...)
+    n, items, varargs, opts = args.n, {}, true, {}
+    for i = 1, n do items[i] = awaitable("weave.gather", args[i], i) end
+  end
+  local settle = opts.settle
+  if n > 0 then
+    local remaining = n
+    local trig = trigger(items, n, function(_, x)
+      remaining = remaining - 1
+      return remaining == 0 or (not settle and failed(x))
+    end)
+    local ok, which = pcall(await, trig)
+    if not ok then abort(items, n, which) end
+    if not settle and failed(items[which]) then abort(items, n, items[which]:error()) end
+  end
+  local results, errors = { n = n }, {}
+  for i = 1, n do
+    if failed(items[i]) then
+      errors[i] = items[i]:error()
+    else
+      results[i] = (items[i]:result())
+    end
+  end
+  if varargs then return unpack(results, 1, n) end
+  if settle then return results, errors end
+  return results
+end
+
+local WHEN = { all = true, first = true, first_error = true }
+
+--- wait(list, {when=, timeout=}) -> done, pending (input order); never raises
+-- for the children, never cancels them.
+function M.wait(list, opts)
+  local items, n = collect("weave.wait", list)
+  opts = settle_opts("weave.wait", opts)
+  local when = opts.when or "all"
+  if not WHEN[when] then
+    error(("weave.wait: when must be \"all\", \"first\" or \"first_error\", got %s"):format(tostring(when)), 2)
+  end
+  if opts.timeout ~= nil and type(opts.timeout) ~= "number" then
+    error(("weave.wait: timeout must be seconds (number), got %s"):format(type(opts.timeout)), 2)
+  end
+  local ndone = 0
+  local function satisfied(x)
+    ndone = ndone + 1
+    return ndone == n or when == "first" or (when == "first_error" and failed(x))
+  end
+  local already = false
+  for i = 1, n do
+    local x = items[i]
+    if x:done() and (when == "first" or (when == "first_error" and failed(x))) then already = true end
+  end
+  if n > 0 and not already then
+    local trig = trigger(items, n, function(_, x) return satisfied(x) end)
+    if opts.timeout then
+      core.runscope(core.newscope(opts.timeout, false), await, trig)
+    else
+      await(trig)
+    end
+  end
+  local done, pending = {}, {}
+  for i = 1, n do
+    local x = items[i]
+    if x:done() then done[#done + 1] = x else pending[#pending + 1] = x end
+  end
+  return done, pending
+end
+
+--- as_completed(list, {timeout=}) -> iterator over the original Tasks and
+-- Futures in completion order; raises kind "timeout" on expiry.
+function M.as_completed(list, opts)
+  local items, n = collect("weave.as_completed", list)
+  opts = settle_opts("weave.as_completed", opts)
+  local deadline = opts.timeout and core.now() + opts.timeout
+  local queue, head, signal = {}, 1, nil
+  for i = 1, n do
+    items[i]:on_done(function(x)
+      queue[#queue + 1] = x
+      if signal and not signal:done() then signal:resolve() end
+    end)
+  end
+  return function()
+    if head > n then return nil end
+    while head > #queue do
+      signal = future()
+      if deadline then
+        if not core.runscope(core.newscope(deadline - core.now(), false), await, signal) then
+          error(core.error("timeout", ("weave.as_completed: deadline of %g s exceeded"):format(opts.timeout),
+            { seconds = opts.timeout }), 2)
+        end
+      else
+        await(signal)
+      end
+    end
+    local x = queue[head]
+    head = head + 1
+    return x
+  end
+end
+
+--- race(list) -> values of the first to settle (or raises its error); the
+-- rest are cancelled and reaped.
+function M.race(list)
+  local items, n = collect("weave.race", list)
+  if n == 0 then error("weave.race: expected at least one item", 2) end
+  local trig = trigger(items, n, function() return true end)
+  local ok, first = pcall(await, trig)
+  if not ok then abort(items, n, first) end
+  cancel_all(items, n)
+  reap(items, n)
+  return items[first]:result()
+end
+
+--- any(list) -> values of the first to succeed; the rest are cancelled and
+-- reaped; if all fail, raises kind "group" with err.errors.
+function M.any(list)
+  local items, n = collect("weave.any", list)
+  if n == 0 then error("weave.any: expected at least one item", 2) end
+  local nfailed = 0
+  local trig = trigger(items, n, function(_, x)
+    if failed(x) then
+      nfailed = nfailed + 1
+      return nfailed == n
+    end
+    return true
+  end)
+  local ok, which = pcall(await, trig)
+  if not ok then abort(items, n, which) end
+  cancel_all(items, n)
+  reap(items, n)
+  if state(items[which]) == "resolved" then return items[which]:result() end
+  local errors = {}
+  for i = 1, n do errors[i] = items[i]:error() end
+  error(core.error("group", ("weave.any: all %d failed"):format(n), { errors = errors }), 2)
+end
+
+--- group(function(g) g:spawn(fn, ...) end, ...): structured concurrency.
+local Group = {}
+Group.__index = Group
+Group.__name = "weave.Group"
+
+--- g:spawn(fn, ...) -> Task, owned by the group.
+function Group:spawn(fn, ...)
+  if self._closed then error("Group:spawn: the group has finished; spawn while it runs", 2) end
+  if type(fn) ~= "function" then
+    error(("Group:spawn: expected a function, got %s"):format(type(fn)), 2)
+  end
+  local t = spawn(fn, ...)
+  self.tasks[#self.tasks + 1] = t
+  self._live = self._live + 1
+  t:on_done(function(x)
+    self._live = self._live - 1
+    if state(x) == "failed" then
+      self.errors[#self.errors + 1] = x:error()
+      self:_stop()
+    end
+    if self._live == 0 and self._signal and not self._signal:done() then self._signal:resolve() end
+  end)
+  return t
+end
+
+function Group:_stop()
+  self._scope:cancel()
+  cancel_all(self.tasks, #self.tasks)
+end
+
+--- g:cancel(): end the group early (body and children), with no error.
+function Group:cancel() self:_stop() end
+
+function M.group(body, ...)
+  if type(body) ~= "function" then
+    error(("weave.group: expected a function, got %s"):format(type(body)), 2)
+  end
+  local g = setmetatable({ tasks = {}, errors = {}, _live = 0, _scope = core.newscope(nil, false) }, Group)
+  local r = pack(pcall(core.runscope, g._scope, body, g, ...))
+  local outer
+  if not r[1] then
+    if core.iserror(r[2], "cancelled") and core.cancelpending() then
+      outer = r[2]
+    else
+      table.insert(g.errors, 1, r[2])
+    end
+    g:_stop()
+  end
+  while g._live > 0 do
+    g._signal = future()
+    local ok, err = pcall(await, g._signal)
+    if not ok then
+      outer = outer or err
+      g:_stop()
+      reap(g.tasks, #g.tasks)
+    end
+  end
+  g._closed = true
+  if outer then error(outer, 0) end
+  if #g.errors > 0 then
+    local first = g.errors[1]
+    error(core.error("group", ("weave.group: %d failure(s); first: %s"):format(#g.errors, tostring(first)),
+      { errors = g.errors }), 2)
+  end
+  if r[1] and r[2] then return unpack(r, 3, r.n) end
+end
+
+return M
