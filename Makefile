@@ -4,14 +4,14 @@ CC       ?= cc
 PREFIX   ?= /usr/local
 CFLAGS   ?= -O2 -g
 STRICT   ?= 0
-PKGS     := lua5.4 libuv
+PKGS     := lua5.4 libuv libcurl
 DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
-UVLIBS   := $(shell pkg-config --libs libuv 2>/dev/null || echo -luv)
+UVLIBS   := $(shell pkg-config --libs libuv libcurl 2>/dev/null || echo -luv -lcurl)
 WARN     := -Wall -Wextra $(if $(filter 1,$(STRICT)),-Werror)
 XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
 B        ?= build
 
-SRC      := error.c future.c loop.c module.c scope.c task.c timer.c
+SRC      := curl.c error.c future.c http.c loop.c module.c scope.c task.c timer.c
 OBJ      := $(SRC:%.c=$(B)/obj/%.o)
 LUASRC   := $(sort $(wildcard lua/weave/*.lua))
 # lua/weave/init.lua -> weave, lua/weave/x.lua -> weave.x
@@ -24,7 +24,7 @@ TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 
 all: $(B)/weave.so $(B)/libweave.a $(B)/weave
 
-$(B)/obj/%.o: csrc/%.c csrc/internal.h csrc/weave.h
+$(B)/obj/%.o: csrc/%.c csrc/internal.h csrc/weave.h csrc/wvcurl.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(XCFLAGS) -c $< -o $@
 

@@ -33,7 +33,7 @@ typedef struct wv_scope wv_scope;
 
 /* A timer entry lives inside the object it belongs to (a sleeping task, a
 ** scope deadline) and sits in the runtime's binary heap while armed. */
-enum { WV_TM_SLEEP, WV_TM_DEADLINE };
+enum { WV_TM_SLEEP, WV_TM_DEADLINE, WV_TM_XFER };
 struct wv_timer {
   uint64_t when;      /* uv_hrtime() deadline, ns */
   int idx;            /* heap slot, -1 when not armed */
@@ -94,6 +94,7 @@ struct wv_task {
   wv_task *wprev, *wnext; /* waiters list of `waiting` */
   wv_fut *waiting;        /* future awaited, if any */
   wv_unblock_fn unblock;  /* detach hook while blocked */
+  void *wdata;            /* what the unblock hook detaches from */
   wv_scope *scope;        /* innermost nested scope, NULL: root only */
   wv_timer tm;            /* sleep */
   unsigned id;
@@ -191,5 +192,8 @@ void weave__errorlib(lua_State *L);
 /* scope.c */
 void weave__scopelib(lua_State *L, wv_rt *rt);
 void weave__deadline_fired(wv_rt *rt, wv_timer *tm);
+void weave__xfer_timer(wv_rt *rt, wv_timer *tm);
+void weave__httplib(lua_State *L, wv_rt *rt);
+void weave__http_closeall(lua_State *L);
 
 #endif

@@ -371,6 +371,7 @@ void weave__close(wv_rt *rt) {
   reap(rt);
   rt->running--;
   report_failures(rt);
+  weave__http_closeall(rt->L);
   rt->closing = 1;
   close_handle(rt->idle);
   close_handle(rt->timer);

@@ -110,8 +110,10 @@ static void on_uvtimer(uv_timer_t *h) {
     }
     if (tm->kind == WV_TM_SLEEP)
       weave__wake(rt, task_of_timer(tm), WV_WAKE_OK);
-    else
+    else if (tm->kind == WV_TM_DEADLINE)
       weave__deadline_fired(rt, tm);
+    else
+      weave__xfer_timer(rt, tm);
   }
   weave__timer_arm(rt);
 }

@@ -20,20 +20,24 @@ dependencies = {
 }
 external_dependencies = {
   LIBUV = { header = "uv.h", library = "uv" },
+  LIBCURL = { header = "curl/curl.h", library = "curl" },
 }
 build = {
   type = "builtin",
   modules = {
     ["weave.core"] = {
       sources = {
-        "csrc/error.c", "csrc/future.c", "csrc/loop.c", "csrc/module.c",
+        "csrc/curl.c", "csrc/error.c", "csrc/future.c", "csrc/http.c", "csrc/loop.c", "csrc/module.c",
         "csrc/scope.c", "csrc/task.c", "csrc/timer.c",
       },
-      libraries = { "uv" },
-      incdirs = { "csrc", "$(LIBUV_INCDIR)" },
-      libdirs = { "$(LIBUV_LIBDIR)" },
+      libraries = { "uv", "curl" },
+      incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)" },
+      libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)" },
     },
     ["weave"] = "lua/weave/init.lua",
+    ["weave.combinators"] = "lua/weave/combinators.lua",
+    ["weave.sync"] = "lua/weave/sync.lua",
+    ["weave.http"] = "lua/weave/http.lua",
   },
   copy_directories = { "docs", "examples" },
 }

@@ -1,0 +1,768 @@
+/*
+** http.c - transfers: one curl easy handle each, driven by a session's multi
+** handle on the weave loop, awaited by a task.
+**
+** A transfer (userdata "weave.Transfer") collects what curl delivers in C
+** buffers and raises *events* for the task that waits on it:
+**   headers   the final response's headers are complete
+**   data      body bytes are buffered (streaming mode only)
+**   need_body the upload wants its next chunk (streamed request body)
+**   progress  counters moved (when asked for, at most every 100 ms)
+**   done      the transfer finished (successfully or not)
+** The Lua side (lua/weave/http.lua) loops on xfer:wait() and reacts.  curl
+** callbacks never run Lua and never call curl; cancelling the waiting task
+** removes the easy handle at once, which closes its connection.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "wvcurl.h"
+
+#define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
+
+static const char SESSIONS = 's'; /* registry: weak set of sessions */
+
+enum { EV_HEADERS = 1, EV_DATA = 2, EV_NEEDBODY = 4, EV_PROGRESS = 8, EV_DONE = 16 };
+enum { XS_NEW, XS_RUNNING, XS_DONE };
+
+#define WV_STREAM_HIGHWATER (256 * 1024)
+
+typedef struct {
+  char *p;
+  size_t len, cap;
+} wv_buf;
+
+struct wv_xfer {
+  wv_session *s;
+  CURL *easy;
+  struct curl_slist *hdrs;
+  wv_task *waiter;
+  wv_xfer *next, *prev; /* session's active list */
+  int events, state;
+  CURLcode result;
+  int stream, follow, headers_done, saw_location, progress;
+  int paused_recv, paused_send, too_large, timed_out, write_failed, aborted;
+  long max_redirects;
+  curl_off_t max_body, total;
+  wv_buf body, hdr, up;
+  size_t upoff;
+  int ueof;
+  FILE *out;
+  wv_timer rtm; /* read timeout */
+  uint64_t read_ns;
+  uint64_t last_progress;
+  curl_off_t dlnow, dltotal, ulnow, ultotal;
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+static int buf_add(wv_buf *b, const char *p, size_t n) {
+  if (b->len + n > b->cap) {
+    size_t ncap = b->cap ? b->cap * 2 : 16384;
+    char *np;
+    while (ncap < b->len + n)
+      ncap *= 2;
+    np = realloc(b->p, ncap);
+    if (np == NULL) return -1;
+    b->p = np;
+    b->cap = ncap;
+  }
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+static void buf_free(wv_buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* --- events -------------------------------------------------------------- */
+
+static void event(wv_xfer *x, int ev) {
+  x->events |= ev;
+  if (x->waiter != NULL) {
+    wv_task *t = x->waiter;
+    x->waiter = NULL;
+    weave__wake(x->s->rt, t, WV_WAKE_OK);
+  }
+}
+
+static void rearm(wv_xfer *x) {
+  if (x->read_ns > 0 && x->state == XS_RUNNING)
+    weave__timer_start(x->s->rt, &x->rtm, uv_hrtime() + x->read_ns);
+}
+
+static void unlink_active(wv_xfer *x) {
+  wv_session *s = x->s;
+  if (x->prev)
+    x->prev->next = x->next;
+  else if (s->active == x)
+    s->active = x->next;
+  if (x->next) x->next->prev = x->prev;
+  x->next = x->prev = NULL;
+}
+
+/* Take the easy handle off the multi (never from inside a curl callback). */
+static void finish(wv_xfer *x, CURLcode rc) {
+  if (x->state != XS_RUNNING) return;
+  x->state = XS_DONE;
+  x->result = rc;
+  weave__timer_stop(x->s->rt, &x->rtm);
+  unlink_active(x);
+  if (!x->s->closed) curl_multi_remove_handle(x->s->multi, x->easy);
+  if (x->out != NULL) {
+    if (fclose(x->out) != 0 && rc == CURLE_OK) x->result = CURLE_WRITE_ERROR, x->write_failed = 1;
+    x->out = NULL;
+  }
+  event(x, EV_DONE);
+}
+
+void weave__xfer_done(wv_xfer *x, CURLcode rc) { finish(x, rc); }
+
+/* The read timeout fired: no byte for read_timeout seconds. */
+void weave__xfer_timer(wv_rt *rt, wv_timer *tm) {
+  wv_xfer *x = (wv_xfer *)((char *)tm - offsetof(wv_xfer, rtm));
+  (void)rt;
+  x->timed_out = 1;
+  finish(x, CURLE_OPERATION_TIMEDOUT);
+}
+
+/* --- curl callbacks (no Lua, no curl calls) -------------------------------- */
+
+static size_t on_write(char *p, size_t size, size_t n, void *ud) {
+  wv_xfer *x = ud;
+  size_t len = size * n;
+  if (!x->headers_done) {
+    x->headers_done = 1;
+    event(x, EV_HEADERS);
+  }
+  if (x->stream && x->out == NULL && x->body.len >= WV_STREAM_HIGHWATER) {
+    /* The consumer is behind: pause; curl re-delivers this data later. */
+    x->paused_recv = 1;
+    weave__timer_stop(x->s->rt, &x->rtm);
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  rearm(x);
+  if (x->max_body > 0 && x->total + (curl_off_t)len > x->max_body) {
+    x->too_large = 1;
+    return 0;
+  }
+  x->total += (curl_off_t)len;
+  if (x->out != NULL) {
+    if (fwrite(p, 1, len, x->out) != len) {
+      x->write_failed = 1;
+      return 0;
+    }
+    return len;
+  }
+  if (buf_add(&x->body, p, len) != 0) return 0;
+  if (x->stream) event(x, EV_DATA);
+  return len;
+}
+
+static int is_redirect(long code) {
+  return code == 301 || code == 302 || code == 303 || code == 307 || code == 308;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  wv_xfer *x = ud;
+  size_t len = size * n;
+  rearm(x);
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+    /* A new response (after a redirect or a 1xx): keep only the last. */
+    x->hdr.len = 0;
+    x->saw_location = 0;
+  } else if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) {
+    long code = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    if (code >= 100 && code < 200) return len;
+    if (x->follow && is_redirect(code) && x->saw_location) return len;
+    if (!x->headers_done) {
+      x->headers_done = 1;
+      event(x, EV_HEADERS);
+    }
+  } else {
+    if (len > 9 && strncasecmp(p, "location:", 9) == 0) x->saw_location = 1;
+    while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
+      len--;
+    if (buf_add(&x->hdr, p, len) != 0 || buf_add(&x->hdr, "\n", 1) != 0) return 0;
+    return size * n;
+  }
+  return len;
+}
+
+static size_t on_read(char *p, size_t size, size_t n, void *ud) {
+  wv_xfer *x = ud;
+  size_t room = size * n, avail = x->up.len - x->upoff;
+  if (avail > 0) {
+    if (avail > room) avail = room;
+    memcpy(p, x->up.p + x->upoff, avail);
+    x->upoff += avail;
+    return avail;
+  }
+  if (x->ueof) return 0;
+  x->paused_send = 1;
+  event(x, EV_NEEDBODY);
+  return CURL_READFUNC_PAUSE;
+}
+
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+  wv_xfer *x = ud;
+  uint64_t now;
+  if (dlnow == x->dlnow && ulnow == x->ulnow && dltotal == x->dltotal && ultotal == x->ultotal) return 0;
+  x->dlnow = dlnow, x->dltotal = dltotal, x->ulnow = ulnow, x->ultotal = ultotal;
+  now = uv_hrtime();
+  if (now - x->last_progress >= 100000000u) {
+    x->last_progress = now;
+    event(x, EV_PROGRESS);
+  }
+  return 0;
+}
+
+/* --- building a transfer from a spec table --------------------------------- */
+
+static double optnum(lua_State *L, int spec, const char *k, double dflt) {
+  double v = dflt;
+  if (lua_getfield(L, spec, k) == LUA_TNUMBER) v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static int optbool(lua_State *L, int spec, const char *k, int dflt) {
+  int v = dflt;
+  if (lua_getfield(L, spec, k) != LUA_TNIL) v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Returns the string field k (kept alive by the spec table) or NULL. */
+static const char *optstr(lua_State *L, int spec, const char *k) {
+  const char *v = NULL;
+  if (lua_getfield(L, spec, k) == LUA_TSTRING) v = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static wv_session *checksession(lua_State *L, int idx) {
+  wv_session *s = luaL_checkudata(L, idx, WV_SESSION_MT);
+  if (s->closed) luaL_error(L, "weave.http: the session is closed");
+  return s;
+}
+
+static void xfer_release(wv_xfer *x);
+
+/* core.http_new(session, spec) -> Transfer (not started) */
+static int l_http_new(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_session *s = checksession(L, 1);
+  wv_xfer *x;
+  const char *url, *method, *s1;
+  size_t blen = 0;
+  const char *body;
+  double t;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  url = optstr(L, 2, "url");
+  method = optstr(L, 2, "method");
+  if (url == NULL) return luaL_error(L, "weave.http: the request has no url");
+  x = lua_newuserdatauv(L, sizeof *x, 1);
+  memset(x, 0, sizeof *x);
+  x->s = s;
+  x->rtm.idx = -1;
+  x->rtm.kind = WV_TM_XFER;
+  luaL_setmetatable(L, WV_XFER_MT);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
+  (void)rt;
+  if (s->neasy > 0) {
+    x->easy = s->easypool[--s->neasy];
+    curl_easy_reset(x->easy);
+  } else {
+    x->easy = curl_easy_init();
+  }
+  if (x->easy == NULL) return luaL_error(L, "weave.http: out of memory");
+  curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *)x);
+  curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(x->easy, CURLOPT_SHARE, s->share);
+  curl_easy_setopt(x->easy, CURLOPT_URL, url);
+  curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
+  curl_easy_setopt(x->easy, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  curl_easy_setopt(x->easy, CURLOPT_ACCEPT_ENCODING, "");
+  curl_easy_setopt(x->easy, CURLOPT_BUFFERSIZE, (long)optnum(L, 2, "buffer_size", 65536));
+  curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(x->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  if (optbool(L, 2, "cookies", 0)) curl_easy_setopt(x->easy, CURLOPT_COOKIEFILE, "");
+
+  x->follow = optbool(L, 2, "follow", 1);
+  x->max_redirects = (long)optnum(L, 2, "max_redirects", 10);
+  curl_easy_setopt(x->easy, CURLOPT_FOLLOWLOCATION, (long)x->follow);
+  curl_easy_setopt(x->easy, CURLOPT_MAXREDIRS, x->max_redirects);
+  curl_easy_setopt(x->easy, CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_301 | CURL_REDIR_POST_302);
+
+  if ((t = optnum(L, 2, "timeout", 0)) > 0)
+    curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)(t * 1000 + 0.5));
+  if ((t = optnum(L, 2, "connect_timeout", 0)) > 0)
+    curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)(t * 1000 + 0.5));
+  if ((t = optnum(L, 2, "read_timeout", 0)) > 0) x->read_ns = (uint64_t)(t * 1e9);
+  x->max_body = (curl_off_t)optnum(L, 2, "max_body_size", 0);
+  if (x->max_body > 0) curl_easy_setopt(x->easy, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
+
+  if (!optbool(L, 2, "verify", 1)) {
+    curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if ((s1 = optstr(L, 2, "ca_file")) != NULL) curl_easy_setopt(x->easy, CURLOPT_CAINFO, s1);
+  if ((s1 = optstr(L, 2, "proxy")) != NULL) curl_easy_setopt(x->easy, CURLOPT_PROXY, s1);
+  if ((s1 = optstr(L, 2, "http_version")) != NULL) {
+    long v = strcmp(s1, "2") == 0     ? CURL_HTTP_VERSION_2TLS
+             : strcmp(s1, "1.0") == 0 ? CURL_HTTP_VERSION_1_0
+                                      : CURL_HTTP_VERSION_1_1;
+    curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION, v);
+  }
+  x->stream = optbool(L, 2, "stream", 0);
+  if ((s1 = optstr(L, 2, "output")) != NULL) {
+    x->out = fopen(s1, "wb");
+    if (x->out == NULL) {
+      xfer_release(x);
+      return luaL_error(L, "weave.http: cannot open output file %s", s1);
+    }
+  }
+  x->progress = optbool(L, 2, "progress", 0);
+  if (x->progress) {
+    curl_easy_setopt(x->easy, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(x->easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(x->easy, CURLOPT_XFERINFODATA, x);
+  }
+
+  /* Headers: an array of "Name: value" lines.  "Expect:" turns off
+  ** 100-continue, which only adds a round trip for us. */
+  if (lua_getfield(L, 2, "headers") == LUA_TTABLE) {
+    lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
+    for (i = 1; i <= n; i++) {
+      if (lua_rawgeti(L, -1, i) == LUA_TSTRING) x->hdrs = curl_slist_append(x->hdrs, lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  x->hdrs = curl_slist_append(x->hdrs, "Expect:");
+  curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
+
+  /* Method and body. */
+  if (lua_getfield(L, 2, "body") == LUA_TSTRING) {
+    body = lua_tolstring(L, -1, &blen);
+    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    curl_easy_setopt(x->easy, CURLOPT_COPYPOSTFIELDS, body);
+  } else if (optbool(L, 2, "body_stream", 0)) {
+    curl_easy_setopt(x->easy, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(x->easy, CURLOPT_READDATA, x);
+    if (method != NULL && strcmp(method, "POST") == 0) {
+      curl_easy_setopt(x->easy, CURLOPT_POST, 1L);
+      curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+    } else {
+      curl_easy_setopt(x->easy, CURLOPT_UPLOAD, 1L);
+      curl_easy_setopt(x->easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)-1);
+    }
+  }
+  lua_pop(L, 1);
+  if (method != NULL) {
+    if (strcmp(method, "HEAD") == 0)
+      curl_easy_setopt(x->easy, CURLOPT_NOBODY, 1L);
+    else if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+      curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, method);
+    else if (strcmp(method, "GET") == 0 && blen > 0)
+      curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, "GET");
+  }
+  return 1;
+}
+
+static wv_xfer *checkxfer(lua_State *L) { return luaL_checkudata(L, 1, WV_XFER_MT); }
+
+/* xfer:start() */
+static int x_start(lua_State *L) {
+  wv_xfer *x = checkxfer(L);
+  wv_session *s = x->s;
+  CURLMcode mc;
+  if (x->state != XS_NEW) return luaL_error(L, "weave.http: transfer already started");
+  if (s->closed) return luaL_error(L, "weave.http: the session is closed");
+  x->state = XS_RUNNING;
+  x->next = s->active;
+  if (s->active) s->active->prev = x;
+  s->active = x;
+  rearm(x);
+  mc = curl_multi_add_handle(s->multi, x->easy);
+  if (mc != CURLM_OK) {
+    x->state = XS_DONE;
+    unlink_active(x);
+    weave__timer_stop(s->rt, &x->rtm);
+    return luaL_error(L, "weave.http: %s", curl_multi_strerror(mc));
+  }
+  return 0;
+}
+
+/* Abort: take the handle off at once (the connection is closed). */
+static void xfer_abort(wv_xfer *x) {
+  if (x->state == XS_RUNNING) {
+    x->aborted = 1;
+    finish(x, CURLE_ABORTED_BY_CALLBACK);
+  }
+}
+
+static void wait_unblock(wv_rt *rt, wv_task *t) {
+  wv_xfer *x = t->wdata;
+  (void)rt;
+  t->wdata = NULL;
+  if (x != NULL) {
+    x->waiter = NULL;
+    xfer_abort(x);
+  }
+}
+
+static int pop_event(lua_State *L, wv_xfer *x) {
+  static const struct {
+    int bit;
+    const char *name;
+  } order[] = {{EV_NEEDBODY, "need_body"},
+               {EV_HEADERS, "headers"},
+               {EV_DATA, "data"},
+               {EV_PROGRESS, "progress"},
+               {EV_DONE, "done"}};
+  size_t i;
+  for (i = 0; i < sizeof order / sizeof order[0]; i++) {
+    if (x->events & order[i].bit) {
+      if (order[i].bit != EV_DONE) x->events &= ~order[i].bit;
+      lua_pushstring(L, order[i].name);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int wait_k(lua_State *L, int status, lua_KContext ctx) {
+  wv_rt *rt = (wv_rt *)ctx;
+  wv_xfer *x = lua_touserdata(L, 1);
+  (void)status;
+  rt->current->wdata = NULL;
+  if (rt->current->wake == WV_WAKE_CANCEL) weave__checkcancel(L, rt->current);
+  if (pop_event(L, x)) return 1;
+  return luaL_error(L, "weave.http: woken without an event");
+}
+
+/* xfer:wait() -> "headers" | "data" | "need_body" | "progress" | "done" */
+static int x_wait(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_xfer *x = checkxfer(L);
+  wv_task *t;
+  lua_settop(L, 1);
+  if (!weave__incontext(L, rt, "weave.http")) return luaL_error(L, "weave.http: transfers need a task");
+  t = rt->current;
+  if (x->state == XS_NEW) return luaL_error(L, "weave.http: transfer not started");
+  if (weave__checkcancel(L, t) == 0 && pop_event(L, x)) return 1;
+  x->waiter = t;
+  t->wdata = x;
+  return weave__suspend(L, rt, t, wait_unblock, wait_k, (lua_KContext)rt);
+}
+
+/* xfer:take() -> the body bytes buffered so far ("" when none); resumes a
+** transfer paused by a slow consumer. */
+static int x_take(lua_State *L) {
+  wv_xfer *x = checkxfer(L);
+  lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
+  x->body.len = 0;
+  x->events &= ~EV_DATA;
+  if (x->paused_recv && x->state == XS_RUNNING) {
+    x->paused_recv = 0;
+    rearm(x);
+    curl_easy_pause(x->easy, x->paused_send ? CURLPAUSE_SEND : CURLPAUSE_CONT);
+  }
+  return 1;
+}
+
+/* xfer:feed(chunk | nil): the next piece of a streamed request body. */
+static int x_feed(lua_State *L) {
+  wv_xfer *x = checkxfer(L);
+  size_t n = 0;
+  const char *p = luaL_optlstring(L, 2, NULL, &n);
+  if (x->upoff > 0 && x->upoff == x->up.len) x->up.len = x->upoff = 0;
+  if (p == NULL)
+    x->ueof = 1;
+  else if (buf_add(&x->up, p, n) != 0)
+    return luaL_error(L, "weave.http: out of memory");
+  if (x->paused_send && x->state == XS_RUNNING) {
+    x->paused_send = 0;
+    curl_easy_pause(x->easy, x->paused_recv ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+  }
+  return 0;
+}
+
+static const char *error_kind(wv_xfer *x, CURLcode rc) {
+  if (x->too_large) return "too_large";
+  if (x->timed_out) return "timeout";
+  if (x->aborted) return "cancelled";
+  switch (rc) {
+  case CURLE_COULDNT_RESOLVE_HOST:
+  case CURLE_COULDNT_RESOLVE_PROXY:
+    return "dns";
+  case CURLE_COULDNT_CONNECT:
+    return "connect";
+  case CURLE_OPERATION_TIMEDOUT:
+    return "timeout";
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_PEER_FAILED_VERIFICATION:
+  case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CIPHER:
+  case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_ISSUER_ERROR:
+  case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+  case CURLE_SSL_INVALIDCERTSTATUS:
+  case CURLE_SSL_CRL_BADFILE:
+  case CURLE_SSL_SHUTDOWN_FAILED:
+  case CURLE_USE_SSL_FAILED:
+  case CURLE_SSL_ENGINE_NOTFOUND:
+  case CURLE_SSL_ENGINE_SETFAILED:
+  case CURLE_SSL_ENGINE_INITFAILED:
+    return "tls";
+  case CURLE_TOO_MANY_REDIRECTS:
+    return "too_many_redirects";
+  case CURLE_FILESIZE_EXCEEDED:
+    return "too_large";
+  case CURLE_URL_MALFORMAT:
+  case CURLE_BAD_FUNCTION_ARGUMENT:
+    return "invalid_request";
+  /* URLs are checked to be http(s) before a transfer starts, so at transfer
+  ** time this code means an HTTP/0.9 reply or a redirect to another scheme. */
+  case CURLE_UNSUPPORTED_PROTOCOL:
+  case CURLE_WEIRD_SERVER_REPLY:
+  case CURLE_BAD_CONTENT_ENCODING:
+  case CURLE_UNKNOWN_OPTION:
+  case CURLE_HTTP_RETURNED_ERROR:
+    return "protocol";
+  default:
+    return "network";
+  }
+}
+
+/* xfer:info() -> {status=, headers={{name, value}...}, url=, http_version=,
+** elapsed=, redirects=, error={kind=, message=, curl_code=} | nil} */
+static int x_info(lua_State *L) {
+  wv_xfer *x = checkxfer(L);
+  long code = 0, ver = 0, redirs = 0;
+  char *url = NULL;
+  curl_off_t total_us = 0;
+  lua_Integer nh = 0;
+  size_t i = 0;
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+  curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &ver);
+  curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirs);
+  curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
+  curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME_T, &total_us);
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, code);
+  lua_setfield(L, -2, "status");
+  lua_pushstring(L, ver == CURL_HTTP_VERSION_2_0   ? "2"
+                    : ver == CURL_HTTP_VERSION_3   ? "3"
+                    : ver == CURL_HTTP_VERSION_1_0 ? "1.0"
+                                                   : "1.1");
+  lua_setfield(L, -2, "http_version");
+  lua_pushinteger(L, redirs);
+  lua_setfield(L, -2, "redirects");
+  if (url != NULL) {
+    lua_pushstring(L, url);
+    lua_setfield(L, -2, "url");
+  }
+  lua_pushnumber(L, (double)total_us / 1e6);
+  lua_setfield(L, -2, "elapsed");
+  lua_newtable(L);
+  while (i < x->hdr.len) {
+    const char *line = x->hdr.p + i, *end = memchr(line, '\n', x->hdr.len - i), *colon, *v;
+    if (end == NULL) break;
+    colon = memchr(line, ':', (size_t)(end - line));
+    i = (size_t)(end - x->hdr.p) + 1;
+    if (colon == NULL) continue;
+    v = colon + 1;
+    while (v < end && (*v == ' ' || *v == '\t'))
+      v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+      end--;
+    lua_createtable(L, 2, 0);
+    lua_pushlstring(L, line, (size_t)(colon - line));
+    lua_rawseti(L, -2, 1);
+    lua_pushlstring(L, v, (size_t)(end - v));
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, ++nh);
+  }
+  lua_setfield(L, -2, "headers");
+  if (x->state == XS_DONE && x->result != CURLE_OK) {
+    const char *kind = error_kind(x, x->result);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    if (x->too_large)
+      lua_pushfstring(L, "response body larger than max_body_size (%d bytes)", (int)x->max_body);
+    else if (x->timed_out)
+      lua_pushliteral(L, "read timeout: no data received within read_timeout");
+    else if (x->write_failed)
+      lua_pushliteral(L, "cannot write the response body to the output file");
+    else if (x->errbuf[0] != '\0')
+      lua_pushstring(L, x->errbuf);
+    else
+      lua_pushstring(L, curl_easy_strerror(x->result));
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, (lua_Integer)x->result);
+    lua_setfield(L, -2, "curl_code");
+    lua_setfield(L, -2, "error");
+  }
+  if (x->progress) {
+    lua_pushinteger(L, (lua_Integer)x->dlnow);
+    lua_setfield(L, -2, "dlnow");
+    lua_pushinteger(L, (lua_Integer)x->dltotal);
+    lua_setfield(L, -2, "dltotal");
+    lua_pushinteger(L, (lua_Integer)x->ulnow);
+    lua_setfield(L, -2, "ulnow");
+    lua_pushinteger(L, (lua_Integer)x->ultotal);
+    lua_setfield(L, -2, "ultotal");
+  }
+  return 1;
+}
+
+/* Release everything; the easy handle goes back to the session's pool. */
+static void xfer_release(wv_xfer *x) {
+  xfer_abort(x);
+  if (x->easy != NULL) {
+    if (!x->s->closed && x->s->neasy < WV_EASYPOOL)
+      x->s->easypool[x->s->neasy++] = x->easy;
+    else
+      curl_easy_cleanup(x->easy);
+    x->easy = NULL;
+  }
+  curl_slist_free_all(x->hdrs);
+  x->hdrs = NULL;
+  buf_free(&x->body);
+  buf_free(&x->hdr);
+  buf_free(&x->up);
+  if (x->out != NULL) {
+    fclose(x->out);
+    x->out = NULL;
+  }
+}
+
+/* xfer:close() / __close / __gc: abort if running and free. */
+static int x_close(lua_State *L) {
+  xfer_release(luaL_checkudata(L, 1, WV_XFER_MT));
+  return 0;
+}
+
+static int x_done(lua_State *L) {
+  lua_pushboolean(L, checkxfer(L)->state == XS_DONE);
+  return 1;
+}
+
+/* --- sessions -------------------------------------------------------------- */
+
+/* core.http_session{cookies=, max_connections=, max_per_host=} -> Session */
+static int l_session(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_session *s;
+  int cookies = 1;
+  long maxconn = 0, maxhost = 0;
+  if (lua_istable(L, 1)) {
+    cookies = optbool(L, 1, "cookies", 1);
+    maxconn = (long)optnum(L, 1, "max_connections", 0);
+    maxhost = (long)optnum(L, 1, "max_per_host", 0);
+  }
+  s = lua_newuserdatauv(L, sizeof *s, 0);
+  memset(s, 0, sizeof *s);
+  luaL_setmetatable(L, WV_SESSION_MT);
+  /* Remember it (weakly) so weave_close can close it before the loop. */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SESSIONS);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  if (rt->closing || weave__session_init(s, rt, cookies, maxconn, maxhost) != 0) {
+    s->closed = 1;
+    return luaL_error(L, "weave.http: cannot create a session");
+  }
+  return 1;
+}
+
+/* session:close(): abort its transfers, free its connections. */
+static int s_close(lua_State *L) {
+  wv_session *s = luaL_checkudata(L, 1, WV_SESSION_MT);
+  while (s->active != NULL)
+    xfer_abort(s->active);
+  weave__session_close(s);
+  return 0;
+}
+
+/* Close every session still open (weave_close, before the loop goes). */
+void weave__http_closeall(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SESSIONS);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    wv_session *s = lua_touserdata(L, -2);
+    while (s->active != NULL)
+      xfer_abort(s->active);
+    weave__session_close(s);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+static int s_active(lua_State *L) {
+  wv_session *s = luaL_checkudata(L, 1, WV_SESSION_MT);
+  int n = 0;
+  wv_xfer *x;
+  for (x = s->active; x != NULL; x = x->next)
+    n++;
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+void weave__httplib(lua_State *L, wv_rt *rt) {
+  static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take},
+                                    {"feed", x_feed},   {"info", x_info}, {"close", x_close},
+                                    {"done", x_done},   {NULL, NULL}};
+  static const luaL_Reg smeths[] = {{"close", s_close}, {"active", s_active}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {NULL, NULL}};
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SESSIONS);
+  luaL_newmetatable(L, WV_XFER_MT);
+  lua_newtable(L);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, xmeths, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, x_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, x_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, WV_SESSION_MT);
+  lua_newtable(L);
+  luaL_setfuncs(L, smeths, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, s_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, s_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, fns, 1);
+  {
+    curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    lua_pushstring(L, v->version);
+    lua_setfield(L, -2, "curl_version");
+  }
+}

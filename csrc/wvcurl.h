@@ -1,0 +1,39 @@
+/*
+** wvcurl.h - internal: sessions (a curl multi handle on the weave loop) and
+** transfers (one easy handle each).  Not installed.
+*/
+#ifndef WEAVE_WVCURL_H
+#define WEAVE_WVCURL_H
+
+#include <curl/curl.h>
+
+#include "internal.h"
+
+#define WV_SESSION_MT "weave.Session"
+#define WV_XFER_MT "weave.Transfer"
+#define WV_EASYPOOL 64
+
+typedef struct wv_session wv_session;
+typedef struct wv_xfer wv_xfer;
+
+/* A session: one multi handle (its own connection cache), a share handle
+** for cookies and DNS, one uv timer, a uv poll per socket. */
+struct wv_session {
+  wv_rt *rt;
+  CURLM *multi;
+  CURLSH *share;
+  uv_timer_t *timer;
+  int closed;
+  wv_xfer *active;             /* running transfers */
+  CURL *easypool[WV_EASYPOOL]; /* finished handles kept for reuse */
+  int neasy;
+};
+
+/* curl.c: the glue; no Lua in it. */
+int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, long maxhost);
+void weave__session_close(wv_session *s);
+
+/* http.c: called by the glue when curl reports a transfer finished. */
+void weave__xfer_done(wv_xfer *x, CURLcode rc);
+
+#endif

@@ -1,0 +1,476 @@
+--- weave.http: HTTP on libcurl's multi interface, on the weave loop.
+-- Requests suspend the calling task; cancelling it (or a deadline) aborts the
+-- transfer at once. See docs/http.md.
+local core = require "weave.core"
+local weave = require "weave"
+local sync = require "weave.sync"
+
+local type, tostring, pairs, ipairs, error, pcall, setmetatable, select =
+  type, tostring, pairs, ipairs, error, pcall, setmetatable, select
+local concat, sort = table.concat, table.sort
+
+local M = {}
+
+local cjson_mod
+local function cjson()
+  if not cjson_mod then cjson_mod = require "cjson" end
+  return cjson_mod
+end
+
+local function http_error(kind, message, fields)
+  fields = fields or {}
+  return core.error(kind, message, fields)
+end
+
+local function invalid(fname, message, url)
+  return http_error("invalid_request", fname .. ": " .. message, { url = url })
+end
+
+---------------------------------------------------------------------------
+-- URLs, query strings, forms
+
+local function encode(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+M.urlencode = encode
+
+--- Encode a table as application/x-www-form-urlencoded (keys sorted; list
+-- values repeat the key).
+local function encode_pairs(t)
+  local keys, parts = {}, {}
+  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
+  sort(keys)
+  for _, k in ipairs(keys) do
+    local v = t[k]
+    if v == nil then v = t[tonumber(k)] end
+    if type(v) == "table" then
+      for _, item in ipairs(v) do parts[#parts + 1] = encode(k) .. "=" .. encode(item) end
+    elseif v == true then
+      parts[#parts + 1] = encode(k)
+    elseif v ~= false then
+      parts[#parts + 1] = encode(k) .. "=" .. encode(v)
+    end
+  end
+  return concat(parts, "&")
+end
+M.encode_query = encode_pairs
+
+local function host_of(url)
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then return nil end
+  local authority = rest:match("^([^/?#]*)") or ""
+  authority = authority:gsub("^.*@", ""):lower()
+  if not authority:find(":%d+$") and not authority:find("^%[.*%]:%d+$") then
+    authority = authority .. (scheme:lower() == "https" and ":443" or ":80")
+  end
+  return authority, scheme:lower()
+end
+
+local function join_url(base, path)
+  if base == nil or path:find("^%a[%w+.-]*://") then return path end
+  if path == "" then return base end
+  if path:sub(1, 1) == "/" then
+    local origin = base:match("^(%a[%w+.-]*://[^/]*)")
+    return (origin or base) .. path
+  end
+  return (base:gsub("/*$", "")) .. "/" .. path
+end
+
+---------------------------------------------------------------------------
+-- Headers: case-insensitive lookup, repeated fields kept.
+
+local Headers = { __name = "weave.http.Headers" }
+
+--- headers:all(name) -> list of every value of that field.
+function Headers.all(self, name)
+  local out, lname = {}, name:lower()
+  for _, p in ipairs(rawget(self, "_list")) do
+    if p[1]:lower() == lname then out[#out + 1] = p[2] end
+  end
+  return out
+end
+
+--- headers:list() -> {{name, value}, ...} in arrival order.
+function Headers.list(self) return rawget(self, "_list") end
+
+Headers.__index = function(self, k)
+  local m = Headers[k]
+  if m then return m end
+  if type(k) == "string" then return rawget(self, "_map")[k:lower()] end
+end
+
+Headers.__pairs = function(self)
+  local list, i = rawget(self, "_list"), 0
+  return function()
+    i = i + 1
+    local p = list[i]
+    if p then return p[1], p[2] end
+  end
+end
+
+local function make_headers(list)
+  local map = {}
+  for _, p in ipairs(list) do
+    local k = p[1]:lower()
+    map[k] = map[k] and (map[k] .. ", " .. p[2]) or p[2]
+  end
+  return setmetatable({ _list = list, _map = map }, Headers)
+end
+
+---------------------------------------------------------------------------
+-- Response
+
+local Response = { __name = "weave.http.Response" }
+Response.__index = Response
+Response.__tostring = function(r) return ("weave.http.Response %d %s"):format(r.status, r.url or "") end
+
+--- res:json() -> the body decoded with lua-cjson.
+function Response:json()
+  local ok, v = pcall(cjson().decode, self.body or "")
+  if not ok then
+    error(http_error("protocol", "Response:json: the body is not valid JSON: " .. tostring(v), { url = self.url }), 2)
+  end
+  return v
+end
+
+--- res:raise_for_status() -> res; raises kind "status" for 4xx/5xx.
+function Response:raise_for_status()
+  if self.status >= 400 then
+    error(http_error("status", ("HTTP %d for %s"):format(self.status, self.url or "?"),
+      { url = self.url, status = self.status, response = self }), 2)
+  end
+  return self
+end
+
+local function fill(res, info)
+  res.status = info.status
+  res.ok = info.status >= 200 and info.status < 300
+  res.headers = make_headers(info.headers)
+  res.url = info.url
+  res.http_version = info.http_version
+  res.elapsed = info.elapsed
+  res.redirects = info.redirects
+end
+
+local function raise_transfer(info, url)
+  local e = info.error
+  error(http_error(e.kind, e.message, { url = info.url or url, curl_code = e.curl_code }), 0)
+end
+
+-- Run the transfer's events until `stop` (an event name) or "done".
+local function pump(x, req, stop)
+  while true do
+    local ev = x:wait()
+    if ev == "need_body" then
+      local chunk = req.body_iter()
+      if chunk ~= nil and type(chunk) ~= "string" then
+        error(invalid("weave.http", "a body function must return strings (or nil at the end), got "
+          .. type(chunk), req.url), 0)
+      end
+      x:feed(chunk)
+    elseif ev == "progress" then
+      local i = x:info()
+      req.on_progress(i.dlnow, i.dltotal > 0 and i.dltotal or nil, i.ulnow, i.ultotal > 0 and i.ultotal or nil)
+    elseif ev == stop or ev == "done" then
+      return ev
+    end
+  end
+end
+
+--- res:chunks() -> iterator over body pieces as they arrive (stream=true).
+-- The transfer pauses while the consumer is slow; memory stays bounded.
+function Response:chunks()
+  local x, req = self._x, self._req
+  if not x then error("Response:chunks: only for requests made with stream=true", 2) end
+  return function()
+    while true do
+      local data = x:take()
+      if #data > 0 then return data end
+      if x:done() then
+        local info = x:info()
+        self:close()
+        if info.error then raise_transfer(info, req.url) end
+        return nil
+      end
+      pump(x, req, "data")
+    end
+  end
+end
+
+--- res:read() -> the rest of a streamed body as one string.
+function Response:read()
+  local parts = {}
+  for chunk in self:chunks() do parts[#parts + 1] = chunk end
+  return concat(parts)
+end
+
+--- res:close(): abort a streamed transfer that is still running; free it.
+function Response:close()
+  local x = self._x
+  if x then
+    self._x = nil
+    x:close()
+    if self._release then self._release() end
+  end
+end
+
+Response.__close = function(self) self:close() end
+
+---------------------------------------------------------------------------
+-- Sessions
+
+local Session = { __name = "weave.http.Session" }
+Session.__index = Session
+
+local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true, DELETE = true, OPTIONS = true }
+
+local function check_number(fname, opts, k)
+  local v = opts[k]
+  if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
+    error(invalid(fname, ("%s must be a non-negative number of seconds/bytes, got %s"):format(k, tostring(v))), 4)
+  end
+  return v
+end
+
+local function header_line(fname, k, v, url)
+  k, v = tostring(k), tostring(v)
+  if k:find("[%c:]") or k == "" or v:find("[\r\n]") then
+    error(invalid(fname, ("bad header %q"):format(k), url), 4)
+  end
+  return k .. ": " .. v
+end
+
+-- Turn request options into the spec core.http_new reads.
+local function build(self, opts, fname)
+  local url = opts.url
+  if type(url) ~= "string" then
+    error(invalid(fname, "expected a url string, got " .. type(url)), 3)
+  end
+  url = join_url(self.base_url, url)
+  if opts.query ~= nil then
+    if type(opts.query) ~= "table" then error(invalid(fname, "query must be a table", url), 3) end
+    local q = encode_pairs(opts.query)
+    if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
+  end
+  local host, scheme = host_of(url)
+  if not host or (scheme ~= "http" and scheme ~= "https") then
+    error(invalid(fname, "the url must be http:// or https://, got " .. url, url), 3)
+  end
+  local method = (opts.method or "GET"):upper()
+  if not METHODS[method] and not method:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+    error(invalid(fname, "bad method " .. method, url), 3)
+  end
+  for _, k in ipairs { "timeout", "connect_timeout", "read_timeout", "pool_timeout", "max_body_size" } do
+    check_number(fname, opts, k)
+  end
+  local names, lines = {}, {}
+  local function add(k, v)
+    names[k:lower()] = true
+    lines[#lines + 1] = header_line(fname, k, v, url)
+  end
+  local function merge(h)
+    if h == nil then return end
+    if type(h) ~= "table" then error(invalid(fname, "headers must be a table", url), 4) end
+    local keys = {}
+    for k in pairs(h) do keys[#keys + 1] = k end
+    sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    for _, k in ipairs(keys) do add(k, h[k]) end
+  end
+  merge(opts.headers)
+  if self.headers then
+    for k, v in pairs(self.headers) do
+      if not names[tostring(k):lower()] then add(k, v) end
+    end
+  end
+  local body, body_iter = opts.body, nil
+  local ctype
+  if opts.json ~= nil then
+    body, ctype = cjson().encode(opts.json), "application/json"
+  elseif opts.form ~= nil then
+    if type(opts.form) ~= "table" then error(invalid(fname, "form must be a table", url), 3) end
+    body, ctype = encode_pairs(opts.form), "application/x-www-form-urlencoded"
+  end
+  if type(body) == "table" then
+    for i, v in ipairs(body) do
+      if type(v) ~= "string" then error(invalid(fname, ("body[%d] must be a string"):format(i), url), 3) end
+    end
+    body = concat(body)
+  elseif type(body) == "function" then
+    body_iter, body = body, nil
+  elseif body ~= nil and type(body) ~= "string" then
+    error(invalid(fname, "body must be a string, a table of strings or a function, got " .. type(body), url), 3)
+  end
+  if ctype and not names["content-type"] then add("Content-Type", ctype) end
+  if not names["user-agent"] then add("User-Agent", M.user_agent) end
+  if (body or body_iter) and method == "GET" and opts.method == nil then method = "POST" end
+  local stream = opts.stream and true or false
+  return {
+    url = url, host = host, method = method, headers = lines, body = body, body_iter = body_iter,
+    body_stream = body_iter ~= nil,
+    timeout = (not stream) and opts.timeout or nil, stream_timeout = stream and opts.timeout or nil,
+    connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout,
+    pool_timeout = opts.pool_timeout or self.pool_timeout,
+    follow = opts.follow_redirects ~= false, max_redirects = opts.max_redirects or 10,
+    verify = opts.verify ~= false and self.verify ~= false, ca_file = opts.ca_file or self.ca_file,
+    proxy = opts.proxy or self.proxy, http_version = opts.http_version or self.http_version,
+    max_body_size = opts.max_body_size, stream = stream, output = opts.output,
+    progress = opts.on_progress ~= nil, on_progress = opts.on_progress,
+    cookies = self.cookies, buffer_size = opts.buffer_size or self.buffer_size,
+  }
+end
+
+-- Take a connection slot (weave's own admission): per host, then total.
+-- pool_timeout bounds the wait; it is not part of `timeout`.
+local function admit(self, req)
+  local hs
+  if self.max_per_host then
+    hs = self._hosts[req.host]
+    if not hs then
+      hs = sync.Semaphore(self.max_per_host)
+      self._hosts[req.host] = hs
+    end
+  end
+  local function acquire()
+    if hs then hs:acquire() end
+    local ok, err = pcall(self._slots.acquire, self._slots)
+    if not ok then
+      if hs then hs:release() end
+      error(err, 0)
+    end
+  end
+  if req.pool_timeout then
+    if not weave.move_on_after(req.pool_timeout, acquire) then
+      error(http_error("timeout", ("pool timeout: no connection slot within %g s"):format(req.pool_timeout),
+        { url = req.url }), 0)
+    end
+  else
+    acquire()
+  end
+  local released = false
+  return function()
+    if released then return end
+    released = true
+    self._slots:release()
+    if hs then hs:release() end
+  end
+end
+
+local function perform(self, opts, fname)
+  if self._closed then error(invalid(fname, "the session is closed"), 3) end
+  local req = build(self, opts, fname)
+  local release = admit(self, req)
+  local ok, x = pcall(core.http_new, self._s, req)
+  if not ok then
+    release()
+    error(invalid(fname, tostring(x), req.url), 0)
+  end
+  local res = setmetatable({}, Response)
+  local function run()
+    x:start()
+    if req.stream then
+      local ev
+      if req.stream_timeout then
+        local done
+        done, ev = weave.move_on_after(req.stream_timeout, pump, x, req, "headers")
+        if not done then
+          error(http_error("timeout", ("no response headers within %g s"):format(req.stream_timeout),
+            { url = req.url }), 0)
+        end
+      else
+        ev = pump(x, req, "headers")
+      end
+      local info = x:info()
+      if ev == "done" and info.error then raise_transfer(info, req.url) end
+      fill(res, info)
+      res._x, res._req, res._release = x, req, release
+      return res
+    end
+    pump(x, req, "done")
+    local info = x:info()
+    if info.error then raise_transfer(info, req.url) end
+    fill(res, info)
+    if not req.output then res.body = x:take() end
+    x:close()
+    release()
+    return res
+  end
+  local r = table.pack(pcall(run))
+  if not r[1] then
+    x:close()
+    release()
+    error(r[2], 0)
+  end
+  return r[2]
+end
+
+local function blocking(fn, ...)
+  if core.current() == nil and not core.running() then return weave.run(fn, ...) end
+  return fn(...)
+end
+
+--- session:request{method=, url=, ...} -> Response
+function Session:request(opts)
+  if type(opts) ~= "table" then error(invalid("http.request", "expected an options table, got " .. type(opts)), 2) end
+  return blocking(perform, self, opts, "http.request")
+end
+
+local function verb(method)
+  local fname = "http." .. method:lower()
+  return function(self, url, opts)
+    local o = {}
+    if opts ~= nil then
+      if type(opts) ~= "table" then error(invalid(fname, "options must be a table, got " .. type(opts), url), 2) end
+      for k, v in pairs(opts) do o[k] = v end
+    end
+    o.url, o.method = url, method
+    return blocking(perform, self, o, fname)
+  end
+end
+
+for _, m in ipairs { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE" } do Session[m:lower()] = verb(m) end
+
+--- session:close(): abort its transfers and free its connections.
+function Session:close()
+  if self._closed then return end
+  self._closed = true
+  self._s:close()
+end
+
+Session.__close = function(self) self:close() end
+Session.__gc = Session.__close
+
+--- http.session{base_url=, headers=, max_connections=, max_per_host=,
+-- cookies=true, http_version=, pool_timeout=, verify=, ca_file=, proxy=}
+function M.session(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("http.session: expected an options table, got " .. type(opts), 2) end
+  local maxc = opts.max_connections or 100
+  local s = setmetatable({
+    base_url = opts.base_url, headers = opts.headers, max_connections = maxc,
+    max_per_host = opts.max_per_host, cookies = opts.cookies ~= false, http_version = opts.http_version,
+    pool_timeout = opts.pool_timeout, verify = opts.verify, ca_file = opts.ca_file, proxy = opts.proxy,
+    buffer_size = opts.buffer_size,
+    _slots = sync.Semaphore(maxc), _hosts = {},
+  }, Session)
+  s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host }
+  return s
+end
+
+M.user_agent = ("weave/%s libcurl/%s"):format(core.version, core.curl_version)
+
+local default
+local function default_session()
+  if not default or default._closed then default = M.session {} end
+  return default
+end
+M.default_session = default_session
+
+--- http.request{...}, http.get/head/post/put/patch/delete(url, opts)
+function M.request(opts) return default_session():request(opts) end
+for _, m in ipairs { "get", "head", "post", "put", "patch", "delete" } do
+  M[m] = function(url, opts) return default_session()[m](default_session(), url, opts) end
+end
+
+M.Response, M.Session, M.Headers = Response, Session, Headers
+
+return M

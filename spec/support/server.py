@@ -1,0 +1,226 @@
+#!/usr/bin/python3
+"""The fault server for weave's HTTP specs (stdlib only, 127.0.0.1).
+
+Everything nginx cannot do: echo, delays, redirects and loops, cookies, gzip,
+slow drip, a stall that never answers, a reset mid-body, a truncated body, a
+garbage reply, a huge body, and /stats: what happened on the wire.
+
+    server.py --port-file FILE     (writes the chosen port, then serves)
+"""
+import gzip
+import json
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STATS = {"open": 0, "total": 0, "peak": 0, "requests": 0, "peers": {}}
+LOCK = threading.Lock()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+    allow_reuse_address = True
+
+    def process_request(self, request, client_address):
+        with LOCK:
+            STATS["open"] += 1
+            STATS["total"] += 1
+            STATS["peak"] = max(STATS["peak"], STATS["open"])
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with LOCK:
+            STATS["open"] -= 1
+        super().shutdown_request(request)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    # helpers
+    def args(self):
+        u = urllib.parse.urlsplit(self.path)
+        return u.path, {k: v[-1] for k, v in urllib.parse.parse_qs(u.query, keep_blank_values=True).items()}
+
+    def body_in(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                line = self.rfile.readline()
+                size = int(line.strip().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def send(self, code, body=b"", ctype="text/plain", headers=()):
+        if isinstance(body, str):
+            body = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def wait_client_gone(self, limit):
+        """Block until the peer closes (or `limit` seconds)."""
+        sock = self.connection
+        end = time.time() + limit
+        while time.time() < end:
+            r, _, _ = select.select([sock], [], [], 0.1)
+            if r:
+                try:
+                    if not sock.recv(65536, socket.MSG_PEEK):
+                        return
+                    sock.recv(65536)
+                except OSError:
+                    return
+
+    def handle_any(self):
+        path, q = self.args()
+        with LOCK:
+            STATS["requests"] += 1
+            peer = "%s:%d" % self.client_address
+            STATS["peers"][peer] = STATS["peers"].get(peer, 0) + 1
+        body = self.body_in() if self.command in ("POST", "PUT", "PATCH", "DELETE") else b""
+        if path == "/echo":
+            out = {
+                "method": self.command,
+                "path": path,
+                "query": q,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode("latin-1"),
+                "peer": peer,
+            }
+            return self.send(200, json.dumps(out), "application/json")
+        if path == "/delay":
+            time.sleep(int(q.get("ms", "100")) / 1000)
+            return self.send(200, q.get("body", "delayed"))
+        if path == "/status":
+            return self.send(int(q.get("code", "200")), "status " + q.get("code", "200"))
+        if path == "/redirect":
+            n = int(q.get("n", "1"))
+            target = "/echo" if n <= 1 else "/redirect?n=%d" % (n - 1)
+            return self.send(int(q.get("code", "302")), "", headers=[("Location", target)])
+        if path == "/loop":
+            return self.send(302, "", headers=[("Location", "/loop")])
+        if path == "/cookie/set":
+            return self.send(200, "set", headers=[("Set-Cookie", "%s=%s; Path=/" % (k, v)) for k, v in q.items()])
+        if path == "/cookie/get":
+            return self.send(200, self.headers.get("Cookie", ""))
+        if path == "/gzip":
+            raw = ("hello gzip " * 100).encode()
+            return self.send(200, gzip.compress(raw), headers=[("Content-Encoding", "gzip")])
+        if path == "/headers":
+            return self.send(200, "h", headers=[("X-Multi", "a"), ("X-Multi", "b"), ("X-Case", "Yes")])
+        if path == "/drip":
+            n, interval, size = int(q.get("chunks", "5")), int(q.get("ms", "50")) / 1000, int(q.get("size", "10"))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for i in range(n):
+                    chunk = (str(i % 10) * size).encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                    time.sleep(interval)
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                self.close_connection = True
+            return
+        if path == "/stall":
+            # Read the request, never answer; return when the client leaves.
+            self.wait_client_gone(float(q.get("limit", "30")))
+            self.close_connection = True
+            return
+        if path == "/headers-then-stall":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+            self.wait_client_gone(30)
+            self.close_connection = True
+            return
+        if path == "/reset":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"r" * 1000)
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        if path == "/truncated":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"t" * 10)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if path == "/garbage":
+            self.wfile.write(b"this is not http\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if path == "/huge":
+            n = int(q.get("bytes", str(10 * 1024 * 1024)))
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = b"h" * 65536
+            try:
+                while n > 0:
+                    k = min(n, len(block))
+                    self.wfile.write(block[:k])
+                    n -= k
+            except OSError:
+                self.close_connection = True
+            return
+        if path == "/stats":
+            with LOCK:
+                out = dict(STATS)
+                out["peers"] = len(STATS["peers"])
+            return self.send(200, json.dumps(out), "application/json")
+        if path == "/stats/reset":
+            with LOCK:
+                STATS["total"] = STATS["open"]
+                STATS["peak"] = STATS["open"]
+                STATS["requests"] = 0
+                STATS["peers"] = {}
+            return self.send(200, "ok")
+        return self.send(404, "not found: " + path)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
+
+
+def main():
+    port_file = sys.argv[sys.argv.index("--port-file") + 1]
+    srv = Server(("127.0.0.1", 0), Handler)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(srv.server_address[1]))
+    import os
+    os.rename(port_file + ".tmp", port_file)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
