@@ -100,6 +100,7 @@ static int timer_cb(CURLM *multi, long ms, void *userp) {
 
 int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, long maxhost) {
   s->rt = rt;
+  s->cookies = cookies;
   s->multi = curl_multi_init();
   s->share = curl_share_init();
   s->timer = malloc(sizeof *s->timer);

@@ -13,6 +13,8 @@
 ** callbacks never run Lua and never call curl; cancelling the waiting task
 ** removes the easy handle at once, which closes its connection.
 */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -279,8 +281,18 @@ static int l_http_new(lua_State *L) {
     curl_easy_reset(x->easy);
   } else {
     x->easy = curl_easy_init();
+    if (x->easy == NULL) return luaL_error(L, "weave.http: out of memory");
+    /* The jar lives in the session's share handle.  COOKIEFILE "" + RELOAD
+    ** turns the engine on; COOKIEFILE NULL then frees curl's list of cookie
+    ** files (curl_easy_reset would drop it unfreed) while the shared jar and
+    ** the engine flag stay, also across resets: reused handles skip this. */
+    if (s->cookies) {
+      curl_easy_setopt(x->easy, CURLOPT_SHARE, s->share);
+      curl_easy_setopt(x->easy, CURLOPT_COOKIEFILE, "");
+      curl_easy_setopt(x->easy, CURLOPT_COOKIELIST, "RELOAD");
+      curl_easy_setopt(x->easy, CURLOPT_COOKIEFILE, (char *)NULL);
+    }
   }
-  if (x->easy == NULL) return luaL_error(L, "weave.http: out of memory");
   curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *)x);
   curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(x->easy, CURLOPT_SHARE, s->share);
@@ -295,7 +307,6 @@ static int l_http_new(lua_State *L) {
   curl_easy_setopt(x->easy, CURLOPT_BUFFERSIZE, (long)optnum(L, 2, "buffer_size", 65536));
   curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(x->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  if (optbool(L, 2, "cookies", 0)) curl_easy_setopt(x->easy, CURLOPT_COOKIEFILE, "");
 
   x->follow = optbool(L, 2, "follow", 1);
   x->max_redirects = (long)optnum(L, 2, "max_redirects", 10);
@@ -698,13 +709,16 @@ static int s_close(lua_State *L) {
   return 0;
 }
 
-/* Close every session still open (weave_close, before the loop goes). */
+/* Close every session still open (weave_close, before the loop goes) and
+** drop this runtime's reference to libcurl's global state. */
 void weave__http_closeall(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &SESSIONS);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
     return;
   }
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SESSIONS);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     wv_session *s = lua_touserdata(L, -2);
@@ -714,6 +728,7 @@ void weave__http_closeall(lua_State *L) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
+  curl_global_cleanup(); /* balances curl_global_init in weave__httplib */
 }
 
 static int s_active(lua_State *L) {
@@ -726,12 +741,22 @@ static int s_active(lua_State *L) {
   return 1;
 }
 
+/* Keep libcurl mapped for the life of the process: lua_close unloads weave,
+** and with it libcurl, whose global state (and OpenSSL's) is then set up
+** again on the next load; some of it is never given back. */
+static void pin_libcurl(void) {
+  Dl_info info;
+  if (dladdr((void *)curl_easy_init, &info) != 0 && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 void weave__httplib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take},
                                     {"feed", x_feed},   {"info", x_info}, {"close", x_close},
                                     {"done", x_done},   {NULL, NULL}};
   static const luaL_Reg smeths[] = {{"close", s_close}, {"active", s_active}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {NULL, NULL}};
+  pin_libcurl();
   curl_global_init(CURL_GLOBAL_DEFAULT);
   lua_newtable(L);
   lua_createtable(L, 0, 1);

@@ -69,6 +69,8 @@ class Handler(BaseHTTPRequestHandler):
     def send(self, code, body=b"", ctype="text/plain", headers=()):
         if isinstance(body, str):
             body = body.encode()
+        if code in (204, 304) or code < 200:
+            body = b""  # these responses have no body
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -106,6 +108,7 @@ class Handler(BaseHTTPRequestHandler):
                 "query": q,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body": body.decode("latin-1"),
+                "body_len": len(body),
                 "peer": peer,
             }
             return self.send(200, json.dumps(out), "application/json")

@@ -30,14 +30,14 @@ local function can_connect(port)
 end
 
 function M.free_port()
-  return tonumber(sh([[/usr/bin/python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]]))
+  return tonumber(sh([[env -u LD_PRELOAD /usr/bin/python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]]))
 end
 
 --- The fault server: returns {url=, port=, pid=, stop=}.
 function M.fault()
   local dir = tmpdir("fault")
   local pf = dir .. "/port"
-  local pid = sh(("/usr/bin/python3 %s/spec/support/server.py --port-file %s >%s/log 2>&1 & echo $!")
+  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/server.py --port-file %s >%s/log 2>&1 & echo $!")
     :format(root, pf, dir)):gsub("%s+$", "")
   local port = wait_for(function()
     local f = io.open(pf)
@@ -60,7 +60,7 @@ end
 function M.nginx()
   local dir = tmpdir("nginx")
   os.execute(("mkdir -p %s/tmp %s/html"):format(dir, dir))
-  local ok = os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/key.pem -out %s/cert.pem -days 2 "
+  local ok = os.execute(("env -u LD_PRELOAD openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/key.pem -out %s/cert.pem -days 2 "
     .. "-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 >/dev/null 2>&1"):format(dir, dir))
   assert(ok, "openssl could not make a certificate")
   local f = assert(io.open(dir .. "/html/1k", "wb"))
@@ -76,7 +76,7 @@ function M.nginx()
   f:write(conf)
   f:close()
   os.execute("chmod -R a+rX " .. dir)
-  local pid = sh(("nginx -p %s -c %s/nginx.conf -g 'daemon off;' >%s/out.log 2>&1 & echo $!")
+  local pid = sh(("env -u LD_PRELOAD nginx -p %s -c %s/nginx.conf -g 'daemon off;' >%s/out.log 2>&1 & echo $!")
     :format(dir, dir, dir)):gsub("%s+$", "")
   assert(wait_for(function() return can_connect(http) and can_connect(https) end, 15),
     "nginx did not start: " .. sh("cat " .. dir .. "/out.log " .. dir .. "/error.log 2>/dev/null"))
