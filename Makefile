@@ -72,8 +72,14 @@ test-only:
 demo: deps all
 	@$(TEST_ENV) $(LUA) examples/demo.lua
 
-bench: deps all
+bench: all $(B)/bench/floor
+	@sh tools/deps.sh bench
 	@$(TEST_ENV) sh bench/run.sh
+	@ulimit -n 65536 2>/dev/null; $(TEST_ENV) $(LUA) bench/http/run.lua
+
+$(B)/bench/floor: bench/http/floor.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -o $@ $< $(UVLIBS)
 
 format:
 	clang-format -i csrc/*.c csrc/*.h

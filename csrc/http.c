@@ -139,6 +139,15 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     x->headers_done = 1;
     event(x, EV_HEADERS);
   }
+  if (x->body.cap == 0 && !x->stream && x->out == NULL) {
+    /* Size the buffer once from Content-Length (bounded): no regrowth. */
+    curl_off_t cl = -1;
+    curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+    if (cl > 0 && cl <= (curl_off_t)256 * 1024 * 1024 && (x->max_body == 0 || cl <= x->max_body)) {
+      x->body.p = malloc((size_t)cl);
+      if (x->body.p != NULL) x->body.cap = (size_t)cl;
+    }
+  }
   if (x->stream && x->out == NULL && x->body.len >= WV_STREAM_HIGHWATER) {
     /* The consumer is behind: pause; curl re-delivers this data later. */
     x->paused_recv = 1;
@@ -563,8 +572,6 @@ static int x_info(lua_State *L) {
   long code = 0, ver = 0, redirs = 0;
   char *url = NULL;
   curl_off_t total_us = 0;
-  lua_Integer nh = 0;
-  size_t i = 0;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
   curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &ver);
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirs);
@@ -586,25 +593,9 @@ static int x_info(lua_State *L) {
   }
   lua_pushnumber(L, (double)total_us / 1e6);
   lua_setfield(L, -2, "elapsed");
-  lua_newtable(L);
-  while (i < x->hdr.len) {
-    const char *line = x->hdr.p + i, *end = memchr(line, '\n', x->hdr.len - i), *colon, *v;
-    if (end == NULL) break;
-    colon = memchr(line, ':', (size_t)(end - line));
-    i = (size_t)(end - x->hdr.p) + 1;
-    if (colon == NULL) continue;
-    v = colon + 1;
-    while (v < end && (*v == ' ' || *v == '\t'))
-      v++;
-    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
-      end--;
-    lua_createtable(L, 2, 0);
-    lua_pushlstring(L, line, (size_t)(colon - line));
-    lua_rawseti(L, -2, 1);
-    lua_pushlstring(L, v, (size_t)(end - v));
-    lua_rawseti(L, -2, 2);
-    lua_rawseti(L, -2, ++nh);
-  }
+  /* The raw header block ("Name: value\n"...): parsed in Lua only when the
+  ** script looks at res.headers. */
+  lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
   lua_setfield(L, -2, "headers");
   if (x->state == XS_DONE && x->result != CURLE_OK) {
     const char *kind = error_kind(x, x->result);

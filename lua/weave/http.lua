@@ -81,26 +81,45 @@ end
 
 local Headers = { __name = "weave.http.Headers" }
 
+-- Parse the raw block ("Name: value\n"...) on first use.
+local function parsed(self)
+  local list = rawget(self, "_list")
+  if list then return list, rawget(self, "_map") end
+  local map
+  list, map = {}, {}
+  for name, value in rawget(self, "_raw"):gmatch("([^:\n]+):[ \t]*([^\n]-)[ \t]*\n") do
+    list[#list + 1] = { name, value }
+    local k = name:lower()
+    map[k] = map[k] and (map[k] .. ", " .. value) or value
+  end
+  rawset(self, "_list", list)
+  rawset(self, "_map", map)
+  return list, map
+end
+
 --- headers:all(name) -> list of every value of that field.
 function Headers.all(self, name)
   local out, lname = {}, name:lower()
-  for _, p in ipairs(rawget(self, "_list")) do
+  for _, p in ipairs((parsed(self))) do
     if p[1]:lower() == lname then out[#out + 1] = p[2] end
   end
   return out
 end
 
 --- headers:list() -> {{name, value}, ...} in arrival order.
-function Headers.list(self) return rawget(self, "_list") end
+function Headers.list(self) return (parsed(self)) end
 
 Headers.__index = function(self, k)
   local m = Headers[k]
   if m then return m end
-  if type(k) == "string" then return rawget(self, "_map")[k:lower()] end
+  if type(k) == "string" then
+    local _, map = parsed(self)
+    return map[k:lower()]
+  end
 end
 
 Headers.__pairs = function(self)
-  local list, i = rawget(self, "_list"), 0
+  local list, i = parsed(self), 0
   return function()
     i = i + 1
     local p = list[i]
@@ -108,14 +127,7 @@ Headers.__pairs = function(self)
   end
 end
 
-local function make_headers(list)
-  local map = {}
-  for _, p in ipairs(list) do
-    local k = p[1]:lower()
-    map[k] = map[k] and (map[k] .. ", " .. p[2]) or p[2]
-  end
-  return setmetatable({ _list = list, _map = map }, Headers)
-end
+local function make_headers(raw) return setmetatable({ _raw = raw }, Headers) end
 
 ---------------------------------------------------------------------------
 -- Response
@@ -210,7 +222,7 @@ function Response:close()
   if x then
     self._x = nil
     x:close()
-    if self._release then self._release() end
+    if self._release then self._release(self) end
   end
 end
 
@@ -218,6 +230,8 @@ Response.__close = function(self) self:close() end
 
 ---------------------------------------------------------------------------
 -- Sessions
+
+M.user_agent = ("weave/%s libcurl/%s"):format(core.version, core.curl_version)
 
 local Session = { __name = "weave.http.Session" }
 Session.__index = Session
@@ -240,9 +254,22 @@ local function header_line(fname, k, v, url)
   return k .. ": " .. v
 end
 
+local function header_lines(fname, lines, names, h, url)
+  if type(h) ~= "table" then error(invalid(fname, "headers must be a table", url), 4) end
+  local keys = {}
+  for k in pairs(h) do keys[#keys + 1] = k end
+  sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  for _, k in ipairs(keys) do
+    if not names[tostring(k):lower()] then
+      names[tostring(k):lower()] = true
+      lines[#lines + 1] = header_line(fname, k, h[k], url)
+    end
+  end
+end
+
 -- Turn request options into the spec core.http_new reads.
-local function build(self, opts, fname)
-  local url = opts.url
+local function build(self, opts, fname, url, method)
+  url = url or opts.url
   if type(url) ~= "string" then
     error(invalid(fname, "expected a url string, got " .. type(url)), 3)
   end
@@ -256,34 +283,14 @@ local function build(self, opts, fname)
   if not host or (scheme ~= "http" and scheme ~= "https") then
     error(invalid(fname, "the url must be http:// or https://, got " .. url, url), 3)
   end
-  local method = (opts.method or "GET"):upper()
+  method = method or (opts.method and opts.method:upper()) or "GET"
   if not METHODS[method] and not method:match("^[%w!#$%%&'*+.^_`|~-]+$") then
     error(invalid(fname, "bad method " .. method, url), 3)
   end
   for _, k in ipairs { "timeout", "connect_timeout", "read_timeout", "pool_timeout", "max_body_size" } do
-    check_number(fname, opts, k)
+    if opts[k] ~= nil then check_number(fname, opts, k) end
   end
-  local names, lines = {}, {}
-  local function add(k, v)
-    names[k:lower()] = true
-    lines[#lines + 1] = header_line(fname, k, v, url)
-  end
-  local function merge(h)
-    if h == nil then return end
-    if type(h) ~= "table" then error(invalid(fname, "headers must be a table", url), 4) end
-    local keys = {}
-    for k in pairs(h) do keys[#keys + 1] = k end
-    sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-    for _, k in ipairs(keys) do add(k, h[k]) end
-  end
-  merge(opts.headers)
-  if self.headers then
-    for k, v in pairs(self.headers) do
-      if not names[tostring(k):lower()] then add(k, v) end
-    end
-  end
-  local body, body_iter = opts.body, nil
-  local ctype
+  local body, body_iter, ctype = opts.body, nil, nil
   if opts.json ~= nil then
     body, ctype = cjson().encode(opts.json), "application/json"
   elseif opts.form ~= nil then
@@ -300,8 +307,18 @@ local function build(self, opts, fname)
   elseif body ~= nil and type(body) ~= "string" then
     error(invalid(fname, "body must be a string, a table of strings or a function, got " .. type(body), url), 3)
   end
-  if ctype and not names["content-type"] then add("Content-Type", ctype) end
-  if not names["user-agent"] then add("User-Agent", M.user_agent) end
+  -- Header lines: the request's, then the session's defaults not overridden.
+  local lines = self._lines
+  if opts.headers ~= nil or ctype then
+    local names = {}
+    lines = {}
+    if opts.headers ~= nil then header_lines(fname, lines, names, opts.headers, url) end
+    if ctype and not names["content-type"] then
+      names["content-type"] = true
+      lines[#lines + 1] = "Content-Type: " .. ctype
+    end
+    header_lines(fname, lines, names, self._defaults, url)
+  end
   if (body or body_iter) and method == "GET" and opts.method == nil then method = "POST" end
   local stream = opts.stream and true or false
   return {
@@ -315,93 +332,107 @@ local function build(self, opts, fname)
     proxy = opts.proxy or self.proxy, http_version = opts.http_version or self.http_version,
     max_body_size = opts.max_body_size, stream = stream, output = opts.output,
     progress = opts.on_progress ~= nil, on_progress = opts.on_progress,
-    cookies = self.cookies, buffer_size = opts.buffer_size or self.buffer_size,
+    buffer_size = opts.buffer_size or self.buffer_size,
   }
 end
 
 -- Take a connection slot (weave's own admission): per host, then total.
 -- pool_timeout bounds the wait; it is not part of `timeout`.
+local function acquire(self, req)
+  local hs = req.hostslots
+  if hs then hs:acquire() end
+  local ok, err = pcall(self._slots.acquire, self._slots)
+  if not ok then
+    if hs then hs:release() end
+    error(err, 0)
+  end
+end
+
 local function admit(self, req)
-  local hs
   if self.max_per_host then
-    hs = self._hosts[req.host]
+    local hs = self._hosts[req.host]
     if not hs then
       hs = sync.Semaphore(self.max_per_host)
       self._hosts[req.host] = hs
     end
-  end
-  local function acquire()
-    if hs then hs:acquire() end
-    local ok, err = pcall(self._slots.acquire, self._slots)
-    if not ok then
-      if hs then hs:release() end
-      error(err, 0)
-    end
+    req.hostslots = hs
   end
   if req.pool_timeout then
-    if not weave.move_on_after(req.pool_timeout, acquire) then
+    if not weave.move_on_after(req.pool_timeout, acquire, self, req) then
       error(http_error("timeout", ("pool timeout: no connection slot within %g s"):format(req.pool_timeout),
         { url = req.url }), 0)
     end
+  elseif not req.hostslots and self._slots:value() > 0 then
+    self._slots._value = self._slots._value - 1 -- uncontended fast path
   else
-    acquire()
+    acquire(self, req)
   end
-  local released = false
-  return function()
-    if released then return end
-    released = true
-    self._slots:release()
-    if hs then hs:release() end
-  end
+  req.admitted = true
 end
 
-local function perform(self, opts, fname)
+local function release(self, req)
+  if not req.admitted then return end
+  req.admitted = false
+  self._slots:release()
+  if req.hostslots then req.hostslots:release() end
+end
+
+local function finish_stream(res)
+  local req = res._req
+  release(req.session, req)
+end
+
+local function run(self, x, req, res)
+  x:start()
+  if req.stream then
+    local ev
+    if req.stream_timeout then
+      local done
+      done, ev = weave.move_on_after(req.stream_timeout, pump, x, req, "headers")
+      if not done then
+        error(http_error("timeout", ("no response headers within %g s"):format(req.stream_timeout),
+          { url = req.url }), 0)
+      end
+    else
+      ev = pump(x, req, "headers")
+    end
+    local info = x:info()
+    if ev == "done" and info.error then raise_transfer(info, req.url) end
+    fill(res, info)
+    res._x, res._req, res._release = x, req, finish_stream
+    return res
+  end
+  pump(x, req, "done")
+  local info = x:info()
+  if info.error then raise_transfer(info, req.url) end
+  fill(res, info)
+  if not req.output then res.body = x:take() end
+  x:close()
+  release(self, req)
+  return res
+end
+
+local function perform(self, opts, fname, url, method)
   if self._closed then error(invalid(fname, "the session is closed"), 3) end
-  local req = build(self, opts, fname)
-  local release = admit(self, req)
+  local req = build(self, opts, fname, url, method)
+  req.session = self
+  admit(self, req)
   local ok, x = pcall(core.http_new, self._s, req)
   if not ok then
-    release()
+    release(self, req)
     error(invalid(fname, tostring(x), req.url), 0)
   end
   local res = setmetatable({}, Response)
-  local function run()
-    x:start()
-    if req.stream then
-      local ev
-      if req.stream_timeout then
-        local done
-        done, ev = weave.move_on_after(req.stream_timeout, pump, x, req, "headers")
-        if not done then
-          error(http_error("timeout", ("no response headers within %g s"):format(req.stream_timeout),
-            { url = req.url }), 0)
-        end
-      else
-        ev = pump(x, req, "headers")
-      end
-      local info = x:info()
-      if ev == "done" and info.error then raise_transfer(info, req.url) end
-      fill(res, info)
-      res._x, res._req, res._release = x, req, release
-      return res
-    end
-    pump(x, req, "done")
-    local info = x:info()
-    if info.error then raise_transfer(info, req.url) end
-    fill(res, info)
-    if not req.output then res.body = x:take() end
+  local ok2, r = pcall(run, self, x, req, res)
+  if not ok2 then
     x:close()
-    release()
-    return res
+    release(self, req)
+    error(r, 0)
   end
-  local r = table.pack(pcall(run))
-  if not r[1] then
-    x:close()
-    release()
-    error(r[2], 0)
-  end
-  return r[2]
+  return r
 end
+
+local EMPTY = {}
 
 local function blocking(fn, ...)
   if core.current() == nil and not core.running() then return weave.run(fn, ...) end
@@ -417,13 +448,10 @@ end
 local function verb(method)
   local fname = "http." .. method:lower()
   return function(self, url, opts)
-    local o = {}
-    if opts ~= nil then
-      if type(opts) ~= "table" then error(invalid(fname, "options must be a table, got " .. type(opts), url), 2) end
-      for k, v in pairs(opts) do o[k] = v end
+    if opts ~= nil and type(opts) ~= "table" then
+      error(invalid(fname, "options must be a table, got " .. type(opts), url), 2)
     end
-    o.url, o.method = url, method
-    return blocking(perform, self, o, fname)
+    return blocking(perform, self, opts or EMPTY, fname, url, method)
   end
 end
 
@@ -452,11 +480,17 @@ function M.session(opts)
     buffer_size = opts.buffer_size,
     _slots = sync.Semaphore(maxc), _hosts = {},
   }, Session)
+  -- Default header lines, computed once: the session's headers and User-Agent.
+  s._defaults = {}
+  for k, v in pairs(opts.headers or {}) do s._defaults[k] = v end
+  local has_ua = false
+  for k in pairs(s._defaults) do if tostring(k):lower() == "user-agent" then has_ua = true end end
+  if not has_ua then s._defaults["User-Agent"] = M.user_agent end
+  s._lines = {}
+  header_lines("http.session", s._lines, {}, s._defaults, nil)
   s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host }
   return s
 end
-
-M.user_agent = ("weave/%s libcurl/%s"):format(core.version, core.curl_version)
 
 local default
 local function default_session()

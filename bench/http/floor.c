@@ -1,0 +1,134 @@
+/*
+** bench/http/floor.c - the floor for bench/http: a raw C client on libcurl's
+** multi_socket API and libuv, with nothing on top.  Keeps `inflight`
+** transfers of `url` running until `total` are done; prints
+** "<seconds> <bytes> <failures>".
+**     floor URL TOTAL INFLIGHT [BUFFERSIZE]
+*/
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <uv.h>
+
+typedef struct {
+  uv_poll_t poll;
+  curl_socket_t fd;
+} sockctx;
+
+static uv_loop_t *loop;
+static uv_timer_t timer;
+static CURLM *multi;
+static const char *url;
+static long total, started, finished, failures, bufsize;
+static curl_off_t bytes;
+
+static size_t on_write(char *p, size_t s, size_t n, void *ud) {
+  (void)p, (void)ud;
+  bytes += (curl_off_t)(s * n);
+  return s * n;
+}
+
+static void start_one(CURL *e) {
+  if (e == NULL) {
+    e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, bufsize);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  }
+  started++;
+  curl_multi_add_handle(multi, e);
+}
+
+static void drain(void) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(multi, &left)) != NULL) {
+    if (m->msg != CURLMSG_DONE) continue;
+    CURL *e = m->easy_handle;
+    if (m->data.result != CURLE_OK) failures++;
+    finished++;
+    curl_multi_remove_handle(multi, e);
+    if (started < total)
+      start_one(e);
+    else
+      curl_easy_cleanup(e);
+  }
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  sockctx *c = h->data;
+  int flags = status < 0 ? CURL_CSELECT_ERR : 0, running;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  curl_multi_socket_action(multi, c->fd, flags, &running);
+  drain();
+}
+
+static void on_timeout(uv_timer_t *h) {
+  int running;
+  (void)h;
+  curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  drain();
+}
+
+static void free_ctx(uv_handle_t *h) { free(h->data); }
+
+static int socket_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
+  sockctx *c = socketp;
+  (void)e, (void)userp;
+  if (what == CURL_POLL_REMOVE) {
+    if (c) {
+      uv_poll_stop(&c->poll);
+      uv_close((uv_handle_t *)&c->poll, free_ctx);
+      curl_multi_assign(multi, s, NULL);
+    }
+    return 0;
+  }
+  if (!c) {
+    c = malloc(sizeof *c);
+    c->fd = s;
+    uv_poll_init_socket(loop, &c->poll, s);
+    c->poll.data = c;
+    curl_multi_assign(multi, s, c);
+  }
+  uv_poll_start(&c->poll, (what & CURL_POLL_IN ? UV_READABLE : 0) | (what & CURL_POLL_OUT ? UV_WRITABLE : 0),
+                on_poll);
+  return 0;
+}
+
+static int timer_cb(CURLM *m, long ms, void *u) {
+  (void)m, (void)u;
+  if (ms < 0)
+    uv_timer_stop(&timer);
+  else
+    uv_timer_start(&timer, on_timeout, (uint64_t)ms, 0);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  long inflight, i;
+  uint64_t t0;
+  if (argc < 4) {
+    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE]\n");
+    return 2;
+  }
+  url = argv[1];
+  total = atol(argv[2]);
+  inflight = atol(argv[3]);
+  bufsize = argc > 4 ? atol(argv[4]) : 65536;
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  loop = uv_default_loop();
+  uv_timer_init(loop, &timer);
+  multi = curl_multi_init();
+  curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+  curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+  curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, inflight);
+  t0 = uv_hrtime();
+  for (i = 0; i < inflight && started < total; i++) start_one(NULL);
+  while (finished < total) uv_run(loop, UV_RUN_ONCE);
+  printf("%.4f %lld %ld\n", (double)(uv_hrtime() - t0) / 1e9, (long long)bytes, failures);
+  curl_multi_cleanup(multi);
+  curl_global_cleanup();
+  return 0;
+}

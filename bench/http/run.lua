@@ -1,0 +1,190 @@
+-- bench/http/run.lua: weave side by side with its peers against nginx on
+-- loopback, in one run, as ratios. Writes docs/benchmarks.md and
+-- docs/benchmarks.png (gnuplot). Run by `make bench`.
+local servers = require "support.servers"
+
+local root = servers.root
+local REPS = tonumber(os.getenv("BENCH_REPS") or "3")
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>/dev/null"))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function have(cmd) return sh("command -v " .. cmd) ~= "" end
+
+local env = ("env -u LD_PRELOAD LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/?.so;;' ")
+  :format(root, root, root)
+local PY = "env -u LD_PRELOAD /usr/bin/python3 "
+
+-- A client prints "<seconds> <bytes> <failures>".
+local clients = {
+  { name = "C floor (libcurl multi + libuv)", key = "floor", cmd = root .. "/build/bench/floor %s %d %d" },
+  { name = "weave", key = "weave", cmd = env .. "lua5.4 " .. root .. "/bench/http/weave.lua %s %d %d" },
+  { name = "aiohttp " .. sh(PY .. "-c 'import aiohttp; print(aiohttp.__version__)'"):gsub("%s", ""), key = "aiohttp",
+    cmd = PY .. root .. "/bench/http/aio.py %s %d %d" },
+  { name = "pycurl (CurlMulti)", key = "pycurl", cmd = PY .. root .. "/bench/http/pyc.py %s %d %d" },
+}
+if have("node") then
+  local v = sh("node --version"):gsub("%s", "")
+  clients[#clients + 1] = { name = "node " .. v .. " fetch", key = "node_fetch",
+    cmd = "node " .. root .. "/bench/http/node_fetch.mjs %s %d %d" }
+  clients[#clients + 1] = { name = "node " .. v .. " http", key = "node_http",
+    cmd = "node " .. root .. "/bench/http/node_http.mjs %s %d %d" }
+end
+clients[#clients + 1] = { name = "curl --parallel (CLI)", key = "curl", curl = true }
+
+local function run_curl(url, total, inflight)
+  local cfg = os.tmpname()
+  local f = assert(io.open(cfg, "w"))
+  for _ = 1, total do f:write(('url = "%s"\noutput = "/dev/null"\n'):format(url)) end
+  f:close()
+  local out = sh(("a=$(date +%%s%%N); curl -s --parallel --parallel-immediate --parallel-max %d -K %s; "
+    .. "b=$(date +%%s%%N); echo $(( b - a ))"):format(math.min(inflight, 300), cfg))
+  os.remove(cfg)
+  local ns = tonumber(out:match("(%d+)%s*$"))
+  return ns and ns / 1e9
+end
+
+local function best(client, url, total, inflight)
+  local best_t, bytes, fails
+  for _ = 1, REPS do
+    local t, b, f
+    if client.curl then
+      t = run_curl(url, total, inflight)
+    else
+      t, b, f = sh(client.cmd:format(url, total, inflight)):match("^([%d.]+) (%d+) (%d+)")
+      t, b, f = tonumber(t), tonumber(b), tonumber(f)
+    end
+    if t and (not best_t or t < best_t) then best_t, bytes, fails = t, b, f end
+  end
+  return best_t, bytes, fails
+end
+
+local ng = servers.nginx()
+os.execute(("truncate -s 1G %s/html/1g"):format(ng.dir))
+
+local workloads = {
+  { key = "small", title = "10,000 GETs of 1 KiB, 50 in flight", url = ng.url .. "/1k", total = 10000, inflight = 50,
+    metric = "req/s" },
+  { key = "delay", title = "1,000 GETs of a 200 ms delay, 1,000 in flight", url = ng.url .. "/delay", total = 1000,
+    inflight = 1000, metric = "s" },
+  { key = "big", title = "20 GETs of 10 MiB, 4 in flight", url = ng.url .. "/10m", total = 20, inflight = 4,
+    metric = "MB/s" },
+}
+
+local results = {}
+for _, w in ipairs(workloads) do
+  results[w.key] = {}
+  io.write(("\n== %s\n"):format(w.title))
+  io.write(("%-34s %10s %10s %10s\n"):format("client", "time (s)", w.metric, "vs floor"))
+  for _, c in ipairs(clients) do
+    local t, bytes, fails = best(c, w.url, w.total, w.inflight)
+    local value
+    if t then
+      if w.metric == "req/s" then value = w.total / t
+      elseif w.metric == "MB/s" then value = (bytes or (w.total * 10 * 1048576)) / t / 1e6
+      else value = t end
+    end
+    results[w.key][c.key] = { t = t, value = value, fails = fails, name = c.name }
+    local floor = results[w.key].floor
+    local ratio = ""
+    if value and floor and floor.value then
+      ratio = w.metric == "s" and ("%.2fx time"):format(t / floor.t) or ("%.2fx"):format(value / floor.value)
+    end
+    io.write(("%-34s %10s %10s %10s%s\n"):format(c.name, t and ("%.3f"):format(t) or "n/a",
+      value and ("%.1f"):format(value) or "n/a", ratio, (fails or 0) > 0 and ("  (%d failed)"):format(fails) or ""))
+    io.flush()
+  end
+end
+
+-- The classic case and the 1 GiB download to a file (weave only).
+local classic = sh(env .. "lua5.4 " .. root .. "/bench/http/weave.lua classic " .. ng.url)
+local seq, conc = classic:match("([%d.]+) ([%d.]+)")
+io.write(("\n== classic: 20 GETs of a 200-350 ms delay\nweave sequential %.3f s, gathered %.3f s (%.1fx)\n")
+  :format(tonumber(seq), tonumber(conc), tonumber(seq) / tonumber(conc)))
+local out = os.tmpname()
+local ft, fbytes, frss = sh(env .. "lua5.4 " .. root .. "/bench/http/weave.lua file " .. ng.url .. "/1g " .. out)
+  :match("([%d.]+) (%d+) (%d+)")
+os.remove(out)
+io.write(("\n== 1 GiB body streamed to a file (output=)\nweave %.3f s, %.0f MB/s, peak RSS %.1f MB\n")
+  :format(tonumber(ft), tonumber(fbytes) / tonumber(ft) / 1e6, tonumber(frss) / 1024))
+
+ng.stop()
+
+-- Ratios against the targets.
+local r = results
+local function ratio(w, a, b, field) return r[w][a][field] / r[w][b][field] end
+local lines = {
+  ("small: weave / floor req/s = %.2f (target >= 0.85)"):format(ratio("small", "weave", "floor", "value")),
+  ("small: weave / aiohttp req/s = %.2f (target >= 4)"):format(ratio("small", "weave", "aiohttp", "value")),
+  ("delay: weave / floor time = %.3f (target <= 1.15)"):format(ratio("delay", "weave", "floor", "t")),
+  ("big: weave / curl CLI MB/s = %.2f (target >= 0.9)"):format(ratio("big", "weave", "curl", "value")),
+  ("1 GiB to file: peak RSS %.1f MB (target < 50)"):format(tonumber(frss) / 1024),
+}
+io.write("\n== ratios\n" .. table.concat(lines, "\n") .. "\n")
+
+-- docs/benchmarks.md and the chart.
+local md = { "# Benchmarks\n",
+  "Generated by `make bench` (bench/http/run.lua) on " .. os.date("!%Y-%m-%d") .. ": nginx on loopback, every",
+  "client in the same run, best of " .. REPS .. ". Machine: " .. sh("nproc"):gsub("%s", "") .. " cores, "
+    .. sh("uname -sr"):gsub("\n", "") .. ".\n",
+  "![throughput relative to the C floor](benchmarks.png)\n" }
+for _, w in ipairs(workloads) do
+  md[#md + 1] = ("## %s\n\n| client | time (s) | %s | vs C floor |\n|---|---:|---:|---:|"):format(w.title, w.metric)
+  for _, c in ipairs(clients) do
+    local e = r[w.key][c.key]
+    local rel = ""
+    if e.value and r[w.key].floor.value then
+      rel = w.metric == "s" and ("%.2fx time"):format(e.t / r[w.key].floor.t)
+        or ("%.2fx"):format(e.value / r[w.key].floor.value)
+    end
+    md[#md + 1] = ("| %s | %s | %s | %s |"):format(c.name, e.t and ("%.3f"):format(e.t) or "n/a",
+      e.value and ("%.1f"):format(e.value) or "n/a", rel)
+  end
+  md[#md + 1] = ""
+end
+md[#md + 1] = ("## Classic case\n\n20 GETs of a 200–350 ms delay: sequential %.3f s, gathered %.3f s.\n")
+  :format(tonumber(seq), tonumber(conc))
+md[#md + 1] = ("## 1 GiB body to a file\n\n`output=` path: %.3f s, %.0f MB/s, peak RSS %.1f MB.\n")
+  :format(tonumber(ft), tonumber(fbytes) / tonumber(ft) / 1e6, tonumber(frss) / 1024)
+md[#md + 1] = "## Ratios against the targets\n\n- " .. table.concat(lines, "\n- ") .. "\n"
+local docs = root .. "/docs/"
+local f = assert(io.open(docs .. "benchmarks.md", "w"))
+f:write(table.concat(md, "\n"))
+f:close()
+
+if have("gnuplot") then
+  local dat = os.tmpname()
+  f = assert(io.open(dat, "w"))
+  for _, c in ipairs(clients) do
+    local function rel(w)
+      local e, fl = r[w][c.key], r[w].floor
+      if not e.value or not fl.value then return 0 end
+      return w == "delay" and fl.t / e.t or e.value / fl.value
+    end
+    f:write(('"%s" %.3f %.3f %.3f\n'):format(c.name, rel("small"), rel("delay"), rel("big")))
+  end
+  f:close()
+  local gp = ([[
+set terminal pngcairo size 1000,520 font ",10"
+set output "%sbenchmarks.png"
+set title "weave and peers, relative to the C floor (higher is better)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set ylabel "speed relative to libcurl multi + libuv in C"
+set yrange [0:*]
+set xtics rotate by -20
+set key top right
+set grid ytics
+plot "%s" using 2:xtic(1) title "10k x 1 KiB @50", "" using 3 title "1k x 200 ms @1000", "" using 4 title "20 x 10 MiB @4"
+]]):format(docs, dat)
+  local p = io.popen("gnuplot 2>&1", "w")
+  p:write(gp)
+  p:close()
+  os.remove(dat)
+end
