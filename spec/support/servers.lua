@@ -2,7 +2,13 @@
 -- fault server and a private nginx. Used by specs, examples and benchmarks.
 local M = {}
 
-local root = os.getenv("WEAVE_ROOT") or os.getenv("PWD")
+-- The repository root: from WEAVE_ROOT, or from where this file lives.
+local function here()
+  local src = debug.getinfo(1, "S").source:match("^@(.*)/spec/support/servers%.lua$")
+  if src and src:sub(1, 1) ~= "/" then src = os.getenv("PWD") .. "/" .. src end
+  return src
+end
+local root = os.getenv("WEAVE_ROOT") or here() or os.getenv("PWD")
 M.root = root
 
 local function sh(cmd)

@@ -1,0 +1,28 @@
+-- Every example runs, offline, against its own local server.
+local helpers = require "support.helpers"
+
+local function run_example(name, ...)
+  local args = { ... }
+  local cmd = helpers.shquote(helpers.weave_bin) .. " " .. helpers.shquote(helpers.root .. "/examples/" .. name)
+  for _, a in ipairs(args) do cmd = cmd .. " " .. helpers.shquote(a) end
+  return helpers.sh(cmd)
+end
+
+describe("examples", function()
+  local expect = {
+    ["fetch_many.lua"] = "^50 pages in",
+    ["first_wins.lua"] = "winner: fast mirror",
+    ["as_completed.lua"] = "req4 %(50 ms%).-req2.-req3.-req5.-req1",
+    ["deadline.lua"] = "cut short by the deadline; 5 of 10",
+    ["crawler.lua"] = "crawled 60 pages",
+    ["download.lua"] = "saved 4194304 bytes",
+    ["demo.lua"] = "gathered",
+  }
+  for name, pattern in pairs(expect) do
+    it(name .. " runs", function()
+      local out, err, code = run_example(name, name == "download.lua" and "4194304" or nil)
+      assert.are.equal(0, code, err)
+      assert.matches(pattern, out)
+    end)
+  end
+end)
