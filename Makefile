@@ -11,7 +11,7 @@ WARN     := -Wall -Wextra $(if $(filter 1,$(STRICT)),-Werror)
 XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
 B        ?= build
 
-SRC      := curl.c error.c future.c http.c loop.c module.c scope.c task.c timer.c
+SRC      := curl.c error.c fs.c future.c http.c loop.c module.c scope.c task.c timer.c work.c
 OBJ      := $(SRC:%.c=$(B)/obj/%.o)
 LUASRC   := $(sort $(wildcard lua/weave/*.lua))
 # lua/weave/init.lua -> weave, lua/weave/x.lua -> weave.x
@@ -24,7 +24,7 @@ TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 
 all: $(B)/weave.so $(B)/libweave.a $(B)/weave
 
-$(B)/obj/%.o: csrc/%.c csrc/internal.h csrc/weave.h csrc/wvcurl.h
+$(B)/obj/%.o: csrc/%.c csrc/internal.h csrc/weave.h csrc/wvcurl.h csrc/work.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(XCFLAGS) -c $< -o $@
 

@@ -30,6 +30,7 @@ typedef struct wv_fut wv_fut;
 typedef struct wv_task wv_task;
 typedef struct wv_timer wv_timer;
 typedef struct wv_scope wv_scope;
+typedef struct wv_workers wv_workers;
 
 /* A timer entry lives inside the object it belongs to (a sleeping task, a
 ** scope deadline) and sits in the runtime's binary heap while armed. */
@@ -132,6 +133,8 @@ struct wv_rt {
   uv_timer_t *timer;
   uv_signal_t *sigint;
   int sigcount;
+  wv_workers *workers; /* to_thread's pooled worker states */
+  int njobs;           /* thread-pool jobs in flight */
   int idleon;
 };
 
@@ -195,5 +198,9 @@ void weave__deadline_fired(wv_rt *rt, wv_timer *tm);
 void weave__xfer_timer(wv_rt *rt, wv_timer *tm);
 void weave__httplib(lua_State *L, wv_rt *rt);
 void weave__http_closeall(lua_State *L);
+void weave__worklib(lua_State *L, wv_rt *rt);
+void weave__workers_close(wv_rt *rt);
+void weave__fslib(lua_State *L, wv_rt *rt);
+void weave__proclib(lua_State *L, wv_rt *rt);
 
 #endif

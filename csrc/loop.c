@@ -380,10 +380,14 @@ void weave__close(wv_rt *rt) {
   rt->timer = NULL;
   rt->sigint = NULL;
   if (rt->ownloop) {
-    uv_run(rt->loop, UV_RUN_DEFAULT);
+    uv_run(rt->loop, UV_RUN_DEFAULT); /* close callbacks, abandoned jobs */
     uv_loop_close(rt->loop);
     free(rt->loop);
+  } else {
+    while (rt->njobs > 0)
+      uv_run(rt->loop, UV_RUN_ONCE); /* jobs hold rt */
   }
+  weave__workers_close(rt);
   rt->loop = NULL;
   free(rt->heap);
   rt->heap = NULL;

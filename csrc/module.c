@@ -15,6 +15,8 @@ int luaopen_weave_core(lua_State *L) {
   weave__timerlib(L, rt);
   weave__scopelib(L, rt);
   weave__httplib(L, rt);
+  weave__worklib(L, rt);
+  weave__fslib(L, rt);
   lua_pushliteral(L, WEAVE_VERSION_STRING);
   lua_setfield(L, -2, "version");
   lua_pushinteger(L, WEAVE_VERSION_NUM);

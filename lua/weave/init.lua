@@ -103,4 +103,8 @@ for _, k in ipairs { "Lock", "Event", "Semaphore", "BoundedSemaphore", "Conditio
 --- x's lifecycle: "pending", "resolved", "failed" or "cancelled".
 M.state = core.state
 
+--- Off the loop: to_thread (worker Lua states on libuv's pool), files.
+M.to_thread = core.to_thread
+M.fs = require "weave.fs"
+
 return M

@@ -1,0 +1,31 @@
+/*
+** work.h - internal: jobs on the libuv thread pool and the copy codec.
+*/
+#ifndef WEAVE_WORK_H
+#define WEAVE_WORK_H
+
+#include "internal.h"
+
+typedef struct {
+  char *p;
+  size_t len, cap;
+} wv_wbuf;
+
+typedef struct wv_job wv_job;
+struct wv_job {
+  uv_work_t req;
+  wv_rt *rt;
+  wv_task *waiter;                      /* NULL once abandoned */
+  void (*work)(wv_job *j);              /* on a pool thread: no Lua of rt->L */
+  int (*push)(lua_State *L, wv_job *j); /* in the task: push results or raise */
+  void (*release)(wv_job *j);           /* free everything */
+  int finished, status;
+};
+
+int weave__job_await(lua_State *L, wv_rt *rt, wv_job *j, const char *fname);
+int weave__wbuf_add(wv_wbuf *b, const void *p, size_t n);
+void weave__wbuf_free(wv_wbuf *b);
+int weave__encode(lua_State *L, int first, int n, wv_wbuf *b, const char *what);
+int weave__decode(lua_State *L, const wv_wbuf *b);
+
+#endif
