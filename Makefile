@@ -11,7 +11,7 @@ WARN     := -Wall -Wextra $(if $(filter 1,$(STRICT)),-Werror)
 XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
 B        ?= build
 
-SRC      := curl.c error.c fs.c future.c http.c loop.c module.c scope.c task.c timer.c work.c
+SRC      := curl.c error.c fs.c future.c http.c loop.c module.c process.c scope.c task.c timer.c work.c
 OBJ      := $(SRC:%.c=$(B)/obj/%.o)
 LUASRC   := $(sort $(wildcard lua/weave/*.lua))
 # lua/weave/init.lua -> weave, lua/weave/x.lua -> weave.x

@@ -17,6 +17,7 @@ int luaopen_weave_core(lua_State *L) {
   weave__httplib(L, rt);
   weave__worklib(L, rt);
   weave__fslib(L, rt);
+  weave__proclib(L, rt);
   lua_pushliteral(L, WEAVE_VERSION_STRING);
   lua_setfield(L, -2, "version");
   lua_pushinteger(L, WEAVE_VERSION_NUM);

@@ -107,4 +107,13 @@ M.state = core.state
 M.to_thread = core.to_thread
 M.fs = require "weave.fs"
 
+-- weave.process needs this table complete: load it on first use.
+setmetatable(M, { __index = function(t, k)
+  if k == "process" then
+    local p = require "weave.process"
+    rawset(t, "process", p)
+    return p
+  end
+end })
+
 return M

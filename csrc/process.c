@@ -1,0 +1,370 @@
+/*
+** process.c - child processes on uv_spawn with pipes.
+**
+** A Process (userdata "weave.Process") owns its uv_process_t and three pipes
+** in a malloc'ed block that outlives the userdata until every handle's close
+** callback has run.  stdout and stderr are read as they come (a full pipe
+** never deadlocks the child); in streaming mode reading pauses while more
+** than 1 MiB waits for the consumer.  The Lua side (lua/weave/process.lua)
+** waits with p:wait_event() and looks at p:status().
+*/
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "work.h"
+
+#define WV_PROCESS_MT "weave.Process"
+#define WV_PROC_HIGHWATER (1024 * 1024)
+
+typedef struct {
+  uv_process_t proc;
+  uv_pipe_t in, out, err;
+  wv_rt *rt;
+  wv_task *waiter;
+  wv_wbuf obuf, ebuf;
+  int64_t code;
+  int signal;
+  int exited, out_eof, err_eof, stream, has_in, in_closed, writes;
+  int open_handles; /* close callbacks still to come */
+  int detached;     /* the userdata is gone: free at the last close */
+  int write_err;
+  char rbuf[65536];
+} wv_proc;
+
+typedef struct {
+  wv_proc *p;
+} wv_proc_ud;
+
+static void notify(wv_proc *p) {
+  if (p->waiter != NULL) {
+    wv_task *t = p->waiter;
+    p->waiter = NULL;
+    t->wdata = NULL;
+    weave__wake(p->rt, t, WV_WAKE_OK);
+  }
+}
+
+static void maybe_free(wv_proc *p) {
+  if (p->detached && p->open_handles == 0) {
+    weave__wbuf_free(&p->obuf);
+    weave__wbuf_free(&p->ebuf);
+    free(p);
+  }
+}
+
+static void on_close(uv_handle_t *h) {
+  wv_proc *p = h->data;
+  p->open_handles--;
+  maybe_free(p);
+}
+
+static void close_handle(wv_proc *p, uv_handle_t *h) {
+  if (!uv_is_closing(h)) uv_close(h, on_close);
+  (void)p;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  wv_proc *p = h->data;
+  (void)suggested;
+  *buf = uv_buf_init(p->rbuf, sizeof p->rbuf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  wv_proc *p = s->data;
+  int isout = s == (uv_stream_t *)&p->out;
+  wv_wbuf *b = isout ? &p->obuf : &p->ebuf;
+  if (n > 0) {
+    weave__wbuf_add(b, buf->base, (size_t)n);
+    if (p->stream && b->len >= WV_PROC_HIGHWATER) uv_read_stop(s); /* consumer is behind */
+  } else if (n < 0) {
+    uv_read_stop(s);
+    if (isout)
+      p->out_eof = 1;
+    else
+      p->err_eof = 1;
+  }
+  notify(p);
+}
+
+static void on_child_exit(uv_process_t *h, int64_t status, int sig) {
+  wv_proc *p = h->data;
+  p->exited = 1;
+  p->code = status;
+  p->signal = sig;
+  close_handle(p, (uv_handle_t *)&p->proc);
+  notify(p);
+}
+
+static wv_proc *checkproc(lua_State *L) {
+  wv_proc_ud *u = luaL_checkudata(L, 1, WV_PROCESS_MT);
+  if (u->p == NULL) luaL_error(L, "weave.process: the process object is closed");
+  return u->p;
+}
+
+/* core.proc_spawn{file, args={...}, cwd=, env={"K=V",...}, stdin=bool,
+** stream=bool} -> Process */
+static int l_spawn(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  uv_process_options_t opt;
+  uv_stdio_container_t stdio[3];
+  wv_proc_ud *u;
+  wv_proc *p;
+  char **args = NULL, **env = NULL;
+  int nargs, nenv = 0, i, r;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  memset(&opt, 0, sizeof opt);
+  lua_getfield(L, 1, "file");
+  opt.file = luaL_checkstring(L, -1);
+  lua_getfield(L, 1, "args");
+  luaL_checktype(L, -1, LUA_TTABLE);
+  nargs = (int)lua_rawlen(L, -1);
+  lua_getfield(L, 1, "env");
+  if (lua_istable(L, -1)) nenv = (int)lua_rawlen(L, -1);
+  lua_getfield(L, 1, "cwd");
+  opt.cwd = lua_tostring(L, -1);
+  /* stack: spec, file, args, env, cwd */
+  args = calloc((size_t)nargs + 1, sizeof *args);
+  env = calloc((size_t)nenv + 1, sizeof *env);
+  if (args == NULL || env == NULL) {
+    free(args), free(env);
+    return luaL_error(L, "weave.process: out of memory");
+  }
+  for (i = 0; i < nargs; i++) {
+    lua_rawgeti(L, 3, i + 1);
+    args[i] = (char *)lua_tostring(L, -1); /* kept alive: args table is on the stack */
+    lua_pop(L, 1);
+  }
+  for (i = 0; i < nenv; i++) {
+    lua_rawgeti(L, 4, i + 1);
+    env[i] = (char *)lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
+  opt.args = args;
+  opt.env = nenv > 0 || lua_istable(L, 4) ? env : NULL;
+  p = calloc(1, sizeof *p);
+  if (p == NULL) {
+    free(args), free(env);
+    return luaL_error(L, "weave.process: out of memory");
+  }
+  p->rt = rt;
+  p->stream = lua_getfield(L, 1, "stream") != LUA_TNIL && lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  p->has_in = lua_getfield(L, 1, "stdin") != LUA_TNIL && lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  uv_pipe_init(rt->loop, &p->in, 0);
+  uv_pipe_init(rt->loop, &p->out, 0);
+  uv_pipe_init(rt->loop, &p->err, 0);
+  p->in.data = p->out.data = p->err.data = p->proc.data = p;
+  p->open_handles = 3;
+  stdio[0].flags = p->has_in ? (UV_CREATE_PIPE | UV_READABLE_PIPE) : UV_IGNORE;
+  stdio[0].data.stream = (uv_stream_t *)&p->in;
+  stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+  stdio[1].data.stream = (uv_stream_t *)&p->out;
+  stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+  stdio[2].data.stream = (uv_stream_t *)&p->err;
+  opt.stdio = stdio;
+  opt.stdio_count = 3;
+  opt.exit_cb = on_child_exit;
+  r = uv_spawn(rt->loop, &p->proc, &opt);
+  free(args);
+  free(env);
+  if (r != 0) {
+    /* uv_spawn initialised the process handle even on failure: close it too */
+    p->open_handles++;
+    close_handle(p, (uv_handle_t *)&p->proc);
+    close_handle(p, (uv_handle_t *)&p->in);
+    close_handle(p, (uv_handle_t *)&p->out);
+    close_handle(p, (uv_handle_t *)&p->err);
+    p->detached = 1;
+    weave__newerror(L, "process",
+                    lua_pushfstring(L, "weave.process: cannot start %s: %s (%s)", opt.file, uv_strerror(r),
+                                    uv_err_name(r)));
+    lua_pushstring(L, uv_err_name(r));
+    lua_setfield(L, -2, "code");
+    return lua_error(L);
+  }
+  p->open_handles++; /* the process handle */
+  if (!p->has_in) {
+    p->in_closed = 1;
+    close_handle(p, (uv_handle_t *)&p->in);
+  }
+  uv_read_start((uv_stream_t *)&p->out, on_alloc, on_read);
+  uv_read_start((uv_stream_t *)&p->err, on_alloc, on_read);
+  u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->p = p;
+  luaL_setmetatable(L, WV_PROCESS_MT);
+  return 1;
+}
+
+static void wait_unblock(wv_rt *rt, wv_task *t) {
+  wv_proc *p = t->wdata;
+  (void)rt;
+  t->wdata = NULL;
+  if (p != NULL) p->waiter = NULL;
+}
+
+static int wait_k(lua_State *L, int status, lua_KContext ctx) {
+  wv_rt *rt = (wv_rt *)ctx;
+  (void)status;
+  if (rt->current->wake == WV_WAKE_CANCEL) weave__checkcancel(L, rt->current);
+  return 0;
+}
+
+/* p:wait_event(): suspend until something happens (output, EOF, exit, a
+** write completing). */
+static int p_wait_event(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  wv_proc *p = checkproc(L);
+  wv_task *t;
+  if (!weave__incontext(L, rt, "weave.process")) return luaL_error(L, "weave.process: needs a task");
+  t = rt->current;
+  weave__checkcancel(L, t);
+  p->waiter = t;
+  t->wdata = p;
+  return weave__suspend(L, rt, t, wait_unblock, wait_k, (lua_KContext)rt);
+}
+
+/* p:status() -> exited, code, signal, stdout_eof, stderr_eof, buffered stdout, buffered stderr */
+static int p_status(lua_State *L) {
+  wv_proc *p = checkproc(L);
+  lua_pushboolean(L, p->exited);
+  lua_pushinteger(L, (lua_Integer)p->code);
+  lua_pushinteger(L, p->signal);
+  lua_pushboolean(L, p->out_eof);
+  lua_pushboolean(L, p->err_eof);
+  lua_pushinteger(L, (lua_Integer)p->obuf.len);
+  lua_pushinteger(L, (lua_Integer)p->ebuf.len);
+  return 7;
+}
+
+static int take(lua_State *L, int which) {
+  wv_proc *p = checkproc(L);
+  wv_wbuf *b = which ? &p->ebuf : &p->obuf;
+  uv_stream_t *s = which ? (uv_stream_t *)&p->err : (uv_stream_t *)&p->out;
+  int eof = which ? p->err_eof : p->out_eof;
+  lua_pushlstring(L, b->p ? b->p : "", b->len);
+  b->len = 0;
+  if (p->stream && !eof && !uv_is_active((uv_handle_t *)s) && !uv_is_closing((uv_handle_t *)s))
+    uv_read_start(s, on_alloc, on_read);
+  return 1;
+}
+
+static int p_take_stdout(lua_State *L) { return take(L, 0); }
+static int p_take_stderr(lua_State *L) { return take(L, 1); }
+
+typedef struct {
+  uv_write_t req;
+  wv_proc *p;
+  char data[1];
+} wv_wreq;
+
+static void on_write(uv_write_t *req, int status) {
+  wv_wreq *w = (wv_wreq *)req;
+  wv_proc *p = w->p;
+  p->writes--;
+  if (status < 0) p->write_err = status;
+  free(w);
+  notify(p);
+}
+
+/* p:write(data): queue bytes for the child's stdin. */
+static int p_write(lua_State *L) {
+  wv_proc *p = checkproc(L);
+  size_t n;
+  const char *d = luaL_checklstring(L, 2, &n);
+  wv_wreq *w;
+  uv_buf_t b;
+  int r;
+  if (!p->has_in || p->in_closed) return luaL_error(L, "weave.process: stdin is closed");
+  if (n == 0) return 0;
+  w = malloc(sizeof *w + n);
+  if (w == NULL) return luaL_error(L, "weave.process: out of memory");
+  w->p = p;
+  memcpy(w->data, d, n);
+  b = uv_buf_init(w->data, (unsigned)n);
+  r = uv_write(&w->req, (uv_stream_t *)&p->in, &b, 1, on_write);
+  if (r != 0) {
+    free(w);
+    return luaL_error(L, "weave.process: write failed: %s", uv_strerror(r));
+  }
+  p->writes++;
+  return 0;
+}
+
+/* p:pending_writes() -> bytes queued writes not yet done (count) */
+static int p_pending(lua_State *L) {
+  lua_pushinteger(L, checkproc(L)->writes);
+  return 1;
+}
+
+/* p:close_stdin(): EOF for the child (after queued writes). */
+static int p_close_stdin(lua_State *L) {
+  wv_proc *p = checkproc(L);
+  if (p->has_in && !p->in_closed) {
+    p->in_closed = 1;
+    close_handle(p, (uv_handle_t *)&p->in);
+  }
+  return 0;
+}
+
+/* p:kill([signal]) -> true if the signal was sent */
+static int p_kill(lua_State *L) {
+  wv_proc *p = checkproc(L);
+  int sig = (int)luaL_optinteger(L, 2, SIGKILL);
+  lua_pushboolean(L, !p->exited && uv_process_kill(&p->proc, sig) == 0);
+  return 1;
+}
+
+static int p_pid(lua_State *L) {
+  lua_pushinteger(L, checkproc(L)->proc.pid);
+  return 1;
+}
+
+/* __gc/__close: kill a child still running, close the pipes; the memory
+** goes when the last close callback has run. */
+static int p_gc(lua_State *L) {
+  wv_proc_ud *u = luaL_checkudata(L, 1, WV_PROCESS_MT);
+  wv_proc *p = u->p;
+  if (p == NULL) return 0;
+  u->p = NULL;
+  if (p->waiter) {
+    p->waiter->wdata = NULL;
+    p->waiter = NULL;
+  }
+  if (!p->exited) uv_process_kill(&p->proc, SIGKILL); /* exit_cb closes the process handle */
+  if (!p->in_closed) close_handle(p, (uv_handle_t *)&p->in);
+  close_handle(p, (uv_handle_t *)&p->out);
+  close_handle(p, (uv_handle_t *)&p->err);
+  p->in_closed = 1;
+  p->detached = 1;
+  maybe_free(p);
+  return 0;
+}
+
+void weave__proclib(lua_State *L, wv_rt *rt) {
+  static const luaL_Reg meths[] = {{"wait_event", p_wait_event},
+                                   {"status", p_status},
+                                   {"take_stdout", p_take_stdout},
+                                   {"take_stderr", p_take_stderr},
+                                   {"write", p_write},
+                                   {"pending_writes", p_pending},
+                                   {"close_stdin", p_close_stdin},
+                                   {"kill", p_kill},
+                                   {"pid", p_pid},
+                                   {"close", p_gc},
+                                   {NULL, NULL}};
+  luaL_newmetatable(L, WV_PROCESS_MT);
+  lua_newtable(L);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, meths, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, p_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, p_gc);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, l_spawn, 1);
+  lua_setfield(L, -2, "proc_spawn");
+}

@@ -1,0 +1,186 @@
+--- weave.process: child processes on libuv (uv_spawn with pipes).
+--   process.run{cmd, args..., stdin=, cwd=, env=, timeout=}
+--     -> {code=, signal=, stdout=, stderr=, pid=}
+--   process.spawn{cmd, args..., stdin=true, cwd=, env=} -> Process (streaming)
+-- Cancelling the waiting task, or a timeout, kills the child and reaps it
+-- before the error propagates: no zombie, no orphan. See docs/offload.md.
+local core = require "weave.core"
+local weave = require "weave"
+
+local type, error, pcall, tostring, pairs = type, error, pcall, tostring, pairs
+
+local M = {}
+
+local function spec_of(fname, t, stream)
+  if type(t) ~= "table" then error(("%s: expected {cmd, args...}, got %s"):format(fname, type(t)), 3) end
+  local file = t[1] or t.cmd
+  if type(file) ~= "string" then error(("%s: expected the command (string) at [1]"):format(fname), 3) end
+  local args = { file }
+  for i = 2, #t do args[i] = tostring(t[i]) end
+  local env
+  if t.env ~= nil then
+    if type(t.env) ~= "table" then error(("%s: env must be a table"):format(fname), 3) end
+    env = {}
+    for k, v in pairs(t.env) do env[#env + 1] = tostring(k) .. "=" .. tostring(v) end
+    table.sort(env)
+  end
+  if t.stdin ~= nil and type(t.stdin) ~= "string" and type(t.stdin) ~= "boolean" then
+    error(("%s: stdin must be a string or a boolean"):format(fname), 3)
+  end
+  if t.timeout ~= nil and (type(t.timeout) ~= "number" or t.timeout ~= t.timeout) then
+    error(("%s: timeout must be seconds (number)"):format(fname), 3)
+  end
+  return { file = file, args = args, cwd = t.cwd, env = env,
+    stdin = t.stdin ~= nil and t.stdin ~= false, stream = stream }
+end
+
+-- Wait until the child has exited and both outputs reached EOF.
+local function wait_done(p)
+  while true do
+    local exited, code, sig, oe, ee = p:status()
+    if exited and oe and ee then return code, sig end
+    p:wait_event()
+  end
+end
+
+-- Kill the child and wait (immune to our own cancel) until it is reaped.
+local function kill_and_reap(p)
+  p:kill()
+  weave.shield(function() pcall(wait_done, p) end)
+  p:close()
+end
+
+local function outcome(code, sig)
+  if sig ~= 0 then return nil, sig end
+  return code, nil
+end
+
+local function run(t)
+  local spec = spec_of("process.run", t, false)
+  local p = core.proc_spawn(spec)
+  local function body()
+    if type(t.stdin) == "string" and #t.stdin > 0 then p:write(t.stdin) end
+    if spec.stdin then p:close_stdin() end
+    return wait_done(p)
+  end
+  local ok, a, b, c
+  if t.timeout then
+    ok, a, b, c = pcall(weave.move_on_after, t.timeout, body)
+    if ok and not a then
+      local pid = p:pid()
+      kill_and_reap(p)
+      error(core.error("timeout", ("process.run: %s did not finish within %g s (killed)"):format(spec.file, t.timeout),
+        { pid = pid, cmd = spec.file }), 0)
+    end
+    a, b = b, c
+  else
+    ok, a, b = pcall(body)
+  end
+  if not ok then
+    kill_and_reap(p)
+    error(a, 0)
+  end
+  local code, sig = outcome(a, b)
+  local res = { code = code, signal = sig, stdout = p:take_stdout(), stderr = p:take_stderr(), pid = p:pid() }
+  p:close()
+  return res
+end
+
+--- process.run{cmd, args..., stdin=, cwd=, env=, timeout=} -> result table.
+-- code is nil and signal set when the child died of a signal.
+function M.run(t)
+  if core.current() == nil and not core.running() then return weave.run(run, t) end
+  return run(t)
+end
+
+---------------------------------------------------------------------------
+-- Streaming: process.spawn
+
+local Process = { __name = "weave.Process" }
+Process.__index = Process
+
+local function read_from(self, take, eof_index)
+  local p = self._p
+  while true do
+    local s = take(p)
+    if #s > 0 then return s end
+    if select(eof_index, p:status()) then return nil end
+    p:wait_event()
+  end
+end
+
+--- p:read() -> the next piece of stdout, or nil at EOF.
+function Process:read() return read_from(self, self._p.take_stdout, 4) end
+--- p:read_stderr() -> the next piece of stderr, or nil at EOF.
+function Process:read_stderr() return read_from(self, self._p.take_stderr, 5) end
+
+--- p:lines() -> iterator over stdout lines (without the newline).
+function Process:lines()
+  local buf = ""
+  return function()
+    while true do
+      local nl = buf:find("\n", 1, true)
+      if nl then
+        local line = buf:sub(1, nl - 1)
+        buf = buf:sub(nl + 1)
+        return line
+      end
+      local chunk = self:read()
+      if not chunk then
+        if buf ~= "" then
+          local line = buf
+          buf = ""
+          return line
+        end
+        return nil
+      end
+      buf = buf .. chunk
+    end
+  end
+end
+
+--- p:write(data): to the child's stdin; waits while many writes are queued.
+function Process:write(data)
+  local p = self._p
+  p:write(data)
+  while p:pending_writes() > 8 do p:wait_event() end
+end
+
+--- p:close_stdin(): send EOF.
+function Process:close_stdin() self._p:close_stdin() end
+
+--- p:kill([signal]) -> true if sent (default SIGKILL).
+function Process:kill(sig) return self._p:kill(sig) end
+
+--- p:wait() -> {code=, signal=}: waits for exit; output not read yet stays
+-- available to read()/read_stderr().
+function Process:wait()
+  local p = self._p
+  while true do
+    local exited = p:status()
+    if exited then break end
+    p:wait_event()
+  end
+  local _, code, sig = p:status()
+  local c, s = outcome(code, sig)
+  return { code = c, signal = s }
+end
+
+--- p:close(): kill the child if it still runs and reap it.
+function Process:close()
+  if self._closed then return end
+  self._closed = true
+  if not self._p:status() then kill_and_reap(self._p) else self._p:close() end
+end
+
+Process.__close = function(self) self:close() end
+
+--- process.spawn{cmd, args..., stdin=true, cwd=, env=} -> Process with
+-- pid, read(), read_stderr(), lines(), write(), close_stdin(), wait(), kill(), close().
+function M.spawn(t)
+  local spec = spec_of("process.spawn", t, true)
+  local p = core.proc_spawn(spec)
+  return setmetatable({ _p = p, pid = p:pid() }, Process)
+end
+
+return M
