@@ -19,3 +19,14 @@ echo "$ws $ps $wl $pl $w1 $p1" | awk '{
   wb = ($6 - $10) * 1024 / 99000; pb = ($8 - $12) * 1024 / 99000
   printf "%-34s %10.0f B %10.0f B %9.2fx less\n", "RSS per sleeping task (100k - 1k)", wb, pb, pb / wb
 }'
+
+echo
+echo "== bench/offload: weave.to_thread vs CPython asyncio.to_thread"
+best1() { for _ in 1 2 3; do $1; done | sort -n | head -n 1; }
+wsm=$(best1 "lua5.4 bench/offload.lua small 10000"); psm=$(best1 "$PY bench/offload.py small 10000")
+wcpu=$(best1 "lua5.4 bench/offload.lua cpu 8"); pcpu=$(best1 "$PY bench/offload.py cpu 8")
+echo "$wsm $psm $wcpu $pcpu" | awk '{
+  printf "%-40s %10s %10s %10s\n", "workload", "weave", "asyncio", "ratio"
+  printf "%-40s %8.1fus %8.1fus %9.1fx faster\n", "10,000 small to_thread calls (per call)", $1 * 100, $2 * 100, $2 / $1
+  printf "%-40s %9.3fs %9.3fs %9.1fx faster\n", "8 CPU-bound jobs on 2 workers", $3, $4, $4 / $3
+}'

@@ -17,6 +17,8 @@ describe("examples", function()
     ["crawler.lua"] = "crawled 60 pages",
     ["download.lua"] = "saved 4194304 bytes",
     ["demo.lua"] = "gathered",
+    ["hash_and_fetch.lua"] = "hashed.-fetched #6",
+    ["commands.lua"] = "deadline: 3 of 4 finished",
   }
   for name, pattern in pairs(expect) do
     it(name .. " runs", function()
