@@ -11,7 +11,7 @@ WARN     := -Wall -Wextra $(if $(filter 1,$(STRICT)),-Werror)
 XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
 B        ?= build
 
-SRC      := curl.c error.c fs.c future.c http.c loop.c module.c process.c scope.c task.c timer.c work.c
+SRC      := capi.c curl.c error.c fs.c future.c http.c loop.c module.c process.c scope.c task.c timer.c work.c
 OBJ      := $(SRC:%.c=$(B)/obj/%.o)
 LUASRC   := $(sort $(wildcard lua/weave/*.lua))
 # lua/weave/init.lua -> weave, lua/weave/x.lua -> weave.x
@@ -51,23 +51,36 @@ $(B)/weave: csrc/main.c $(B)/libweave.a
 deps:
 	@sh tools/deps.sh
 
-test: deps all
-	@$(TEST_ENV) WEAVE_BIN="$(CURDIR)/$(B)/weave" sh spec/run.sh
+HOSTLIBS := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) $(UVLIBS) -lpthread -lm -ldl
+
+$(B)/capi_test: spec/capi/test_capi.c $(B)/libweave.a csrc/weave.h
+	$(CC) $(CFLAGS) $(XCFLAGS) -Icsrc -o $@ $< $(B)/libweave.a $(HOSTLIBS) $(LDFLAGS)
+
+$(B)/embed_host: examples/embed/host.c $(B)/libweave.a csrc/weave.h
+	$(CC) $(CFLAGS) $(XCFLAGS) -Icsrc -o $@ $< $(B)/libweave.a $(HOSTLIBS) $(LDFLAGS)
+
+test: deps all $(B)/capi_test $(B)/embed_host
+	@$(TEST_ENV) WEAVE_BIN="$(CURDIR)/$(B)/weave" WEAVE_BUILD="$(CURDIR)/$(B)" sh spec/run.sh
 
 # The suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 asan: deps
 	$(MAKE) B=build-asan STRICT=$(STRICT) \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  LDFLAGS="-fsanitize=address,undefined" all
+	  LDFLAGS="-fsanitize=address,undefined" all build-asan/capi_test build-asan/embed_host
 	@LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=23" \
 	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/support/lsan.supp:print_suppressions=0" \
 	  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
 	  $(MAKE) --no-print-directory B=build-asan test-only
 
-.PHONY: test-only
-test-only:
-	@$(TEST_ENV) WEAVE_BIN="$(CURDIR)/$(B)/weave" sh spec/run.sh
+.PHONY: test-only valgrind
+test-only: $(B)/capi_test $(B)/embed_host
+	@$(TEST_ENV) WEAVE_BIN="$(CURDIR)/$(B)/weave" WEAVE_BUILD="$(CURDIR)/$(B)" sh spec/run.sh
+
+# The C API test under valgrind (CI).
+valgrind: all $(B)/capi_test
+	valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+	  --suppressions=spec/support/valgrind.supp $(B)/capi_test
 
 demo: deps all
 	@$(TEST_ENV) $(LUA) examples/demo.lua

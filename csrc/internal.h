@@ -31,6 +31,7 @@ typedef struct wv_task wv_task;
 typedef struct wv_timer wv_timer;
 typedef struct wv_scope wv_scope;
 typedef struct wv_workers wv_workers;
+typedef struct wv_postbox wv_postbox;
 
 /* A timer entry lives inside the object it belongs to (a sleeping task, a
 ** scope deadline) and sits in the runtime's binary heap while armed. */
@@ -135,6 +136,7 @@ struct wv_rt {
   int sigcount;
   wv_workers *workers; /* to_thread's pooled worker states */
   int njobs;           /* thread-pool jobs in flight */
+  wv_postbox *postbox; /* weave_future_post queue (capi.c) */
   int idleon;
 };
 
@@ -200,6 +202,7 @@ void weave__httplib(lua_State *L, wv_rt *rt);
 void weave__http_closeall(lua_State *L);
 void weave__worklib(lua_State *L, wv_rt *rt);
 void weave__workers_close(wv_rt *rt);
+void weave__capi_close(wv_rt *rt);
 void weave__fslib(lua_State *L, wv_rt *rt);
 void weave__proclib(lua_State *L, wv_rt *rt);
 

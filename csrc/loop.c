@@ -372,6 +372,7 @@ void weave__close(wv_rt *rt) {
   rt->running--;
   report_failures(rt);
   weave__http_closeall(rt->L);
+  weave__capi_close(rt);
   rt->closing = 1;
   close_handle(rt->idle);
   close_handle(rt->timer);
