@@ -10,6 +10,7 @@ UVLIBS   := $(shell pkg-config --libs libuv libcurl 2>/dev/null || echo -luv -lc
 WARN     := -Wall -Wextra $(if $(filter 1,$(STRICT)),-Werror)
 XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
 B        ?= build
+VERSION  := $(shell sed -n 's/.*WEAVE_VERSION_STRING "\(.*\)"/\1/p' csrc/weave.h)
 
 SRC      := capi.c curl.c error.c fs.c future.c http.c loop.c module.c process.c scope.c task.c timer.c work.c
 OBJ      := $(SRC:%.c=$(B)/obj/%.o)
@@ -20,7 +21,7 @@ LUAMODS  := $(foreach f,$(LUASRC),$(if $(filter init.lua,$(notdir $(f))),weave,w
 TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(B)/?.so;;"
 
-.PHONY: all deps test asan demo bench install clean format check-format
+.PHONY: all deps test asan demo bench install clean format check-format check-symbols
 
 all: $(B)/weave.so $(B)/libweave.a $(B)/weave
 
@@ -39,9 +40,13 @@ $(B)/gen/luasrc.c: $(LUASRC) tools/embed.lua
 $(B)/obj/luasrc.o: $(B)/gen/luasrc.c
 	$(CC) $(CFLAGS) $(XCFLAGS) -c $< -o $@
 
+# One relocatable object with every internal (hidden) symbol made local, so
+# the archive exports only weave_* and luaopen_weave_core (check: make check-symbols).
 $(B)/libweave.a: $(OBJ) $(B)/obj/embed.o $(B)/obj/luasrc.o
 	rm -f $@
-	ar rcs $@ $^
+	ld -r -o $(B)/obj/weave-all.o $^
+	objcopy --localize-hidden $(B)/obj/weave-all.o
+	ar rcs $@ $(B)/obj/weave-all.o
 
 $(B)/weave: csrc/main.c $(B)/libweave.a
 	$(CC) $(CFLAGS) $(XCFLAGS) -o $@ csrc/main.c $(B)/libweave.a \
@@ -100,14 +105,26 @@ format:
 check-format:
 	clang-format --dry-run --Werror csrc/*.c csrc/*.h
 
+check-symbols: all
+	@bad=$$(nm -g --defined-only $(B)/libweave.a | awk 'NF==3 {print $$3}' | grep -v -E '^(weave_|luaopen_weave_core$$)'); \
+	if [ -n "$$bad" ]; then echo "libweave.a exports internal symbols:"; echo "$$bad"; exit 1; fi
+	@bad=$$(nm -D --defined-only $(B)/weave.so | awk '{print $$3}' | grep -v -E '^(weave_|luaopen_weave_core$$)'); \
+	if [ -n "$$bad" ]; then echo "weave.so exports internal symbols:"; echo "$$bad"; exit 1; fi
+	@echo "symbols ok: only weave_* and luaopen_weave_core are exported"
+
+LMOD := $(DESTDIR)$(PREFIX)/lib/lua/5.4
+LSHARE := $(DESTDIR)$(PREFIX)/share/lua/5.4
 install: all
-	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/weave $(DESTDIR)$(PREFIX)/share/lua/5.4/weave \
-	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin
-	install -m 755 $(B)/weave.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/weave/core.so
-	install -m 644 $(LUASRC) $(DESTDIR)$(PREFIX)/share/lua/5.4/weave/
+	install -d $(LMOD)/weave $(LSHARE)/weave $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	  $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 755 $(B)/weave.so $(LMOD)/weave/core.so
+	install -m 644 lua/weave/init.lua $(LSHARE)/weave/init.lua
+	for f in $(filter-out lua/weave/init.lua,$(LUASRC)); do install -m 644 $$f $(LSHARE)/weave/; done
 	install -m 644 csrc/weave.h $(DESTDIR)$(PREFIX)/include/weave.h
 	install -m 644 $(B)/libweave.a $(DESTDIR)$(PREFIX)/lib/libweave.a
 	install -m 755 $(B)/weave $(DESTDIR)$(PREFIX)/bin/weave
+	install -m 644 docs/weave.1 $(DESTDIR)$(PREFIX)/share/man/man1/weave.1
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' tools/weave.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/weave.pc
 
 clean:
 	rm -rf build build-asan

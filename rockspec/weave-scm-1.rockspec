@@ -20,17 +20,20 @@ dependencies = {
 }
 external_dependencies = {
   LIBUV = { header = "uv.h", library = "uv" },
-  LIBCURL = { header = "curl/curl.h", library = "curl" },
+  -- Debian keeps curl/curl.h in the multiarch include dir, which the compiler
+  -- searches but luarocks' header probe does not: probe the library only.
+  LIBCURL = { library = "curl" },
 }
 build = {
   type = "builtin",
   modules = {
     ["weave.core"] = {
       sources = {
-        "csrc/curl.c", "csrc/error.c", "csrc/future.c", "csrc/http.c", "csrc/loop.c", "csrc/module.c",
-        "csrc/scope.c", "csrc/task.c", "csrc/timer.c",
+        "csrc/capi.c", "csrc/curl.c", "csrc/error.c", "csrc/fs.c", "csrc/future.c", "csrc/http.c",
+        "csrc/loop.c", "csrc/module.c", "csrc/process.c", "csrc/scope.c", "csrc/task.c", "csrc/timer.c",
+        "csrc/work.c",
       },
-      libraries = { "uv", "curl" },
+      libraries = { "uv", "curl", "pthread" },
       incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)" },
       libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)" },
     },
@@ -38,6 +41,8 @@ build = {
     ["weave.combinators"] = "lua/weave/combinators.lua",
     ["weave.sync"] = "lua/weave/sync.lua",
     ["weave.http"] = "lua/weave/http.lua",
+    ["weave.fs"] = "lua/weave/fs.lua",
+    ["weave.process"] = "lua/weave/process.lua",
   },
   copy_directories = { "docs", "examples" },
 }
