@@ -84,8 +84,11 @@ test-only: $(B)/capi_test $(B)/embed_host
 
 # The C API test under valgrind (CI).
 valgrind: all $(B)/capi_test
-	valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
-	  --suppressions=spec/support/valgrind.supp $(B)/capi_test
+	@cd examples/embed && valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+	  --suppressions=$(CURDIR)/spec/support/valgrind.supp $(CURDIR)/$(B)/capi_test > /tmp/weave-valgrind.tap; \
+	  rc=$$?; cat /tmp/weave-valgrind.tap; \
+	  p=$$(grep -c '^ok ' /tmp/weave-valgrind.tap); f=$$(grep -c '^not ok ' /tmp/weave-valgrind.tap); \
+	  [ $$rc -ne 0 ] && [ $$f -eq 0 ] && f=1; echo "$$p passed, $$f failed"; [ $$f -eq 0 ]
 
 demo: deps all
 	@$(TEST_ENV) $(LUA) examples/demo.lua
