@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "work.h"
 #include "wvcurl.h"
 
 #define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
@@ -28,11 +29,6 @@ enum { EV_HEADERS = 1, EV_DATA = 2, EV_NEEDBODY = 4, EV_PROGRESS = 8, EV_DONE = 
 enum { XS_NEW, XS_RUNNING, XS_DONE };
 
 #define WV_STREAM_HIGHWATER (256 * 1024)
-
-typedef struct {
-  char *p;
-  size_t len, cap;
-} wv_buf;
 
 struct wv_xfer {
   wv_session *s;
@@ -46,7 +42,7 @@ struct wv_xfer {
   int paused_recv, paused_send, too_large, timed_out, write_failed, aborted;
   long max_redirects;
   curl_off_t max_body, total;
-  wv_buf body, hdr, up;
+  wv_wbuf body, hdr, up;
   size_t upoff;
   int ueof;
   FILE *out;
@@ -56,28 +52,6 @@ struct wv_xfer {
   curl_off_t dlnow, dltotal, ulnow, ultotal;
   char errbuf[CURL_ERROR_SIZE];
 };
-
-static int buf_add(wv_buf *b, const char *p, size_t n) {
-  if (b->len + n > b->cap) {
-    size_t ncap = b->cap ? b->cap * 2 : 16384;
-    char *np;
-    while (ncap < b->len + n)
-      ncap *= 2;
-    np = realloc(b->p, ncap);
-    if (np == NULL) return -1;
-    b->p = np;
-    b->cap = ncap;
-  }
-  memcpy(b->p + b->len, p, n);
-  b->len += n;
-  return 0;
-}
-
-static void buf_free(wv_buf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
 
 /* --- events -------------------------------------------------------------- */
 
@@ -167,7 +141,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     }
     return len;
   }
-  if (buf_add(&x->body, p, len) != 0) return 0;
+  if (weave__wbuf_add(&x->body, p, len) != 0) return 0;
   if (x->stream) event(x, EV_DATA);
   return len;
 }
@@ -197,7 +171,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     if (len > 9 && strncasecmp(p, "location:", 9) == 0) x->saw_location = 1;
     while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
       len--;
-    if (buf_add(&x->hdr, p, len) != 0 || buf_add(&x->hdr, "\n", 1) != 0) return 0;
+    if (weave__wbuf_add(&x->hdr, p, len) != 0 || weave__wbuf_add(&x->hdr, "\n", 1) != 0) return 0;
     return size * n;
   }
   return len;
@@ -509,7 +483,7 @@ static int x_feed(lua_State *L) {
   if (x->upoff > 0 && x->upoff == x->up.len) x->up.len = x->upoff = 0;
   if (p == NULL)
     x->ueof = 1;
-  else if (buf_add(&x->up, p, n) != 0)
+  else if (weave__wbuf_add(&x->up, p, n) != 0)
     return luaL_error(L, "weave.http: out of memory");
   if (x->paused_send && x->state == XS_RUNNING) {
     x->paused_send = 0;
@@ -642,9 +616,9 @@ static void xfer_release(wv_xfer *x) {
   }
   curl_slist_free_all(x->hdrs);
   x->hdrs = NULL;
-  buf_free(&x->body);
-  buf_free(&x->hdr);
-  buf_free(&x->up);
+  weave__wbuf_free(&x->body);
+  weave__wbuf_free(&x->hdr);
+  weave__wbuf_free(&x->up);
   if (x->out != NULL) {
     fclose(x->out);
     x->out = NULL;
