@@ -5,7 +5,9 @@ local root = helpers.root
 local q = helpers.shquote
 -- Installation is about the tools (luarocks, make, cc), not weave under a
 -- sanitizer: run them without the suite's LD_PRELOAD (LSan fails their exits).
-local function sh(cmd) return helpers.sh("env -u LD_PRELOAD sh -c " .. q(cmd)) end
+local function sh(cmd)
+  return helpers.sh("env -u LD_PRELOAD -u MAKEFLAGS -u MFLAGS -u MAKELEVEL sh -c " .. q(cmd))
+end
 
 local function tmpdir()
   return (sh("mktemp -d /tmp/weave-install.XXXXXX"):gsub("%s+$", ""))
@@ -38,7 +40,7 @@ describe("installation", function()
 
   it("make install: module, façade, library, header, pkg-config, command, man page", function()
     local prefix = tmpdir()
-    local out, err, code = sh(("make -C %s -s install PREFIX=%s"):format(q(root), q(prefix)))
+    local out, err, code = sh(("make -C %s -s install B=build PREFIX=%s"):format(q(root), q(prefix)))
     assert.are.equal(0, code, out .. err)
     for _, f in ipairs { "bin/weave", "include/weave.h", "lib/libweave.a", "lib/pkgconfig/weave.pc",
       "lib/lua/5.4/weave/core.so", "share/lua/5.4/weave/init.lua", "share/lua/5.4/weave/http.lua",
@@ -77,7 +79,7 @@ int main(void) {
   end)
 
   it("the library exports only weave_* and luaopen_weave_core", function()
-    local out, err, code = sh(("make -C %s -s check-symbols"):format(q(root)))
+    local out, err, code = sh(("make -C %s -s check-symbols B=build"):format(q(root)))
     assert.are.equal(0, code, out .. err)
   end)
 
