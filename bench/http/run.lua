@@ -41,8 +41,8 @@ local function run_curl(url, total, inflight)
   local f = assert(io.open(cfg, "w"))
   for _ = 1, total do f:write(('url = "%s"\noutput = "/dev/null"\n'):format(url)) end
   f:close()
-  local out = sh(("a=$(date +%%s%%N); curl -s --parallel --parallel-immediate --parallel-max %d -K %s; "
-    .. "b=$(date +%%s%%N); echo $(( b - a ))"):format(math.min(inflight, 300), cfg))
+  local out = sh(("( a=$(date +%%s%%N); curl -s --parallel --parallel-immediate --parallel-max %d -K %s 2>/dev/null; "
+    .. "b=$(date +%%s%%N); echo $(( b - a )) )"):format(math.min(inflight, 300), cfg))
   os.remove(cfg)
   local ns = tonumber(out:match("(%d+)%s*$"))
   return ns and ns / 1e9
@@ -172,6 +172,7 @@ if have("gnuplot") then
 set terminal pngcairo size 1000,520 font ",10"
 set output "%sbenchmarks.png"
 set title "weave and peers, relative to the C floor (higher is better)"
+set termoption noenhanced
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
@@ -181,7 +182,7 @@ set yrange [0:*]
 set xtics rotate by -20
 set key top right
 set grid ytics
-plot "%s" using 2:xtic(1) title "10k x 1 KiB @50", "" using 3 title "1k x 200 ms @1000", "" using 4 title "20 x 10 MiB @4"
+plot "%s" using 2:xtic(1) title "10k x 1 KiB, 50 in flight", "" using 3 title "1k x 200 ms, 1000 in flight", "" using 4 title "20 x 10 MiB, 4 in flight"
 ]]):format(docs, dat)
   local p = io.popen("gnuplot 2>&1", "w")
   p:write(gp)
