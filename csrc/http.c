@@ -111,7 +111,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   size_t len = size * n;
   if (!x->headers_done) {
     x->headers_done = 1;
-    event(x, EV_HEADERS);
+    if (x->stream) event(x, EV_HEADERS); /* only a streaming reader waits for headers */
   }
   if (x->body.cap == 0 && !x->stream && x->out == NULL) {
     /* Size the buffer once from Content-Length (bounded): no regrowth. */
@@ -165,7 +165,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     if (x->follow && is_redirect(code) && x->saw_location) return len;
     if (!x->headers_done) {
       x->headers_done = 1;
-      event(x, EV_HEADERS);
+      if (x->stream) event(x, EV_HEADERS);
     }
   } else {
     if (len > 9 && strncasecmp(p, "location:", 9) == 0) x->saw_location = 1;
