@@ -105,7 +105,6 @@ struct wv_task {
   unsigned char wake;      /* WV_WAKE_* of the last wake-up */
   unsigned char cancelled; /* root scope cancelled (level-triggered) */
   unsigned char interrupt; /* cancelled by SIGINT */
-  unsigned char hasname;
 };
 
 struct wv_rt {
@@ -128,12 +127,10 @@ struct wv_rt {
   /* timer heap */
   wv_hent *heap;
   int nheap, capheap;
-  int nextscope;
   /* libuv handles, malloc'ed, freed in their close callbacks */
   uv_idle_t *idle;
   uv_timer_t *timer;
   uv_signal_t *sigint;
-  int sigcount;
   wv_workers *workers; /* to_thread's pooled worker states */
   int njobs;           /* thread-pool jobs in flight */
   wv_postbox *postbox; /* weave_future_post queue (capi.c) */
@@ -144,7 +141,6 @@ struct wv_rt {
 wv_rt *weave__rt(lua_State *L);
 void weave__ready(wv_rt *rt, wv_task *t);
 void weave__drain(wv_rt *rt);
-int weave__runloop(lua_State *L, wv_rt *rt, wv_fut *until);
 int weave__blocking(lua_State *L, lua_CFunction fn);
 int weave__incontext(lua_State *L, wv_rt *rt, const char *fname);
 void weave__report(wv_rt *rt, int errindex, int taskindex);
@@ -179,7 +175,6 @@ void weave__wake(wv_rt *rt, wv_task *t, int why);
 int weave__checkcancel(lua_State *L, wv_task *t);
 void weave__deliver(wv_rt *rt, wv_task *t);
 int weave__cancel(lua_State *L, wv_rt *rt, wv_task *t, int msgidx);
-wv_scope *weave__cancelled_scope(wv_task *t);
 void weave__tasklib(lua_State *L, wv_rt *rt);
 
 /* timer.c */
