@@ -716,10 +716,9 @@ static void pin_libcurl(void) {
 }
 
 void weave__httplib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take},
-                                    {"feed", x_feed},   {"info", x_info}, {"close", x_close},
-                                    {"done", x_done},   {NULL, NULL}};
-  static const luaL_Reg smeths[] = {{"close", s_close}, {"active", s_active}, {NULL, NULL}};
+  static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take}, {"feed", x_feed},
+                                    {"info", x_info},   {"done", x_done}, {NULL, NULL}};
+  static const luaL_Reg smeths[] = {{"active", s_active}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {NULL, NULL}};
   pin_libcurl();
   curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -729,25 +728,8 @@ void weave__httplib(lua_State *L, wv_rt *rt) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SESSIONS);
-  luaL_newmetatable(L, WV_XFER_MT);
-  lua_newtable(L);
-  lua_pushlightuserdata(L, rt);
-  luaL_setfuncs(L, xmeths, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, x_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, x_close);
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, WV_SESSION_MT);
-  lua_newtable(L);
-  luaL_setfuncs(L, smeths, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, s_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, s_close);
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
+  weave__class(L, rt, WV_XFER_MT, xmeths, x_close);
+  weave__class(L, rt, WV_SESSION_MT, smeths, s_close);
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
   {

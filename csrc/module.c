@@ -3,6 +3,24 @@
 */
 #include "internal.h"
 
+/* Register the metatable `name` for a resource type: __index holds
+** `methods` (each with the runtime as upvalue 1) and one closer is bound to
+** close, __close and __gc, so every way of letting go frees it the same way. */
+void weave__class(lua_State *L, wv_rt *rt, const char *name, const luaL_Reg *methods, lua_CFunction closer) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  lua_pushlightuserdata(L, rt);
+  luaL_setfuncs(L, methods, 1);
+  lua_pushcfunction(L, closer);
+  lua_setfield(L, -2, "close");
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, closer);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, closer);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+}
+
 int luaopen_weave_core(lua_State *L) {
   wv_rt *rt;
   if (weave__newrt(L, NULL) != 0) return luaL_error(L, "weave: cannot initialise the libuv loop");

@@ -352,18 +352,8 @@ void weave__proclib(lua_State *L, wv_rt *rt) {
                                    {"close_stdin", p_close_stdin},
                                    {"kill", p_kill},
                                    {"pid", p_pid},
-                                   {"close", p_gc},
                                    {NULL, NULL}};
-  luaL_newmetatable(L, WV_PROCESS_MT);
-  lua_newtable(L);
-  lua_pushlightuserdata(L, rt);
-  luaL_setfuncs(L, meths, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, p_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, p_gc);
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
+  weave__class(L, rt, WV_PROCESS_MT, meths, p_gc);
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_spawn, 1);
   lua_setfield(L, -2, "proc_spawn");
