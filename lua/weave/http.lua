@@ -254,6 +254,9 @@ local function header_line(fname, k, v, url)
   return k .. ": " .. v
 end
 
+local EMPTY = {}
+local NUMERIC = { "timeout", "connect_timeout", "read_timeout", "pool_timeout", "max_body_size" }
+
 local function header_lines(fname, lines, names, h, url)
   if type(h) ~= "table" then error(invalid(fname, "headers must be a table", url), 4) end
   local keys = {}
@@ -279,16 +282,19 @@ local function build(self, opts, fname, url, method)
     local q = encode_pairs(opts.query)
     if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
   end
-  local host, scheme = host_of(url)
-  if not host or (scheme ~= "http" and scheme ~= "https") then
+  local head = url:sub(1, 8):lower()
+  if head:sub(1, 7) ~= "http://" and head ~= "https://" then
     error(invalid(fname, "the url must be http:// or https://, got " .. url, url), 3)
   end
+  local host = self.max_per_host and host_of(url) or nil
   method = method or (opts.method and opts.method:upper()) or "GET"
   if not METHODS[method] and not method:match("^[%w!#$%%&'*+.^_`|~-]+$") then
     error(invalid(fname, "bad method " .. method, url), 3)
   end
-  for _, k in ipairs { "timeout", "connect_timeout", "read_timeout", "pool_timeout", "max_body_size" } do
-    if opts[k] ~= nil then check_number(fname, opts, k) end
+  if opts ~= EMPTY then
+    for i = 1, #NUMERIC do
+      if opts[NUMERIC[i]] ~= nil then check_number(fname, opts, NUMERIC[i]) end
+    end
   end
   local body, body_iter, ctype = opts.body, nil, nil
   if opts.json ~= nil then
@@ -320,20 +326,34 @@ local function build(self, opts, fname, url, method)
     header_lines(fname, lines, names, self._defaults, url)
   end
   if (body or body_iter) and method == "GET" and opts.method == nil then method = "POST" end
-  local stream = opts.stream and true or false
-  return {
-    url = url, host = host, method = method, headers = lines, body = body, body_iter = body_iter,
-    body_stream = body_iter ~= nil,
-    timeout = (not stream) and opts.timeout or nil, stream_timeout = stream and opts.timeout or nil,
-    connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout,
-    pool_timeout = opts.pool_timeout or self.pool_timeout,
-    follow = opts.follow_redirects ~= false, max_redirects = opts.max_redirects or 10,
-    verify = opts.verify ~= false and self.verify ~= false, ca_file = opts.ca_file or self.ca_file,
-    proxy = opts.proxy or self.proxy, http_version = opts.http_version or self.http_version,
-    max_body_size = opts.max_body_size, stream = stream, output = opts.output,
-    progress = opts.on_progress ~= nil, on_progress = opts.on_progress,
-    buffer_size = opts.buffer_size or self.buffer_size,
-  }
+  -- Only the fields that are set: a constructor listing every option would
+  -- build a large hash part on every request.
+  local req = { url = url, host = host, method = method, headers = lines }
+  if opts == EMPTY then
+    if self.pool_timeout then req.pool_timeout = self.pool_timeout end
+    if self.verify == false then req.verify = false end
+    req.ca_file, req.proxy, req.http_version, req.buffer_size = self.ca_file, self.proxy, self.http_version, self.buffer_size
+    return req
+  end
+  if body then req.body = body end
+  if body_iter then req.body_iter, req.body_stream = body_iter, true end
+  if opts.stream then
+    req.stream, req.stream_timeout = true, opts.timeout
+  else
+    req.timeout = opts.timeout
+  end
+  req.connect_timeout, req.read_timeout = opts.connect_timeout, opts.read_timeout
+  req.pool_timeout = opts.pool_timeout or self.pool_timeout
+  if opts.follow_redirects == false then req.follow = false end
+  req.max_redirects = opts.max_redirects
+  if opts.verify == false or self.verify == false then req.verify = false end
+  req.ca_file = opts.ca_file or self.ca_file
+  req.proxy = opts.proxy or self.proxy
+  req.http_version = opts.http_version or self.http_version
+  req.max_body_size, req.output = opts.max_body_size, opts.output
+  if opts.on_progress then req.progress, req.on_progress = true, opts.on_progress end
+  req.buffer_size = opts.buffer_size or self.buffer_size
+  return req
 end
 
 -- Take a connection slot (weave's own admission): per host, then total.
@@ -431,8 +451,6 @@ local function perform(self, opts, fname, url, method)
   end
   return r
 end
-
-local EMPTY = {}
 
 local function blocking(fn, ...)
   if core.current() == nil and not core.running() then return weave.run(fn, ...) end
