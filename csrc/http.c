@@ -539,10 +539,11 @@ static const char *error_kind(wv_xfer *x, CURLcode rc) {
   }
 }
 
-/* xfer:info() -> {status=, headers={{name, value}...}, url=, http_version=,
-** elapsed=, redirects=, error={kind=, message=, curl_code=} | nil} */
-static int x_info(lua_State *L) {
-  wv_xfer *x = checkxfer(L);
+/* Set the response fields on the table at t: status, ok, http_version,
+** redirects, url, elapsed, headers (the raw "Name: value\n" block, parsed
+** in Lua only when looked at) and, with progress, the counters.  Returns
+** the error table ({kind=, message=, curl_code=}) pushed, or nothing. */
+static int fill_info(lua_State *L, wv_xfer *x, int t) {
   long code = 0, ver = 0, redirs = 0;
   char *url = NULL;
   curl_off_t total_us = 0;
@@ -551,30 +552,38 @@ static int x_info(lua_State *L) {
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirs);
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME_T, &total_us);
-  lua_createtable(L, 0, 8);
   lua_pushinteger(L, code);
-  lua_setfield(L, -2, "status");
+  lua_setfield(L, t, "status");
+  lua_pushboolean(L, code >= 200 && code < 300);
+  lua_setfield(L, t, "ok");
   lua_pushstring(L, ver == CURL_HTTP_VERSION_2_0   ? "2"
                     : ver == CURL_HTTP_VERSION_3   ? "3"
                     : ver == CURL_HTTP_VERSION_1_0 ? "1.0"
                                                    : "1.1");
-  lua_setfield(L, -2, "http_version");
+  lua_setfield(L, t, "http_version");
   lua_pushinteger(L, redirs);
-  lua_setfield(L, -2, "redirects");
+  lua_setfield(L, t, "redirects");
   if (url != NULL) {
     lua_pushstring(L, url);
-    lua_setfield(L, -2, "url");
+    lua_setfield(L, t, "url");
   }
   lua_pushnumber(L, (double)total_us / 1e6);
-  lua_setfield(L, -2, "elapsed");
-  /* The raw header block ("Name: value\n"...): parsed in Lua only when the
-  ** script looks at res.headers. */
+  lua_setfield(L, t, "elapsed");
   lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
-  lua_setfield(L, -2, "headers");
+  lua_setfield(L, t, "headers");
+  if (x->progress) {
+    lua_pushinteger(L, (lua_Integer)x->dlnow);
+    lua_setfield(L, t, "dlnow");
+    lua_pushinteger(L, (lua_Integer)x->dltotal);
+    lua_setfield(L, t, "dltotal");
+    lua_pushinteger(L, (lua_Integer)x->ulnow);
+    lua_setfield(L, t, "ulnow");
+    lua_pushinteger(L, (lua_Integer)x->ultotal);
+    lua_setfield(L, t, "ultotal");
+  }
   if (x->state == XS_DONE && x->result != CURLE_OK) {
-    const char *kind = error_kind(x, x->result);
     lua_createtable(L, 0, 3);
-    lua_pushstring(L, kind);
+    lua_pushstring(L, error_kind(x, x->result));
     lua_setfield(L, -2, "kind");
     if (x->too_large)
       lua_pushfstring(L, "response body larger than max_body_size (%d bytes)", (int)x->max_body);
@@ -589,19 +598,26 @@ static int x_info(lua_State *L) {
     lua_setfield(L, -2, "message");
     lua_pushinteger(L, (lua_Integer)x->result);
     lua_setfield(L, -2, "curl_code");
-    lua_setfield(L, -2, "error");
+    return 1;
   }
-  if (x->progress) {
-    lua_pushinteger(L, (lua_Integer)x->dlnow);
-    lua_setfield(L, -2, "dlnow");
-    lua_pushinteger(L, (lua_Integer)x->dltotal);
-    lua_setfield(L, -2, "dltotal");
-    lua_pushinteger(L, (lua_Integer)x->ulnow);
-    lua_setfield(L, -2, "ulnow");
-    lua_pushinteger(L, (lua_Integer)x->ultotal);
-    lua_setfield(L, -2, "ultotal");
-  }
+  return 0;
+}
+
+/* xfer:info() -> a table of the response fields; error= on failure */
+static int x_info(lua_State *L) {
+  wv_xfer *x = checkxfer(L);
+  lua_createtable(L, 0, 8);
+  if (fill_info(L, x, lua_gettop(L))) lua_setfield(L, -2, "error");
   return 1;
+}
+
+/* xfer:response() -> a new table with the response fields (sized once)
+** [, the error table] */
+static int x_response(lua_State *L) {
+  wv_xfer *x = checkxfer(L);
+  lua_settop(L, 1);
+  lua_createtable(L, 0, 12);
+  return 1 + fill_info(L, x, 2);
 }
 
 /* Release everything; the easy handle goes back to the session's pool. */
@@ -717,7 +733,7 @@ static void pin_libcurl(void) {
 
 void weave__httplib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take}, {"feed", x_feed},
-                                    {"info", x_info},   {"done", x_done}, {NULL, NULL}};
+                                    {"info", x_info},   {"response", x_response}, {"done", x_done}, {NULL, NULL}};
   static const luaL_Reg smeths[] = {{"active", s_active}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {NULL, NULL}};
   pin_libcurl();

@@ -154,19 +154,18 @@ function Response:raise_for_status()
   return self
 end
 
-local function fill(res, info)
-  res.status = info.status
-  res.ok = info.status >= 200 and info.status < 300
-  res.headers = make_headers(info.headers)
-  res.url = info.url
-  res.http_version = info.http_version
-  res.elapsed = info.elapsed
-  res.redirects = info.redirects
+local function raise_error(e, url)
+  error(http_error(e.kind, e.message, { url = url, curl_code = e.curl_code }), 0)
 end
 
-local function raise_transfer(info, url)
-  local e = info.error
-  error(http_error(e.kind, e.message, { url = info.url or url, curl_code = e.curl_code }), 0)
+local function raise_transfer(info, url) raise_error(info.error, info.url or url) end
+
+-- The Response of a transfer (raises the transfer's error, if any).
+local function response(x, url)
+  local res, err = x:response()
+  if err then raise_error(err, res.url or url) end
+  res.headers = make_headers(res.headers)
+  return setmetatable(res, Response)
 end
 
 -- Run the transfer's events until `stop` (an event name) or "done".
@@ -402,7 +401,7 @@ local function finish_stream(res)
   release(req.session, req)
 end
 
-local function run(self, x, req, res)
+local function run(self, x, req)
   x:start()
   if req.stream then
     local ev
@@ -416,16 +415,12 @@ local function run(self, x, req, res)
     else
       ev = pump(x, req, "headers")
     end
-    local info = x:info()
-    if ev == "done" and info.error then raise_transfer(info, req.url) end
-    fill(res, info)
+    local res = response(x, req.url) -- no error unless already "done"
     res._x, res._req, res._release = x, req, finish_stream
     return res
   end
   pump(x, req, "done")
-  local info = x:info()
-  if info.error then raise_transfer(info, req.url) end
-  fill(res, info)
+  local res = response(x, req.url)
   if not req.output then res.body = x:take() end
   x:close()
   release(self, req)
@@ -442,8 +437,7 @@ local function perform(self, opts, fname, url, method)
     release(self, req)
     error(invalid(fname, tostring(x), req.url), 0)
   end
-  local res = setmetatable({}, Response)
-  local ok2, r = pcall(run, self, x, req, res)
+  local ok2, r = pcall(run, self, x, req)
   if not ok2 then
     x:close()
     release(self, req)
@@ -452,8 +446,12 @@ local function perform(self, opts, fname, url, method)
   return r
 end
 
+local running = core.running
+
+-- Outside any loop, run one; inside a loop but outside a task the transfer
+-- itself raises the clear "called outside a weave task" error.
 local function blocking(fn, ...)
-  if core.current() == nil and not core.running() then return weave.run(fn, ...) end
+  if not running() then return weave.run(fn, ...) end
   return fn(...)
 end
 
