@@ -40,6 +40,7 @@ struct wv_xfer {
   CURLcode result;
   int stream, follow, headers_done, saw_location, progress;
   int paused_recv, paused_send, too_large, timed_out, write_failed, aborted;
+  int dirty; /* options beyond a plain GET: reset the handle before reuse */
   long max_redirects;
   curl_off_t max_body, total;
   wv_wbuf body, hdr, up;
@@ -229,6 +230,20 @@ static const char *optstr(lua_State *L, int spec, const char *k) {
   return v;
 }
 
+/* Options a handle gets once; they survive reuse without a reset. */
+static void base_options(wv_session *s, CURL *e, long bufsize) {
+  curl_easy_setopt(e, CURLOPT_SHARE, s->share);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, bufsize);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_301 | CURL_REDIR_POST_302);
+}
+
 static wv_session *checksession(lua_State *L, int idx) {
   wv_session *s = luaL_checkudata(L, idx, WV_SESSION_MT);
   if (s->closed) luaL_error(L, "weave.http: the session is closed");
@@ -259,9 +274,19 @@ static int l_http_new(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
   (void)rt;
+  /* Options beyond a plain GET mark the handle "dirty": before its next use
+  ** it gets a full curl_easy_reset.  A clean handle is reused as curl intends,
+  ** without a reset: every per-request option below is set each time. */
+  x->dirty = optstr(L, 2, "ca_file") || optstr(L, 2, "proxy") || optstr(L, 2, "output") ||
+             optbool(L, 2, "progress", 0) || optbool(L, 2, "body_stream", 0) || optstr(L, 2, "body") ||
+             (method != NULL && strcmp(method, "GET") != 0) || optnum(L, 2, "buffer_size", 0) > 0;
   if (s->neasy > 0) {
-    x->easy = s->easypool[--s->neasy];
-    curl_easy_reset(x->easy);
+    int wasdirty = s->easydirty[--s->neasy];
+    x->easy = s->easypool[s->neasy];
+    if (wasdirty || x->dirty) {
+      curl_easy_reset(x->easy);
+      base_options(s, x->easy, (long)optnum(L, 2, "buffer_size", 65536));
+    }
   } else {
     x->easy = curl_easy_init();
     if (x->easy == NULL) return luaL_error(L, "weave.http: out of memory");
@@ -275,48 +300,40 @@ static int l_http_new(lua_State *L) {
       curl_easy_setopt(x->easy, CURLOPT_COOKIELIST, "RELOAD");
       curl_easy_setopt(x->easy, CURLOPT_COOKIEFILE, (char *)NULL);
     }
+    base_options(s, x->easy, (long)optnum(L, 2, "buffer_size", 65536));
   }
+  /* Per request, always (defaults included). */
   curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *)x);
   curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(x->easy, CURLOPT_SHARE, s->share);
-  curl_easy_setopt(x->easy, CURLOPT_URL, url);
-  curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
-  curl_easy_setopt(x->easy, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-  curl_easy_setopt(x->easy, CURLOPT_ACCEPT_ENCODING, "");
-  curl_easy_setopt(x->easy, CURLOPT_BUFFERSIZE, (long)optnum(L, 2, "buffer_size", 65536));
-  curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(x->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-
+  curl_easy_setopt(x->easy, CURLOPT_URL, url);
   x->follow = optbool(L, 2, "follow", 1);
   x->max_redirects = (long)optnum(L, 2, "max_redirects", 10);
   curl_easy_setopt(x->easy, CURLOPT_FOLLOWLOCATION, (long)x->follow);
   curl_easy_setopt(x->easy, CURLOPT_MAXREDIRS, x->max_redirects);
-  curl_easy_setopt(x->easy, CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_301 | CURL_REDIR_POST_302);
-
-  if ((t = optnum(L, 2, "timeout", 0)) > 0)
-    curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)(t * 1000 + 0.5));
-  if ((t = optnum(L, 2, "connect_timeout", 0)) > 0)
-    curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)(t * 1000 + 0.5));
+  t = optnum(L, 2, "timeout", 0);
+  curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, t > 0 ? (long)(t * 1000 + 0.5) : 0L);
+  t = optnum(L, 2, "connect_timeout", 0);
+  curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT_MS, t > 0 ? (long)(t * 1000 + 0.5) : 0L);
   if ((t = optnum(L, 2, "read_timeout", 0)) > 0) x->read_ns = (uint64_t)(t * 1e9);
   x->max_body = (curl_off_t)optnum(L, 2, "max_body_size", 0);
-  if (x->max_body > 0) curl_easy_setopt(x->easy, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
-
-  if (!optbool(L, 2, "verify", 1)) {
-    curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, 0L);
-    curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, 0L);
+  curl_easy_setopt(x->easy, CURLOPT_MAXFILESIZE_LARGE, x->max_body > 0 ? x->max_body : (curl_off_t)0);
+  {
+    long verify = optbool(L, 2, "verify", 1);
+    curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, verify);
+    curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+  }
+  {
+    long v = CURL_HTTP_VERSION_NONE;
+    if ((s1 = optstr(L, 2, "http_version")) != NULL)
+      v = strcmp(s1, "2") == 0     ? CURL_HTTP_VERSION_2TLS
+          : strcmp(s1, "1.0") == 0 ? CURL_HTTP_VERSION_1_0
+                                   : CURL_HTTP_VERSION_1_1;
+    curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION, v);
   }
   if ((s1 = optstr(L, 2, "ca_file")) != NULL) curl_easy_setopt(x->easy, CURLOPT_CAINFO, s1);
   if ((s1 = optstr(L, 2, "proxy")) != NULL) curl_easy_setopt(x->easy, CURLOPT_PROXY, s1);
-  if ((s1 = optstr(L, 2, "http_version")) != NULL) {
-    long v = strcmp(s1, "2") == 0     ? CURL_HTTP_VERSION_2TLS
-             : strcmp(s1, "1.0") == 0 ? CURL_HTTP_VERSION_1_0
-                                      : CURL_HTTP_VERSION_1_1;
-    curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION, v);
-  }
   x->stream = optbool(L, 2, "stream", 0);
   if ((s1 = optstr(L, 2, "output")) != NULL) {
     x->out = fopen(s1, "wb");
@@ -624,9 +641,10 @@ static int x_response(lua_State *L) {
 static void xfer_release(wv_xfer *x) {
   xfer_abort(x);
   if (x->easy != NULL) {
-    if (!x->s->closed && x->s->neasy < WV_EASYPOOL)
+    if (!x->s->closed && x->s->neasy < WV_EASYPOOL) {
+      x->s->easydirty[x->s->neasy] = (unsigned char)x->dirty;
       x->s->easypool[x->s->neasy++] = x->easy;
-    else
+    } else
       curl_easy_cleanup(x->easy);
     x->easy = NULL;
   }
@@ -732,8 +750,9 @@ static void pin_libcurl(void) {
 }
 
 void weave__httplib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take}, {"feed", x_feed},
-                                    {"info", x_info},   {"response", x_response}, {"done", x_done}, {NULL, NULL}};
+  static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take},
+                                    {"feed", x_feed},   {"info", x_info}, {"response", x_response},
+                                    {"done", x_done},   {NULL, NULL}};
   static const luaL_Reg smeths[] = {{"active", s_active}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {NULL, NULL}};
   pin_libcurl();

@@ -24,9 +24,10 @@ struct wv_session {
   CURLSH *share;
   uv_timer_t *timer;
   int closed;
-  int cookies;                 /* the share holds a cookie jar */
-  wv_xfer *active;             /* running transfers */
-  CURL *easypool[WV_EASYPOOL]; /* finished handles kept for reuse */
+  int cookies;                          /* the share holds a cookie jar */
+  wv_xfer *active;                      /* running transfers */
+  CURL *easypool[WV_EASYPOOL];          /* finished handles kept for reuse */
+  unsigned char easydirty[WV_EASYPOOL]; /* needs curl_easy_reset before reuse */
   int neasy;
 };
 
