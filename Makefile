@@ -21,7 +21,7 @@ LUAMODS  := $(foreach f,$(LUASRC),$(if $(filter init.lua,$(notdir $(f))),weave,w
 TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(B)/?.so;;"
 
-.PHONY: all deps test asan demo bench install clean format check-format check-symbols
+.PHONY: all deps test asan demo bench bench-instr install clean format check-format check-symbols
 
 all: $(B)/weave.so $(B)/libweave.a $(B)/weave
 
@@ -97,6 +97,10 @@ bench: all $(B)/bench/floor
 	@sh tools/deps.sh bench
 	@$(TEST_ENV) sh bench/run.sh
 	@ulimit -n 65536 2>/dev/null; $(TEST_ENV) $(LUA) bench/http/run.lua
+
+# Client-side instructions per request under callgrind (stable numbers).
+bench-instr: all $(B)/bench/floor
+	@$(TEST_ENV) $(LUA) bench/http/instructions.lua
 
 $(B)/bench/floor: bench/http/floor.c
 	@mkdir -p $(dir $@)

@@ -4,7 +4,7 @@
 local servers = require "support.servers"
 
 local root = servers.root
-local REPS = tonumber(os.getenv("BENCH_REPS") or "3")
+local REPS = tonumber(os.getenv("BENCH_REPS") or "5")
 
 local function sh(cmd)
   local p = assert(io.popen(cmd .. " 2>/dev/null"))
@@ -154,16 +154,16 @@ md[#md + 1] = "## Ratios against the targets\n\n- " .. table.concat(lines, "\n- 
 md[#md + 1] = [[
 ## Where the gaps are
 
-- **Small requests.** The same 10,000 GETs driven through the raw transfer
-  primitives (`core.http_new`, `x:wait`, `x:take`, no façade) run at about
-  0.80x the floor; the Lua façade (options, admission, Response) costs the
-  rest, about 4 us per request. Part of the gap is the features themselves:
-  the C floor given weave's easy-handle options (Accept-Encoding
-  negotiation, the session's share handle for cookies and DNS, the cookie
-  engine, default headers) runs at about 0.85x of the bare floor, with
-  Accept-Encoding alone about 9 % (measured with a variant of floor.c).
-  Against that equally configured floor, weave's C core adds about 5 % and
-  the Lua façade about 15 %: the façade is the place to work next.
+- **Small requests.** Client-side instructions per request (`make bench-instr`,
+  callgrind, repeatable): C floor ~70k, weave's raw transfer primitives
+  (bench/http/raw.lua, no façade) ~101k, weave through `s:get` ~131k. Part
+  of the core's share is the features themselves: the floor given weave's
+  easy-handle options (Accept-Encoding negotiation, the session's share
+  handle for cookies and DNS, the cookie engine, default headers) needs
+  ~92k (Accept-Encoding alone costs ~9 % of wall time). So over an equally
+  configured floor weave's C core adds ~10 % and the Lua façade ~30 %
+  (about 220 Lua VM instructions plus the tables and strings of a request
+  and its Response): the façade is the place to work next.
 - **10 MiB bodies.** The floor and curl's CLI discard the bytes; weave must
   hand `res.body` to Lua as a string. Lua 5.4 cannot adopt an external buffer,
   so each body is copied from curl's buffer into weave's (pre-sized from
