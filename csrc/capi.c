@@ -159,12 +159,7 @@ static wv_postbox *postbox(lua_State *L, wv_rt *rt) {
   uv_unref((uv_handle_t *)b->async); /* ref'd only while futures are outstanding */
   b->refs = 1;
   rt->postbox = b;
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "v");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &FUTMAP);
+  weave__weaktable(L, &FUTMAP, "v");
   return b;
 }
 

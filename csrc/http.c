@@ -757,12 +757,7 @@ void weave__httplib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {NULL, NULL}};
   pin_libcurl();
   curl_global_init(CURL_GLOBAL_DEFAULT);
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &SESSIONS);
+  weave__weaktable(L, &SESSIONS, "k");
   weave__class(L, rt, WV_XFER_MT, xmeths, x_close);
   weave__class(L, rt, WV_SESSION_MT, smeths, s_close);
   lua_pushlightuserdata(L, rt);

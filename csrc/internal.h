@@ -187,6 +187,8 @@ void weave__timerlib(lua_State *L, wv_rt *rt);
 /* module.c */
 void weave__class(lua_State *L, wv_rt *rt, const char *name, const luaL_Reg *methods, lua_CFunction closer);
 
+void weave__weaktable(lua_State *L, const void *key, const char *mode);
+
 /* error.c */
 void weave__newerror(lua_State *L, const char *kind, const char *msg);
 int weave__iserror(lua_State *L, int idx, const char *kind);

@@ -21,6 +21,16 @@ void weave__class(lua_State *L, wv_rt *rt, const char *name, const luaL_Reg *met
   lua_pop(L, 1);
 }
 
+/* Store a new weak table ("k" or "v") in the registry under `key`. */
+void weave__weaktable(lua_State *L, const void *key, const char *mode) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, mode);
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
 int luaopen_weave_core(lua_State *L) {
   wv_rt *rt;
   if (weave__newrt(L, NULL) != 0) return luaL_error(L, "weave: cannot initialise the libuv loop");
