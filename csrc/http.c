@@ -15,8 +15,10 @@
 */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "work.h"
 #include "wvcurl.h"
@@ -25,10 +27,14 @@
 
 static const char SESSIONS = 's'; /* registry: weak set of sessions */
 
-enum { EV_HEADERS = 1, EV_DATA = 2, EV_NEEDBODY = 4, EV_PROGRESS = 8, EV_DONE = 16 };
+/* EV_RESERVE is internal: the body is big, make its Lua string (never seen
+** by Lua code). */
+enum { EV_HEADERS = 1, EV_DATA = 2, EV_NEEDBODY = 4, EV_PROGRESS = 8, EV_DONE = 16, EV_RESERVE = 32 };
 enum { XS_NEW, XS_RUNNING, XS_DONE };
 
 #define WV_STREAM_HIGHWATER (256 * 1024)
+#define WV_PRESIZE_MAX ((curl_off_t)256 * 1024 * 1024) /* trust Content-Length up to this */
+#define WV_DIRECT_MIN ((curl_off_t)256 * 1024)         /* bodies received into their string */
 
 struct wv_xfer {
   wv_session *s;
@@ -40,7 +46,11 @@ struct wv_xfer {
   CURLcode result;
   int stream, follow, headers_done, saw_location, progress;
   int paused_recv, paused_send, too_large, timed_out, write_failed, aborted;
-  int dirty; /* options beyond a plain GET: reset the handle before reuse */
+  int dirty;   /* options beyond a plain GET: reset the handle before reuse */
+  int sized;   /* the body buffer was sized from Content-Length (or not) */
+  int encoded; /* the response has a Content-Encoding: its length is not the body's */
+  int direct;  /* body.p is inside the Lua string in uservalue 2 (not malloc'd) */
+  curl_off_t want;
   long max_redirects;
   curl_off_t max_body, total;
   wv_wbuf body, hdr, up;
@@ -53,6 +63,37 @@ struct wv_xfer {
   curl_off_t dlnow, dltotal, ulnow, ultotal;
   char errbuf[CURL_ERROR_SIZE];
 };
+
+/* --- bodies received into their Lua string ------------------------------------
+** lua_pushlstring needs source bytes, so a big body's string is made from a
+** read-only anonymous mapping (every page the kernel's shared zero page:
+** nothing allocated, cache-hot) and on_write then fills it in place, before
+** any Lua code can see it.  This relies on Lua 5.4's long strings: never
+** shared or interned, hashed only lazily when used as a table key.  The one
+** copy left is curl's buffer -> the string, as in any client that keeps
+** the body. */
+#if LUA_VERSION_NUM == 504 && defined(MAP_ANONYMOUS)
+static const char *direct_src;
+static pthread_once_t direct_once = PTHREAD_ONCE_INIT;
+
+static void direct_init(void) {
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+#ifdef MAP_NORESERVE
+  flags |= MAP_NORESERVE;
+#endif
+  void *p = mmap(NULL, (size_t)WV_PRESIZE_MAX, PROT_READ, flags, -1, 0);
+  direct_src = p == MAP_FAILED ? NULL : p;
+}
+
+static const char *direct_source(void) {
+  pthread_once(&direct_once, direct_init);
+  return direct_src;
+}
+static int direct_ok(void) { return 1; }
+#else
+static const char *direct_source(void) { return NULL; }
+static int direct_ok(void) { return 0; }
+#endif
 
 /* --- events -------------------------------------------------------------- */
 
@@ -114,11 +155,21 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     x->headers_done = 1;
     if (x->stream) event(x, EV_HEADERS); /* only a streaming reader waits for headers */
   }
-  if (x->body.cap == 0 && !x->stream && x->out == NULL) {
-    /* Size the buffer once from Content-Length (bounded): no regrowth. */
+  if (!x->sized && !x->stream && x->out == NULL) {
+    /* Size the buffer once from Content-Length (bounded): no regrowth.  A
+    ** big body is received straight into its Lua string, made by the task
+    ** (EV_RESERVE) while curl holds this data back. */
     curl_off_t cl = -1;
+    x->sized = 1;
     curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-    if (cl > 0 && cl <= (curl_off_t)256 * 1024 * 1024 && (x->max_body == 0 || cl <= x->max_body)) {
+    if (cl > 0 && cl <= WV_PRESIZE_MAX && (x->max_body == 0 || cl <= x->max_body)) {
+      if (cl >= WV_DIRECT_MIN && !x->encoded && direct_ok()) {
+        x->want = cl;
+        x->paused_recv = 1;
+        weave__timer_stop(x->s->rt, &x->rtm);
+        event(x, EV_RESERVE);
+        return CURL_WRITEFUNC_PAUSE;
+      }
       x->body.p = malloc((size_t)cl);
       if (x->body.p != NULL) x->body.cap = (size_t)cl;
     }
@@ -142,6 +193,18 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     }
     return len;
   }
+  if (x->direct && x->body.len + len > x->body.cap) {
+    /* More than Content-Length said: carry on in a malloc'd buffer. */
+    wv_wbuf b = {NULL, 0, 0};
+    if (weave__wbuf_add(&b, x->body.p, x->body.len) != 0) return 0;
+    x->body = b;
+    x->direct = 0;
+  }
+  if (x->direct) {
+    memcpy(x->body.p + x->body.len, p, len);
+    x->body.len += len;
+    return len;
+  }
   if (weave__wbuf_add(&x->body, p, len) != 0) return 0;
   if (x->stream) event(x, EV_DATA);
   return len;
@@ -158,7 +221,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
     /* A new response (after a redirect or a 1xx): keep only the last. */
     x->hdr.len = 0;
-    x->saw_location = 0;
+    x->saw_location = x->encoded = 0;
   } else if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) {
     long code = 0;
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
@@ -170,6 +233,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     }
   } else {
     if (len > 9 && strncasecmp(p, "location:", 9) == 0) x->saw_location = 1;
+    if (len > 17 && strncasecmp(p, "content-encoding:", 17) == 0) x->encoded = 1;
     while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
       len--;
     if (weave__wbuf_add(&x->hdr, p, len) != 0 || weave__wbuf_add(&x->hdr, "\n", 1) != 0) return 0;
@@ -265,7 +329,7 @@ static int l_http_new(lua_State *L) {
   url = optstr(L, 2, "url");
   method = optstr(L, 2, "method");
   if (url == NULL) return luaL_error(L, "weave.http: the request has no url");
-  x = lua_newuserdatauv(L, sizeof *x, 1);
+  x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
   memset(x, 0, sizeof *x);
   x->s = s;
   x->rtm.idx = -1;
@@ -452,14 +516,40 @@ static int pop_event(lua_State *L, wv_xfer *x) {
   return 0;
 }
 
+/* EV_RESERVE: make the body's string (Content-Length bytes, filled by
+** on_write in place) and let curl go on.  Runs in the task, never in a curl
+** callback. */
+static void reserve(lua_State *L, wv_xfer *x) {
+  const char *z = direct_source();
+  if (!(x->events & EV_RESERVE)) return;
+  x->events &= ~EV_RESERVE;
+  if (x->state != XS_RUNNING || !x->paused_recv) return;
+  if (z != NULL) {
+    lua_pushlstring(L, z, (size_t)x->want);
+    x->body.p = (char *)lua_tostring(L, -1);
+    x->body.cap = (size_t)x->want;
+    x->direct = 1;
+    lua_setiuservalue(L, 1, 2);
+  }
+  x->paused_recv = 0;
+  rearm(x);
+  curl_easy_pause(x->easy, x->paused_send ? CURLPAUSE_SEND : CURLPAUSE_CONT);
+}
+
+static void wait_unblock(wv_rt *rt, wv_task *t);
+
 static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   wv_rt *rt = (wv_rt *)ctx;
   wv_xfer *x = lua_touserdata(L, 1);
+  wv_task *t = rt->current;
   (void)status;
-  rt->current->wdata = NULL;
-  if (rt->current->wake == WV_WAKE_CANCEL) weave__checkcancel(L, rt->current);
+  t->wdata = NULL;
+  if (t->wake == WV_WAKE_CANCEL) weave__checkcancel(L, t);
+  reserve(L, x);
   if (pop_event(L, x)) return 1;
-  return luaL_error(L, "weave.http: woken without an event");
+  x->waiter = t;
+  t->wdata = x;
+  return weave__suspend(L, rt, t, wait_unblock, wait_k, (lua_KContext)rt);
 }
 
 /* xfer:wait() -> "headers" | "data" | "need_body" | "progress" | "done" */
@@ -471,7 +561,10 @@ static int x_wait(lua_State *L) {
   if (!weave__incontext(L, rt, "weave.http")) return luaL_error(L, "weave.http: transfers need a task");
   t = rt->current;
   if (x->state == XS_NEW) return luaL_error(L, "weave.http: transfer not started");
-  if (weave__checkcancel(L, t) == 0 && pop_event(L, x)) return 1;
+  if (weave__checkcancel(L, t) == 0) {
+    reserve(L, x);
+    if (pop_event(L, x)) return 1;
+  }
   x->waiter = t;
   t->wdata = x;
   return weave__suspend(L, rt, t, wait_unblock, wait_k, (lua_KContext)rt);
@@ -481,7 +574,18 @@ static int x_wait(lua_State *L) {
 ** transfer paused by a slow consumer. */
 static int x_take(lua_State *L) {
   wv_xfer *x = checkxfer(L);
-  lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
+  if (x->direct) {
+    if (x->body.len == x->body.cap && x->state == XS_DONE)
+      lua_getiuservalue(L, 1, 2); /* complete: the string itself */
+    else
+      lua_pushlstring(L, x->body.p, x->body.len);
+    x->direct = 0;
+    x->body.p = NULL;
+    x->body.cap = 0;
+    lua_pushnil(L);
+    lua_setiuservalue(L, 1, 2);
+  } else
+    lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
   x->body.len = 0;
   x->events &= ~EV_DATA;
   if (x->paused_recv && x->state == XS_RUNNING) {
@@ -650,6 +754,11 @@ static void xfer_release(wv_xfer *x) {
   }
   curl_slist_free_all(x->hdrs);
   x->hdrs = NULL;
+  if (x->direct) { /* the string is Lua's; it goes with the userdata */
+    x->direct = 0;
+    x->body.p = NULL;
+    x->body.len = x->body.cap = 0;
+  }
   weave__wbuf_free(&x->body);
   weave__wbuf_free(&x->hdr);
   weave__wbuf_free(&x->up);

@@ -114,6 +114,35 @@ describe("weave.http", function()
       end)
     end)
 
+    it("big bodies arrive whole, as ordinary strings (also gzip, short and cancelled ones)", function()
+      run(function()
+        local f = assert(io.open(ng.dir .. "/html/10m", "rb"))
+        local want = f:read("a")
+        f:close()
+        local bodies = weave.gather(function() return http.get(ng.url .. "/10m").body end,
+          function() return http.get(ng.url .. "/10m", { max_body_size = 20e6 }).body end)
+        for _, b in ipairs(bodies) do
+          assert.are.equal(#want, #b)
+          assert.is_true(b == want)
+          local t = { [want] = 1 }
+          assert.are.equal(1, t[b]) -- hashes like any other string
+          assert.are.equal(want:sub(-100), b:sub(-100))
+        end
+        -- A gzip body bigger than its Content-Length, and one smaller.
+        assert.are.equal(("hello gzip "):rep(400000), http.get(fault.url .. "/gzip?n=400000").body)
+        assert.are.equal(300000, #http.get(fault.url .. "/gzip?random=300000").body)
+        -- A body shorter than its Content-Length is an error, not a short string.
+        local ok, err = pcall(http.get, fault.url .. "/truncated?len=1000000&send=300000")
+        assert.is_false(ok)
+        assert.are.equal("network", err.kind)
+        -- Transfers cancelled at any point of a big body leave nothing behind.
+        for i = 1, 20 do
+          weave.move_on_after(i * 0.0005, http.get, ng.url .. "/10m")
+        end
+        assert.are.equal(#want, #http.get(ng.url .. "/10m").body)
+      end)
+    end)
+
     it("works as a blocking call outside any task", function()
       local r = http.get(ng.url .. "/hello")
       assert.are.equal("hello from nginx\n", r.body)

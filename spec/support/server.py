@@ -9,6 +9,7 @@ garbage reply, a huge body, and /stats: what happened on the wire.
 """
 import gzip
 import json
+import os
 import select
 import socket
 import struct
@@ -134,7 +135,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/cookie/get":
             return self.send(200, self.headers.get("Cookie", ""))
         if path == "/gzip":
-            raw = ("hello gzip " * 100).encode()
+            raw = ("hello gzip " * int(q.get("n", "100"))).encode()
+            if "random" in q:
+                raw = os.urandom(int(q["random"]))
             return self.send(200, gzip.compress(raw), headers=[("Content-Encoding", "gzip")])
         if path == "/headers":
             return self.send(200, "h", headers=[("X-Multi", "a"), ("X-Multi", "b"), ("X-Case", "Yes")])
@@ -179,9 +182,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/truncated":
             self.send_response(200)
-            self.send_header("Content-Length", "1000")
+            self.send_header("Content-Length", q.get("len", "1000"))
             self.end_headers()
-            self.wfile.write(b"t" * 10)
+            self.wfile.write(b"t" * int(q.get("send", "10")))
             self.wfile.flush()
             self.close_connection = True
             return
