@@ -25,7 +25,9 @@
 
 #define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
 
-static const char SESSIONS = 's'; /* registry: weak set of sessions */
+static const char SESSIONS = 's';    /* registry: weak set of sessions */
+static const char RESPONSE_MT = 'r'; /* registry: the façade's Response class */
+static const char HEADERS_MT = 'h';  /* registry: the façade's Headers class */
 
 /* EV_RESERVE is internal: the body is big, make its Lua string (never seen
 ** by Lua code). */
@@ -46,6 +48,8 @@ struct wv_xfer {
   CURLcode result;
   int stream, follow, headers_done, saw_location, progress;
   int paused_recv, paused_send, too_large, timed_out, write_failed, aborted;
+  int to_file; /* output=: the body goes to a file, res.body stays nil */
+  int upload;  /* the request body is streamed (need_body events) */
   int dirty;   /* options beyond a plain GET: reset the handle before reuse */
   int sized;   /* the body buffer was sized from Content-Length (or not) */
   int encoded; /* the response has a Content-Encoding: its length is not the body's */
@@ -286,12 +290,77 @@ static int optbool(lua_State *L, int spec, const char *k, int dflt) {
   return v;
 }
 
-/* Returns the string field k (kept alive by the spec table) or NULL. */
-static const char *optstr(lua_State *L, int spec, const char *k) {
-  const char *v = NULL;
-  if (lua_getfield(L, spec, k) == LUA_TSTRING) v = lua_tostring(L, -1);
-  lua_pop(L, 1);
-  return v;
+/* A request spec, read in one pass over the table (only the fields that are
+** set cost anything).  Strings stay alive in the table. */
+typedef struct {
+  const char *url, *method, *ca_file, *proxy, *output, *http_version, *body;
+  size_t blen;
+  int follow, verify, stream, progress, body_stream, headers;
+  double timeout, connect_timeout, read_timeout, max_body, buffer_size, max_redirects;
+} wv_spec;
+
+/* The value at the top of the stack is spec field `key`. */
+static void spec_field(lua_State *L, wv_spec *sp, const char *key) {
+  int t = lua_type(L, -1);
+  const char *str = t == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  double num = t == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
+  int b = lua_toboolean(L, -1);
+  switch (key[0]) {
+  case 'b':
+    if (strcmp(key, "body") == 0 && str != NULL) sp->body = lua_tolstring(L, -1, &sp->blen);
+    else if (strcmp(key, "body_stream") == 0) sp->body_stream = b;
+    else if (strcmp(key, "buffer_size") == 0) sp->buffer_size = num;
+    break;
+  case 'c':
+    if (strcmp(key, "connect_timeout") == 0) sp->connect_timeout = num;
+    else if (strcmp(key, "ca_file") == 0) sp->ca_file = str;
+    break;
+  case 'f':
+    if (strcmp(key, "follow") == 0) sp->follow = b;
+    break;
+  case 'h':
+    if (strcmp(key, "headers") == 0) sp->headers = t == LUA_TTABLE;
+    else if (strcmp(key, "http_version") == 0) sp->http_version = str;
+    break;
+  case 'm':
+    if (strcmp(key, "method") == 0) sp->method = str;
+    else if (strcmp(key, "max_body_size") == 0) sp->max_body = num;
+    else if (strcmp(key, "max_redirects") == 0 && t == LUA_TNUMBER) sp->max_redirects = num;
+    break;
+  case 'o':
+    if (strcmp(key, "output") == 0) sp->output = str;
+    break;
+  case 'p':
+    if (strcmp(key, "proxy") == 0) sp->proxy = str;
+    else if (strcmp(key, "progress") == 0) sp->progress = b;
+    break;
+  case 'r':
+    if (strcmp(key, "read_timeout") == 0) sp->read_timeout = num;
+    break;
+  case 's':
+    if (strcmp(key, "stream") == 0) sp->stream = b;
+    break;
+  case 't':
+    if (strcmp(key, "timeout") == 0) sp->timeout = num;
+    break;
+  case 'u':
+    if (strcmp(key, "url") == 0) sp->url = str;
+    break;
+  case 'v':
+    if (strcmp(key, "verify") == 0) sp->verify = b;
+    break;
+  }
+}
+
+static void read_spec(lua_State *L, int idx, wv_spec *sp) {
+  memset(sp, 0, sizeof *sp);
+  sp->follow = sp->verify = 1;
+  sp->max_redirects = 10;
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    if (lua_type(L, -2) == LUA_TSTRING) spec_field(L, sp, lua_tostring(L, -2));
+    lua_pop(L, 1);
+  }
 }
 
 /* Options a handle gets once; they survive reuse without a reset. */
@@ -316,19 +385,19 @@ static wv_session *checksession(lua_State *L, int idx) {
 
 static void xfer_release(wv_xfer *x);
 
+static long ms(double secs) { return secs > 0 ? (long)(secs * 1000 + 0.5) : 0L; }
+
 /* core.http_new(session, spec) -> Transfer (not started) */
 static int l_http_new(lua_State *L) {
-  wv_rt *rt = getrt(L);
   wv_session *s = checksession(L, 1);
   wv_xfer *x;
-  const char *url, *method, *s1;
-  size_t blen = 0;
-  const char *body;
-  double t;
+  wv_spec sp;
+  CURL *e;
+  long bufsize;
   luaL_checktype(L, 2, LUA_TTABLE);
-  url = optstr(L, 2, "url");
-  method = optstr(L, 2, "method");
-  if (url == NULL) return luaL_error(L, "weave.http: the request has no url");
+  read_spec(L, 2, &sp);
+  if (sp.url == NULL) return luaL_error(L, "weave.http: the request has no url");
+  bufsize = sp.buffer_size > 0 ? (long)sp.buffer_size : 65536L;
   x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
   memset(x, 0, sizeof *x);
   x->s = s;
@@ -337,19 +406,17 @@ static int l_http_new(lua_State *L) {
   luaL_setmetatable(L, WV_XFER_MT);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
-  (void)rt;
   /* Options beyond a plain GET mark the handle "dirty": before its next use
   ** it gets a full curl_easy_reset.  A clean handle is reused as curl intends,
   ** without a reset: every per-request option below is set each time. */
-  x->dirty = optstr(L, 2, "ca_file") || optstr(L, 2, "proxy") || optstr(L, 2, "output") ||
-             optbool(L, 2, "progress", 0) || optbool(L, 2, "body_stream", 0) || optstr(L, 2, "body") ||
-             (method != NULL && strcmp(method, "GET") != 0) || optnum(L, 2, "buffer_size", 0) > 0;
+  x->dirty = sp.ca_file || sp.proxy || sp.output || sp.progress || sp.body_stream || sp.body ||
+             (sp.method != NULL && strcmp(sp.method, "GET") != 0) || sp.buffer_size > 0;
   if (s->neasy > 0) {
     int wasdirty = s->easydirty[--s->neasy];
     x->easy = s->easypool[s->neasy];
     if (wasdirty || x->dirty) {
       curl_easy_reset(x->easy);
-      base_options(s, x->easy, (long)optnum(L, 2, "buffer_size", 65536));
+      base_options(s, x->easy, bufsize);
     }
   } else {
     x->easy = curl_easy_init();
@@ -364,101 +431,97 @@ static int l_http_new(lua_State *L) {
       curl_easy_setopt(x->easy, CURLOPT_COOKIELIST, "RELOAD");
       curl_easy_setopt(x->easy, CURLOPT_COOKIEFILE, (char *)NULL);
     }
-    base_options(s, x->easy, (long)optnum(L, 2, "buffer_size", 65536));
+    base_options(s, x->easy, bufsize);
   }
+  e = x->easy;
   /* Per request, always (defaults included). */
-  curl_easy_setopt(x->easy, CURLOPT_PRIVATE, (char *)x);
-  curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
-  curl_easy_setopt(x->easy, CURLOPT_URL, url);
-  x->follow = optbool(L, 2, "follow", 1);
-  x->max_redirects = (long)optnum(L, 2, "max_redirects", 10);
-  curl_easy_setopt(x->easy, CURLOPT_FOLLOWLOCATION, (long)x->follow);
-  curl_easy_setopt(x->easy, CURLOPT_MAXREDIRS, x->max_redirects);
-  t = optnum(L, 2, "timeout", 0);
-  curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, t > 0 ? (long)(t * 1000 + 0.5) : 0L);
-  t = optnum(L, 2, "connect_timeout", 0);
-  curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT_MS, t > 0 ? (long)(t * 1000 + 0.5) : 0L);
-  if ((t = optnum(L, 2, "read_timeout", 0)) > 0) x->read_ns = (uint64_t)(t * 1e9);
-  x->max_body = (curl_off_t)optnum(L, 2, "max_body_size", 0);
-  curl_easy_setopt(x->easy, CURLOPT_MAXFILESIZE_LARGE, x->max_body > 0 ? x->max_body : (curl_off_t)0);
-  {
-    long verify = optbool(L, 2, "verify", 1);
-    curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYPEER, verify);
-    curl_easy_setopt(x->easy, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
-  }
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  curl_easy_setopt(e, CURLOPT_URL, sp.url);
+  x->follow = sp.follow;
+  x->max_redirects = (long)sp.max_redirects;
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)x->follow);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, x->max_redirects);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(sp.timeout));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(sp.connect_timeout));
+  if (sp.read_timeout > 0) x->read_ns = (uint64_t)(sp.read_timeout * 1e9);
+  x->max_body = (curl_off_t)sp.max_body;
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body > 0 ? x->max_body : (curl_off_t)0);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)sp.verify);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, sp.verify ? 2L : 0L);
   {
     long v = CURL_HTTP_VERSION_NONE;
-    if ((s1 = optstr(L, 2, "http_version")) != NULL)
-      v = strcmp(s1, "2") == 0     ? CURL_HTTP_VERSION_2TLS
-          : strcmp(s1, "1.0") == 0 ? CURL_HTTP_VERSION_1_0
-                                   : CURL_HTTP_VERSION_1_1;
-    curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION, v);
+    if (sp.http_version != NULL)
+      v = strcmp(sp.http_version, "2") == 0     ? CURL_HTTP_VERSION_2TLS
+          : strcmp(sp.http_version, "1.0") == 0 ? CURL_HTTP_VERSION_1_0
+                                                : CURL_HTTP_VERSION_1_1;
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, v);
   }
-  if ((s1 = optstr(L, 2, "ca_file")) != NULL) curl_easy_setopt(x->easy, CURLOPT_CAINFO, s1);
-  if ((s1 = optstr(L, 2, "proxy")) != NULL) curl_easy_setopt(x->easy, CURLOPT_PROXY, s1);
-  x->stream = optbool(L, 2, "stream", 0);
-  if ((s1 = optstr(L, 2, "output")) != NULL) {
-    x->out = fopen(s1, "wb");
+  if (sp.ca_file != NULL) curl_easy_setopt(e, CURLOPT_CAINFO, sp.ca_file);
+  if (sp.proxy != NULL) curl_easy_setopt(e, CURLOPT_PROXY, sp.proxy);
+  x->stream = sp.stream;
+  x->upload = sp.body_stream;
+  if (sp.output != NULL) {
+    x->to_file = 1;
+    x->out = fopen(sp.output, "wb");
     if (x->out == NULL) {
       xfer_release(x);
-      return luaL_error(L, "weave.http: cannot open output file %s", s1);
+      return luaL_error(L, "weave.http: cannot open output file %s", sp.output);
     }
   }
-  x->progress = optbool(L, 2, "progress", 0);
+  x->progress = sp.progress;
   if (x->progress) {
-    curl_easy_setopt(x->easy, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(x->easy, CURLOPT_XFERINFOFUNCTION, on_progress);
-    curl_easy_setopt(x->easy, CURLOPT_XFERINFODATA, x);
+    curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(e, CURLOPT_XFERINFODATA, x);
   }
 
-  /* Headers: an array of "Name: value" lines.  "Expect:" turns off
-  ** 100-continue, which only adds a round trip for us. */
-  if (lua_getfield(L, 2, "headers") == LUA_TTABLE) {
-    lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
+  /* Headers: an array of "Name: value" lines.  With a request body,
+  ** "Expect:" turns off 100-continue, which only adds a round trip. */
+  if (sp.headers) {
+    lua_Integer i, n;
+    lua_getfield(L, 2, "headers");
+    n = (lua_Integer)lua_rawlen(L, -1);
     for (i = 1; i <= n; i++) {
       if (lua_rawgeti(L, -1, i) == LUA_TSTRING) x->hdrs = curl_slist_append(x->hdrs, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
-  x->hdrs = curl_slist_append(x->hdrs, "Expect:");
-  curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
+  if (sp.body != NULL || sp.body_stream) x->hdrs = curl_slist_append(x->hdrs, "Expect:");
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
 
   /* Method and body. */
-  if (lua_getfield(L, 2, "body") == LUA_TSTRING) {
-    body = lua_tolstring(L, -1, &blen);
-    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-    curl_easy_setopt(x->easy, CURLOPT_COPYPOSTFIELDS, body);
-  } else if (optbool(L, 2, "body_stream", 0)) {
-    curl_easy_setopt(x->easy, CURLOPT_READFUNCTION, on_read);
-    curl_easy_setopt(x->easy, CURLOPT_READDATA, x);
-    if (method != NULL && strcmp(method, "POST") == 0) {
-      curl_easy_setopt(x->easy, CURLOPT_POST, 1L);
-      curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+  if (sp.body != NULL) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)sp.blen);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, sp.body);
+  } else if (sp.body_stream) {
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(e, CURLOPT_READDATA, x);
+    if (sp.method != NULL && strcmp(sp.method, "POST") == 0) {
+      curl_easy_setopt(e, CURLOPT_POST, 1L);
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
     } else {
-      curl_easy_setopt(x->easy, CURLOPT_UPLOAD, 1L);
-      curl_easy_setopt(x->easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)-1);
+      curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+      curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)-1);
     }
   }
-  lua_pop(L, 1);
-  if (method != NULL) {
-    if (strcmp(method, "HEAD") == 0)
-      curl_easy_setopt(x->easy, CURLOPT_NOBODY, 1L);
-    else if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
-      curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, method);
-    else if (strcmp(method, "GET") == 0 && blen > 0)
-      curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, "GET");
+  if (sp.method != NULL) {
+    if (strcmp(sp.method, "HEAD") == 0)
+      curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    else if (strcmp(sp.method, "GET") != 0 && strcmp(sp.method, "POST") != 0)
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, sp.method);
+    else if (strcmp(sp.method, "GET") == 0 && sp.blen > 0)
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
   }
   return 1;
 }
 
 static wv_xfer *checkxfer(lua_State *L) { return luaL_checkudata(L, 1, WV_XFER_MT); }
 
-/* xfer:start() */
-static int x_start(lua_State *L) {
-  wv_xfer *x = checkxfer(L);
+static int xfer_start(lua_State *L, wv_xfer *x) {
   wv_session *s = x->s;
   CURLMcode mc;
   if (x->state != XS_NEW) return luaL_error(L, "weave.http: transfer already started");
@@ -477,6 +540,9 @@ static int x_start(lua_State *L) {
   }
   return 0;
 }
+
+/* xfer:start() */
+static int x_start(lua_State *L) { return xfer_start(L, checkxfer(L)); }
 
 /* Abort: take the handle off at once (the connection is closed). */
 static void xfer_abort(wv_xfer *x) {
@@ -572,8 +638,9 @@ static int x_wait(lua_State *L) {
 
 /* xfer:take() -> the body bytes buffered so far ("" when none); resumes a
 ** transfer paused by a slow consumer. */
-static int x_take(lua_State *L) {
-  wv_xfer *x = checkxfer(L);
+/* Push the body buffered so far (the transfer is at index 1) and empty the
+** buffer. */
+static void push_body(lua_State *L, wv_xfer *x) {
   if (x->direct) {
     if (x->body.len == x->body.cap && x->state == XS_DONE)
       lua_getiuservalue(L, 1, 2); /* complete: the string itself */
@@ -587,6 +654,11 @@ static int x_take(lua_State *L) {
   } else
     lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
   x->body.len = 0;
+}
+
+static int x_take(lua_State *L) {
+  wv_xfer *x = checkxfer(L);
+  push_body(L, x);
   x->events &= ~EV_DATA;
   if (x->paused_recv && x->state == XS_RUNNING) {
     x->paused_recv = 0;
@@ -690,7 +762,17 @@ static int fill_info(lua_State *L, wv_xfer *x, int t) {
   }
   lua_pushnumber(L, (double)total_us / 1e6);
   lua_setfield(L, t, "elapsed");
-  lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
+  /* headers: a Headers object over the raw block, parsed only if used */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &HEADERS_MT) == LUA_TTABLE) {
+    lua_createtable(L, 0, 1);
+    lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
+    lua_setfield(L, -2, "_raw");
+    lua_rotate(L, -2, 1);
+    lua_setmetatable(L, -2);
+  } else {
+    lua_pop(L, 1);
+    lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
+  }
   lua_setfield(L, t, "headers");
   if (x->progress) {
     lua_pushinteger(L, (lua_Integer)x->dlnow);
@@ -739,6 +821,71 @@ static int x_response(lua_State *L) {
   lua_settop(L, 1);
   lua_createtable(L, 0, 12);
   return 1 + fill_info(L, x, 2);
+}
+
+
+/* The transfer is done: its Response (the façade's class), or the Response
+** and the error table; the transfer is released either way. */
+static int fetch_done(lua_State *L, wv_xfer *x) {
+  lua_settop(L, 1);
+  lua_createtable(L, 0, 12);
+  if (fill_info(L, x, 2)) {
+    xfer_release(x);
+    return 2;
+  }
+  if (!x->to_file) {
+    push_body(L, x);
+    lua_setfield(L, 2, "body");
+  }
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &RESPONSE_MT) == LUA_TTABLE)
+    lua_setmetatable(L, 2);
+  else
+    lua_pop(L, 1);
+  xfer_release(x);
+  return 1;
+}
+
+static int fetch_k(lua_State *L, int status, lua_KContext ctx);
+
+static int fetch_wait(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t) {
+  reserve(L, x);
+  if (x->events & EV_DONE) return fetch_done(L, x);
+  x->waiter = t;
+  t->wdata = x;
+  return weave__suspend(L, rt, t, wait_unblock, fetch_k, (lua_KContext)rt);
+}
+
+static int fetch_k(lua_State *L, int status, lua_KContext ctx) {
+  wv_rt *rt = (wv_rt *)ctx;
+  wv_task *t = rt->current;
+  (void)status;
+  t->wdata = NULL;
+  if (t->wake == WV_WAKE_CANCEL) weave__checkcancel(L, t);
+  return fetch_wait(L, rt, lua_touserdata(L, 1), t);
+}
+
+/* xfer:fetch() -> Response [, error table]: start a plain transfer (not
+** streamed, no upload function, no progress), wait for it to finish and
+** build its Response, in one call. */
+static int x_fetch(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_xfer *x = checkxfer(L);
+  lua_settop(L, 1);
+  if (!weave__incontext(L, rt, "weave.http")) return luaL_error(L, "weave.http: transfers need a task");
+  if (x->stream || x->progress || x->upload) return luaL_error(L, "weave.http: fetch is for plain transfers");
+  weave__checkcancel(L, rt->current);
+  if (x->state == XS_NEW) xfer_start(L, x);
+  return fetch_wait(L, rt, x, rt->current);
+}
+
+/* core.http_classes(Response, Headers): the metatables fetch and info use. */
+static int l_classes(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &HEADERS_MT);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &RESPONSE_MT);
+  return 0;
 }
 
 /* Release everything; the easy handle goes back to the session's pool. */
@@ -861,9 +1008,9 @@ static void pin_libcurl(void) {
 void weave__httplib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take},
                                     {"feed", x_feed},   {"info", x_info}, {"response", x_response},
-                                    {"done", x_done},   {NULL, NULL}};
+                                    {"done", x_done},   {"fetch", x_fetch}, {NULL, NULL}};
   static const luaL_Reg smeths[] = {{"active", s_active}, {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {"http_classes", l_classes}, {NULL, NULL}};
   pin_libcurl();
   curl_global_init(CURL_GLOBAL_DEFAULT);
   weave__weaktable(L, &SESSIONS, "k");
@@ -872,8 +1019,21 @@ void weave__httplib(lua_State *L, wv_rt *rt) {
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
   {
+    /* What CURLOPT_ACCEPT_ENCODING "" would send, as a header line of the
+    ** session's defaults: curl then skips formatting its own each time. */
     curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    luaL_Buffer b;
     lua_pushstring(L, v->version);
     lua_setfield(L, -2, "curl_version");
+    luaL_buffinit(L, &b);
+    if (v->features & CURL_VERSION_LIBZ) luaL_addstring(&b, "deflate, gzip");
+#ifdef CURL_VERSION_BROTLI
+    if (v->features & CURL_VERSION_BROTLI) luaL_addstring(&b, luaL_bufflen(&b) ? ", br" : "br");
+#endif
+#ifdef CURL_VERSION_ZSTD
+    if (v->features & CURL_VERSION_ZSTD) luaL_addstring(&b, luaL_bufflen(&b) ? ", zstd" : "zstd");
+#endif
+    luaL_pushresult(&b);
+    lua_setfield(L, -2, "accept_encoding");
   }
 }

@@ -127,7 +127,6 @@ Headers.__pairs = function(self)
   end
 end
 
-local function make_headers(raw) return setmetatable({ _raw = raw }, Headers) end
 
 ---------------------------------------------------------------------------
 -- Response
@@ -164,7 +163,6 @@ local function raise_transfer(info, url) raise_error(info.error, info.url or url
 local function response(x, url)
   local res, err = x:response()
   if err then raise_error(err, res.url or url) end
-  res.headers = make_headers(res.headers)
   return setmetatable(res, Response)
 end
 
@@ -437,6 +435,17 @@ local function perform(self, opts, fname, url, method)
     release(self, req)
     error(invalid(fname, tostring(x), req.url), 0)
   end
+  if not (req.stream or req.body_iter or req.progress) then
+    -- A plain request: the transfer runs and builds its Response in C.
+    local ok2, res, err = pcall(x.fetch, x)
+    release(self, req)
+    if not ok2 then
+      x:close()
+      error(res, 0)
+    end
+    if err then raise_error(err, res.url or req.url) end
+    return res
+  end
   local ok2, r = pcall(run, self, x, req)
   if not ok2 then
     x:close()
@@ -499,9 +508,14 @@ function M.session(opts)
   -- Default header lines, computed once: the session's headers and User-Agent.
   s._defaults = {}
   for k, v in pairs(opts.headers or {}) do s._defaults[k] = v end
-  local has_ua = false
-  for k in pairs(s._defaults) do if tostring(k):lower() == "user-agent" then has_ua = true end end
-  if not has_ua then s._defaults["User-Agent"] = M.user_agent end
+  local has = {}
+  for k in pairs(s._defaults) do has[tostring(k):lower()] = true end
+  if not has["user-agent"] then s._defaults["User-Agent"] = M.user_agent end
+  -- What libcurl would negotiate anyway (it still decodes the body), as a
+  -- line of its own: curl then does not format it again for every request.
+  if not has["accept-encoding"] and core.accept_encoding ~= "" then
+    s._defaults["Accept-Encoding"] = core.accept_encoding
+  end
   s._lines = {}
   header_lines("http.session", s._lines, {}, s._defaults, nil)
   s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host }
@@ -522,5 +536,6 @@ for _, m in ipairs { "get", "head", "post", "put", "patch", "delete" } do
 end
 
 M.Response, M.Session, M.Headers = Response, Session, Headers
+core.http_classes(Response, Headers)
 
 return M
