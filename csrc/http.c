@@ -387,7 +387,15 @@ static void xfer_release(wv_xfer *x);
 
 static long ms(double secs) { return secs > 0 ? (long)(secs * 1000 + 0.5) : 0L; }
 
-/* core.http_new(session, spec) -> Transfer (not started) */
+static int refuse(lua_State *L, const char *msg) {
+  luaL_pushfail(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+/* core.http_new(session, spec [, url, method, headers]) -> Transfer (not
+** started) | nil, message.  url, method and headers, when given, stand for
+** those fields of spec (which a session can then share between requests). */
 static int l_http_new(lua_State *L) {
   wv_session *s = checksession(L, 1);
   wv_xfer *x;
@@ -395,8 +403,22 @@ static int l_http_new(lua_State *L) {
   CURL *e;
   long bufsize;
   luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 5);
   read_spec(L, 2, &sp);
-  if (sp.url == NULL) return luaL_error(L, "weave.http: the request has no url");
+  if (lua_type(L, 3) == LUA_TSTRING) sp.url = lua_tostring(L, 3);
+  if (lua_type(L, 4) == LUA_TSTRING) sp.method = lua_tostring(L, 4);
+  if (lua_type(L, 5) == LUA_TTABLE)
+    sp.headers = 5;
+  else if (sp.headers) {
+    lua_getfield(L, 2, "headers");
+    lua_replace(L, 5);
+    sp.headers = 5;
+  }
+  if (sp.url == NULL) return refuse(L, "expected a url string");
+  if (strncasecmp(sp.url, "http://", 7) != 0 && strncasecmp(sp.url, "https://", 8) != 0) {
+    lua_pushfstring(L, "the url must be http:// or https://, got %s", sp.url);
+    return refuse(L, lua_tostring(L, -1));
+  }
   bufsize = sp.buffer_size > 0 ? (long)sp.buffer_size : 65536L;
   x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
   memset(x, 0, sizeof *x);
@@ -468,7 +490,8 @@ static int l_http_new(lua_State *L) {
     x->out = fopen(sp.output, "wb");
     if (x->out == NULL) {
       xfer_release(x);
-      return luaL_error(L, "weave.http: cannot open output file %s", sp.output);
+      lua_pushfstring(L, "cannot open output file %s", sp.output);
+      return refuse(L, lua_tostring(L, -1));
     }
   }
   x->progress = sp.progress;
@@ -481,14 +504,11 @@ static int l_http_new(lua_State *L) {
   /* Headers: an array of "Name: value" lines.  With a request body,
   ** "Expect:" turns off 100-continue, which only adds a round trip. */
   if (sp.headers) {
-    lua_Integer i, n;
-    lua_getfield(L, 2, "headers");
-    n = (lua_Integer)lua_rawlen(L, -1);
+    lua_Integer i, n = (lua_Integer)lua_rawlen(L, sp.headers);
     for (i = 1; i <= n; i++) {
-      if (lua_rawgeti(L, -1, i) == LUA_TSTRING) x->hdrs = curl_slist_append(x->hdrs, lua_tostring(L, -1));
+      if (lua_rawgeti(L, sp.headers, i) == LUA_TSTRING) x->hdrs = curl_slist_append(x->hdrs, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
-    lua_pop(L, 1);
   }
   if (sp.body != NULL || sp.body_stream) x->hdrs = curl_slist_append(x->hdrs, "Expect:");
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);

@@ -425,15 +425,17 @@ local function run(self, x, req)
   return res
 end
 
+local new_transfer = core.http_new
+
 local function perform(self, opts, fname, url, method)
   if self._closed then error(invalid(fname, "the session is closed"), 3) end
   local req = build(self, opts, fname, url, method)
   req.session = self
   admit(self, req)
-  local ok, x = pcall(core.http_new, self._s, req)
-  if not ok then
+  local x, msg = new_transfer(self._s, req)
+  if not x then
     release(self, req)
-    error(invalid(fname, tostring(x), req.url), 0)
+    error(invalid(fname, msg, req.url), 0)
   end
   if not (req.stream or req.body_iter or req.progress) then
     -- A plain request: the transfer runs and builds its Response in C.
@@ -457,6 +459,33 @@ end
 
 local running = core.running
 
+-- The common case, kept short: no options, a session without base_url,
+-- max_per_host or pool_timeout, inside a task.  The session's settings are
+-- in its shared spec table; the transfer builds the Response in C.
+local function plain(self, url, method, fname)
+  if self._closed then error(invalid(fname, "the session is closed"), 3) end
+  local x, msg = new_transfer(self._s, self._spec, url, method, self._lines)
+  if not x then error(invalid(fname, msg, url), 3) end
+  local slots = self._slots
+  if slots._value > 0 then
+    slots._value = slots._value - 1 -- uncontended
+  else
+    local ok, err = pcall(slots.acquire, slots)
+    if not ok then
+      x:close()
+      error(err, 0)
+    end
+  end
+  local ok, res, err = pcall(x.fetch, x)
+  slots:release()
+  if not ok then
+    x:close()
+    error(res, 0)
+  end
+  if err then raise_error(err, res.url or url) end
+  return res
+end
+
 -- Outside any loop, run one; inside a loop but outside a task the transfer
 -- itself raises the clear "called outside a weave task" error.
 local function blocking(fn, ...)
@@ -473,10 +502,13 @@ end
 local function verb(method)
   local fname = "http." .. method:lower()
   return function(self, url, opts)
-    if opts ~= nil and type(opts) ~= "table" then
+    if opts == nil then
+      if self._plain and type(url) == "string" and running() then return plain(self, url, method, fname) end
+      opts = EMPTY
+    elseif type(opts) ~= "table" then
       error(invalid(fname, "options must be a table, got " .. type(opts), url), 2)
     end
-    return blocking(perform, self, opts or EMPTY, fname, url, method)
+    return blocking(perform, self, opts, fname, url, method)
   end
 end
 
@@ -518,6 +550,10 @@ function M.session(opts)
   end
   s._lines = {}
   header_lines("http.session", s._lines, {}, s._defaults, nil)
+  -- The session's own settings, shared by its requests without options.
+  s._spec = { ca_file = s.ca_file, proxy = s.proxy, http_version = s.http_version, buffer_size = s.buffer_size }
+  if s.verify == false then s._spec.verify = false end
+  s._plain = not (s.base_url or s.max_per_host or s.pool_timeout)
   s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host }
   return s
 end
