@@ -3,11 +3,15 @@
 ** multi_socket API and libuv, with nothing on top.  Keeps `inflight`
 ** transfers of `url` running until `total` are done; prints
 ** "<seconds> <bytes> <failures>".
-**     floor URL TOTAL INFLIGHT [BUFFERSIZE]
+**     floor URL TOTAL INFLIGHT [BUFFERSIZE [keep]]
+** With "keep" each body is kept in memory until its transfer ends (a buffer
+** sized from Content-Length, else grown by doubling), as a client that hands
+** bodies to its caller must; without it the bytes are counted and dropped.
 */
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <uv.h>
 
 typedef struct {
@@ -20,19 +24,43 @@ static uv_timer_t timer;
 static CURLM *multi;
 static const char *url;
 static long total, started, finished, failures, bufsize;
+static int keep;
+
+typedef struct {
+  CURL *easy;
+  char *p;
+  size_t len, cap;
+} body;
 static curl_off_t bytes;
 
 static size_t on_write(char *p, size_t s, size_t n, void *ud) {
-  (void)p, (void)ud;
-  bytes += (curl_off_t)(s * n);
-  return s * n;
+  body *b = ud;
+  size_t len = s * n;
+  bytes += (curl_off_t)len;
+  if (!keep) return len;
+  if (b->len + len > b->cap) {
+    curl_off_t cl = -1;
+    size_t cap = b->cap ? b->cap * 2 : 16384;
+    if (b->cap == 0) curl_easy_getinfo(b->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+    if (cl > 0 && (size_t)cl >= b->len + len) cap = (size_t)cl;
+    while (cap < b->len + len) cap *= 2;
+    if ((b->p = realloc(b->p, cap)) == NULL) return 0;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, p, len);
+  b->len += len;
+  return len;
 }
 
 static void start_one(CURL *e) {
   if (e == NULL) {
+    body *b = calloc(1, sizeof *b);
     e = curl_easy_init();
+    b->easy = e;
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, b);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)b);
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, bufsize);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   }
@@ -49,6 +77,16 @@ static void drain(void) {
     if (m->data.result != CURLE_OK) failures++;
     finished++;
     curl_multi_remove_handle(multi, e);
+    {
+      char *priv;
+      body *b;
+      curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+      b = (body *)priv;
+      free(b->p); /* the caller is done with it */
+      b->p = NULL;
+      b->len = b->cap = 0;
+      if (started >= total) free(b);
+    }
     if (started < total)
       start_one(e);
     else
@@ -110,13 +148,14 @@ int main(int argc, char **argv) {
   long inflight, i;
   uint64_t t0;
   if (argc < 4) {
-    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE]\n");
+    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE [keep]]\n");
     return 2;
   }
   url = argv[1];
   total = atol(argv[2]);
   inflight = atol(argv[3]);
   bufsize = argc > 4 ? atol(argv[4]) : 65536;
+  keep = argc > 5 && strcmp(argv[5], "keep") == 0;
   curl_global_init(CURL_GLOBAL_DEFAULT);
   loop = uv_default_loop();
   uv_timer_init(loop, &timer);
