@@ -107,6 +107,8 @@ int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, lon
   if (s->multi == NULL || s->share == NULL || s->timer == NULL) {
     if (s->multi) curl_multi_cleanup(s->multi);
     if (s->share) curl_share_cleanup(s->share);
+  curl_slist_free_all(s->lines);
+  s->lines = NULL;
     free(s->timer);
     s->multi = NULL, s->share = NULL, s->timer = NULL;
     return UV_ENOMEM;
@@ -141,6 +143,8 @@ void weave__session_close(wv_session *s) {
   s->neasy = 0;
   if (s->multi) curl_multi_cleanup(s->multi); /* removes its sockets via socket_cb */
   if (s->share) curl_share_cleanup(s->share);
+  curl_slist_free_all(s->lines);
+  s->lines = NULL;
   s->multi = NULL;
   s->share = NULL;
   if (s->timer != NULL) {

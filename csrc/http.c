@@ -48,6 +48,7 @@ struct wv_xfer {
   CURLcode result;
   int stream, follow, headers_done, saw_location, progress;
   int paused_recv, paused_send, too_large, timed_out, write_failed, aborted;
+  int shared_hdrs; /* hdrs is the session's list of default lines */
   int to_file; /* output=: the body goes to a file, res.body stays nil */
   int upload;  /* the request body is streamed (need_body events) */
   int dirty;   /* options beyond a plain GET: reset the handle before reuse */
@@ -236,11 +237,19 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
       if (x->stream) event(x, EV_HEADERS);
     }
   } else {
-    if (len > 9 && strncasecmp(p, "location:", 9) == 0) x->saw_location = 1;
-    if (len > 17 && strncasecmp(p, "content-encoding:", 17) == 0) x->encoded = 1;
+    int c = p[0] | 0x20;
+    if (c == 'l' && len > 9 && strncasecmp(p, "location:", 9) == 0)
+      x->saw_location = 1;
+    else if (c == 'c' && len > 17 && strncasecmp(p, "content-encoding:", 17) == 0)
+      x->encoded = 1;
     while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
       len--;
-    if (weave__wbuf_add(&x->hdr, p, len) != 0 || weave__wbuf_add(&x->hdr, "\n", 1) != 0) return 0;
+    if (len == size * n) { /* no line end (cannot happen with curl): add one */
+      if (weave__wbuf_add(&x->hdr, p, len) != 0 || weave__wbuf_add(&x->hdr, "\n", 1) != 0) return 0;
+    } else { /* the line and one byte of its end, made a "\n" */
+      if (weave__wbuf_add(&x->hdr, p, len + 1) != 0) return 0;
+      x->hdr.p[x->hdr.len - 1] = '\n';
+    }
     return size * n;
   }
   return len;
@@ -387,6 +396,17 @@ static void xfer_release(wv_xfer *x);
 
 static long ms(double secs) { return secs > 0 ? (long)(secs * 1000 + 0.5) : 0L; }
 
+/* The strings of the array at idx as a curl list. */
+static struct curl_slist *slist_of(lua_State *L, int idx) {
+  struct curl_slist *l = NULL;
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
+  for (i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, idx, i) == LUA_TSTRING) l = curl_slist_append(l, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  return l;
+}
+
 static int refuse(lua_State *L, const char *msg) {
   luaL_pushfail(L);
   lua_pushstring(L, msg);
@@ -503,14 +523,17 @@ static int l_http_new(lua_State *L) {
 
   /* Headers: an array of "Name: value" lines.  With a request body,
   ** "Expect:" turns off 100-continue, which only adds a round trip. */
-  if (sp.headers) {
-    lua_Integer i, n = (lua_Integer)lua_rawlen(L, sp.headers);
-    for (i = 1; i <= n; i++) {
-      if (lua_rawgeti(L, sp.headers, i) == LUA_TSTRING) x->hdrs = curl_slist_append(x->hdrs, lua_tostring(L, -1));
-      lua_pop(L, 1);
-    }
+  if (sp.headers && s->lines != NULL && sp.body == NULL && !sp.body_stream) {
+    lua_getiuservalue(L, 1, 1);
+    x->shared_hdrs = lua_rawequal(L, -1, sp.headers);
+    lua_pop(L, 1);
   }
-  if (sp.body != NULL || sp.body_stream) x->hdrs = curl_slist_append(x->hdrs, "Expect:");
+  if (x->shared_hdrs)
+    x->hdrs = s->lines;
+  else {
+    if (sp.headers) x->hdrs = slist_of(L, sp.headers);
+    if (sp.body != NULL || sp.body_stream) x->hdrs = curl_slist_append(x->hdrs, "Expect:");
+  }
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
 
   /* Method and body. */
@@ -848,7 +871,7 @@ static int x_response(lua_State *L) {
 ** and the error table; the transfer is released either way. */
 static int fetch_done(lua_State *L, wv_xfer *x) {
   lua_settop(L, 1);
-  lua_createtable(L, 0, 12);
+  lua_createtable(L, 0, 8); /* the 8 fields of a plain Response */
   if (fill_info(L, x, 2)) {
     xfer_release(x);
     return 2;
@@ -919,8 +942,9 @@ static void xfer_release(wv_xfer *x) {
       curl_easy_cleanup(x->easy);
     x->easy = NULL;
   }
-  curl_slist_free_all(x->hdrs);
+  if (!x->shared_hdrs) curl_slist_free_all(x->hdrs);
   x->hdrs = NULL;
+  x->shared_hdrs = 0;
   if (x->direct) { /* the string is Lua's; it goes with the userdata */
     x->direct = 0;
     x->body.p = NULL;
@@ -959,7 +983,7 @@ static int l_session(lua_State *L) {
     maxconn = (long)optnum(L, 1, "max_connections", 0);
     maxhost = (long)optnum(L, 1, "max_per_host", 0);
   }
-  s = lua_newuserdatauv(L, sizeof *s, 0);
+  s = lua_newuserdatauv(L, sizeof *s, 1); /* 1: the table of default lines */
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, WV_SESSION_MT);
   /* Remember it (weakly) so weave_close can close it before the loop. */
@@ -1006,6 +1030,20 @@ void weave__http_closeall(lua_State *L) {
   curl_global_cleanup(); /* balances curl_global_init in weave__httplib */
 }
 
+/* session:set_lines(lines): the session's default header lines, an array of
+** "Name: value" strings that is not changed afterwards.  Requests passing
+** this very table share one curl list. */
+static int s_set_lines(lua_State *L) {
+  wv_session *s = checksession(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (s->active != NULL) return luaL_error(L, "weave.http: set_lines on a busy session");
+  curl_slist_free_all(s->lines);
+  s->lines = slist_of(L, 2);
+  lua_setiuservalue(L, 1, 1);
+  return 0;
+}
+
 static int s_active(lua_State *L) {
   wv_session *s = luaL_checkudata(L, 1, WV_SESSION_MT);
   int n = 0;
@@ -1029,7 +1067,7 @@ void weave__httplib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take},
                                     {"feed", x_feed},   {"info", x_info}, {"response", x_response},
                                     {"done", x_done},   {"fetch", x_fetch}, {NULL, NULL}};
-  static const luaL_Reg smeths[] = {{"active", s_active}, {NULL, NULL}};
+  static const luaL_Reg smeths[] = {{"active", s_active}, {"set_lines", s_set_lines}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {"http_classes", l_classes}, {NULL, NULL}};
   pin_libcurl();
   curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -29,6 +29,7 @@ struct wv_session {
   CURL *easypool[WV_EASYPOOL];          /* finished handles kept for reuse */
   unsigned char easydirty[WV_EASYPOOL]; /* needs curl_easy_reset before reuse */
   int neasy;
+  struct curl_slist *lines; /* the default header lines (uservalue 1 is their table) */
 };
 
 /* curl.c: the glue; no Lua in it. */

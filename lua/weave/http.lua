@@ -228,7 +228,7 @@ Response.__close = function(self) self:close() end
 ---------------------------------------------------------------------------
 -- Sessions
 
-M.user_agent = ("weave/%s libcurl/%s"):format(core.version, core.curl_version)
+M.user_agent = "weave/" .. core.version
 
 local Session = { __name = "weave.http.Session" }
 Session.__index = Session
@@ -477,7 +477,12 @@ local function plain(self, url, method, fname)
     end
   end
   local ok, res, err = pcall(x.fetch, x)
-  slots:release()
+  local line = slots._line
+  if line.h > line.t then
+    slots._value = slots._value + 1 -- nobody waits
+  else
+    slots:release()
+  end
   if not ok then
     x:close()
     error(res, 0)
@@ -555,6 +560,7 @@ function M.session(opts)
   if s.verify == false then s._spec.verify = false end
   s._plain = not (s.base_url or s.max_per_host or s.pool_timeout)
   s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host }
+  s._s:set_lines(s._lines)
   return s
 end
 
