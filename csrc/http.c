@@ -28,6 +28,7 @@
 static const char SESSIONS = 's';    /* registry: weak set of sessions */
 static const char RESPONSE_MT = 'r'; /* registry: the façade's Response class */
 static const char HEADERS_MT = 'h';  /* registry: the façade's Headers class */
+static const char XFER_MT = 'x';     /* registry: the Transfer metatable */
 
 /* EV_RESERVE is internal: the body is big, make its Lua string (never seen
 ** by Lua code). */
@@ -175,8 +176,10 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
         event(x, EV_RESERVE);
         return CURL_WRITEFUNC_PAUSE;
       }
-      x->body.p = malloc((size_t)cl);
-      if (x->body.p != NULL) x->body.cap = (size_t)cl;
+      if ((size_t)cl > x->body.cap) {
+        char *p2 = realloc(x->body.p, (size_t)cl);
+        if (p2 != NULL) x->body.p = p2, x->body.cap = (size_t)cl;
+      }
     }
   }
   if (x->stream && x->out == NULL && x->body.len >= WV_STREAM_HIGHWATER) {
@@ -386,8 +389,20 @@ static void base_options(wv_session *s, CURL *e, long bufsize) {
   curl_easy_setopt(e, CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_301 | CURL_REDIR_POST_302);
 }
 
+/* The userdata at idx if its metatable is mt (by identity), else a type
+** error naming tname. */
+static void *checkud(lua_State *L, int idx, const void *mt, const char *tname) {
+  void *p = lua_touserdata(L, idx);
+  if (p != NULL && lua_getmetatable(L, idx)) {
+    int ok = lua_topointer(L, -1) == mt;
+    lua_pop(L, 1);
+    if (ok) return p;
+  }
+  return luaL_checkudata(L, idx, tname); /* raises the usual error */
+}
+
 static wv_session *checksession(lua_State *L, int idx) {
-  wv_session *s = luaL_checkudata(L, idx, WV_SESSION_MT);
+  wv_session *s = checkud(L, idx, getrt(L)->sessmt, WV_SESSION_MT);
   if (s->closed) luaL_error(L, "weave.http: the session is closed");
   return s;
 }
@@ -405,6 +420,28 @@ static struct curl_slist *slist_of(lua_State *L, int idx) {
     lua_pop(L, 1);
   }
   return l;
+}
+
+/* A finished transfer's header and body buffers serve the next one (up to
+** WV_SPARE_MAX bytes): no malloc, no regrowth, warm memory. */
+#define WV_SPARE_MAX (64 * 1024)
+
+static void take_spare(wv_session *s, int i, wv_wbuf *b) {
+  b->p = s->spare[i];
+  b->cap = s->sparecap[i];
+  b->len = 0;
+  s->spare[i] = NULL;
+  s->sparecap[i] = 0;
+}
+
+static void give_spare(wv_session *s, int i, wv_wbuf *b) {
+  if (!s->closed && s->spare[i] == NULL && b->p != NULL && b->cap <= WV_SPARE_MAX) {
+    s->spare[i] = b->p;
+    s->sparecap[i] = b->cap;
+    b->p = NULL;
+    b->len = b->cap = 0;
+  }
+  weave__wbuf_free(b);
 }
 
 static int refuse(lua_State *L, const char *msg) {
@@ -443,9 +480,12 @@ static int l_http_new(lua_State *L) {
   x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
   memset(x, 0, sizeof *x);
   x->s = s;
+  take_spare(s, 0, &x->hdr);
+  take_spare(s, 1, &x->body);
   x->rtm.idx = -1;
   x->rtm.kind = WV_TM_XFER;
-  luaL_setmetatable(L, WV_XFER_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &XFER_MT);
+  lua_setmetatable(L, -2);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
   /* Options beyond a plain GET mark the handle "dirty": before its next use
@@ -562,7 +602,7 @@ static int l_http_new(lua_State *L) {
   return 1;
 }
 
-static wv_xfer *checkxfer(lua_State *L) { return luaL_checkudata(L, 1, WV_XFER_MT); }
+static wv_xfer *checkxfer(lua_State *L) { return checkud(L, 1, getrt(L)->xfermt, WV_XFER_MT); }
 
 static int xfer_start(lua_State *L, wv_xfer *x) {
   wv_session *s = x->s;
@@ -634,6 +674,7 @@ static void reserve(lua_State *L, wv_xfer *x) {
   x->events &= ~EV_RESERVE;
   if (x->state != XS_RUNNING || !x->paused_recv) return;
   if (z != NULL) {
+    give_spare(x->s, 1, &x->body); /* (empty: nothing was written yet) */
     lua_pushlstring(L, z, (size_t)x->want);
     x->body.p = (char *)lua_tostring(L, -1);
     x->body.cap = (size_t)x->want;
@@ -950,8 +991,8 @@ static void xfer_release(wv_xfer *x) {
     x->body.p = NULL;
     x->body.len = x->body.cap = 0;
   }
-  weave__wbuf_free(&x->body);
-  weave__wbuf_free(&x->hdr);
+  give_spare(x->s, 1, &x->body);
+  give_spare(x->s, 0, &x->hdr);
   weave__wbuf_free(&x->up);
   if (x->out != NULL) {
     fclose(x->out);
@@ -961,7 +1002,7 @@ static void xfer_release(wv_xfer *x) {
 
 /* xfer:close() / __close / __gc: abort if running and free. */
 static int x_close(lua_State *L) {
-  xfer_release(luaL_checkudata(L, 1, WV_XFER_MT));
+  xfer_release(luaL_checkudata(L, 1, WV_XFER_MT)); /* no upvalues: also __gc */
   return 0;
 }
 
@@ -1074,6 +1115,12 @@ void weave__httplib(lua_State *L, wv_rt *rt) {
   weave__weaktable(L, &SESSIONS, "k");
   weave__class(L, rt, WV_XFER_MT, xmeths, x_close);
   weave__class(L, rt, WV_SESSION_MT, smeths, s_close);
+  luaL_getmetatable(L, WV_XFER_MT);
+  rt->xfermt = lua_topointer(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &XFER_MT);
+  luaL_getmetatable(L, WV_SESSION_MT);
+  rt->sessmt = lua_topointer(L, -1);
+  lua_pop(L, 1);
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
   {

@@ -109,7 +109,8 @@ struct wv_task {
 
 struct wv_rt {
   lua_State *L;               /* main thread */
-  const void *taskmt, *futmt; /* metatable identities */
+  const void *taskmt, *futmt;  /* metatable identities */
+  const void *xfermt, *sessmt; /* (http.c) */
   uv_loop_t *loop;
   int ownloop;
   int running;            /* inside run or step */

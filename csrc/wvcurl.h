@@ -30,6 +30,8 @@ struct wv_session {
   unsigned char easydirty[WV_EASYPOOL]; /* needs curl_easy_reset before reuse */
   int neasy;
   struct curl_slist *lines; /* the default header lines (uservalue 1 is their table) */
+  char *spare[2];           /* buffers of finished transfers, kept for the next */
+  size_t sparecap[2];
 };
 
 /* curl.c: the glue; no Lua in it. */
