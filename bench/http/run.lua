@@ -125,8 +125,11 @@ local out = os.tmpname()
 local ft, fbytes, frss = sh(env .. "lua5.4 " .. root .. "/bench/http/weave.lua file " .. ng.url .. "/1g " .. out)
   :match("([%d.]+) (%d+) (%d+)")
 os.remove(out)
-io.write(("\n== 1 GiB body streamed to a file (output=)\nweave %.3f s, %.0f MB/s, peak RSS %.1f MB\n")
-  :format(tonumber(ft), tonumber(fbytes) / tonumber(ft) / 1e6, tonumber(frss) / 1024))
+local ct = sh(("a=$(date +%%s%%N); curl -s -o %s %s/1g; b=$(date +%%s%%N); echo $(( b - a ))"):format(out, ng.url))
+os.remove(out)
+ct = tonumber(ct:match("(%d+)")) / 1e9
+io.write(("\n== 1 GiB body streamed to a file (output=)\nweave %.3f s, %.0f MB/s, peak RSS %.1f MB; curl -o %.3f s\n")
+  :format(tonumber(ft), tonumber(fbytes) / tonumber(ft) / 1e6, tonumber(frss) / 1024, ct))
 
 ng.stop()
 
@@ -170,29 +173,39 @@ for _, w in ipairs(workloads) do
 end
 md[#md + 1] = ("## Classic case\n\n20 GETs of a 200–350 ms delay: sequential %.3f s, gathered %.3f s.\n")
   :format(tonumber(seq), tonumber(conc))
-md[#md + 1] = ("## 1 GiB body to a file\n\n`output=` path: %.3f s, %.0f MB/s, peak RSS %.1f MB.\n")
-  :format(tonumber(ft), tonumber(fbytes) / tonumber(ft) / 1e6, tonumber(frss) / 1024)
+md[#md + 1] = ("## 1 GiB body to a file\n\n`output=` path: %.3f s, %.0f MB/s, peak RSS %.1f MB "
+  .. "(`curl -o` the same file: %.3f s; both include the disk).\n")
+  :format(tonumber(ft), tonumber(fbytes) / tonumber(ft) / 1e6, tonumber(frss) / 1024, ct)
 md[#md + 1] = "## Ratios against the targets\n\n- " .. table.concat(lines, "\n- ") .. "\n"
 md[#md + 1] = [[
 ## Where the gaps are
 
-- **Small requests.** Client-side instructions per request (`make bench-instr`,
-  callgrind, repeatable): C floor ~70k, weave's raw transfer primitives
-  (bench/http/raw.lua, no façade) ~101k, weave through `s:get` ~131k. Part
-  of the core's share is the features themselves: the floor given weave's
-  easy-handle options (Accept-Encoding negotiation, the session's share
-  handle for cookies and DNS, the cookie engine, default headers) needs
-  ~92k (Accept-Encoding alone costs ~9 % of wall time). So over an equally
-  configured floor weave's C core adds ~10 % and the Lua façade ~30 %
-  (about 220 Lua VM instructions plus the tables and strings of a request
-  and its Response): the façade is the place to work next.
-- **10 MiB bodies.** The floor and curl's CLI discard the bytes; weave must
-  hand `res.body` to Lua as a string. Lua 5.4 cannot adopt an external buffer,
-  so each body is copied from curl's buffer into weave's (pre-sized from
-  Content-Length) and once more into the Lua string, with fresh pages for each
-  10 MiB string. `output=` and `stream=true` avoid this (the 1 GiB run above).
+- **Small requests.** Wall time here is the client's CPU: both clients run
+  at ~100 % of a core while nginx takes the other. Client-side instructions
+  per request (`make bench-instr`, callgrind, repeatable): C floor ~70k,
+  weave's raw transfer primitives (bench/http/raw.lua) ~96k, weave through
+  `s:get` ~99k (131k before the 2026-11-22 work: spec read in one pass,
+  plain requests without a request table, the Response built in C, shared
+  header lists, buffers handed between transfers). About 10k of the gap is
+  libcurl doing what weave asks and the floor does not: libcurl 7.88 formats
+  every request header byte by byte through its printf engine (~60
+  instructions a byte), so the `User-Agent` and `Accept-Encoding` lines cost
+  ~4k, the decoding setup and the cookie engine the rest. The other ~19k is
+  the Lua side: the task's resume, the request, and a Response of 8 fields
+  plus its Headers object (Lua 5.4 spends ~350 instructions per field of a
+  new table, also from a plain table constructor). pycurl needs ~112k
+  instructions per request and is still faster than the floor on this
+  machine: with the server on the other core, how requests batch matters as
+  much as instructions, so read the ratios as ranges.
+- **10 MiB bodies.** The floor and curl's CLI drop the bytes; `res.body` must
+  be a Lua string. Weave receives a big body (known Content-Length) straight
+  into that string, so it costs one copy; the price left is memory itself,
+  fresh pages for every 10 MiB string, which is why the C floor that keeps
+  each body in a malloc'd buffer is no faster than weave. Read the same way
+  as curl's CLI (`stream=true`, `res:chunks()`, bytes dropped), weave is near
+  the CLI; `output=` writes from C with no Lua strings at all.
 - The loopback numbers move by 20-50 % between runs on this 2-core machine
-  (nginx shares the cores); compare ratios within one run.
+  (nginx shares the cores); every client runs in turns, best of the runs.
 ]]
 local docs = root .. "/docs/"
 local f = assert(io.open(docs .. "benchmarks.md", "w"))
