@@ -548,6 +548,9 @@ static int l_http_new(lua_State *L) {
   if (sp.output != NULL) {
     x->to_file = 1;
     x->out = fopen(sp.output, "wb");
+    /* Unbuffered: each piece curl hands over (up to buffer_size) is one
+    ** write(2); stdio's 4 KiB buffer would split it into 4-12 KiB writes. */
+    if (x->out != NULL) setvbuf(x->out, NULL, _IONBF, 0);
     if (x->out == NULL) {
       xfer_release(x);
       lua_pushfstring(L, "cannot open output file %s", sp.output);
