@@ -536,6 +536,16 @@ describe("weave.http", function()
         assert.are.equal("invalid_request", err.kind)
       end)
     end)
+
+    it("options are fixed when the session is made; other fields are free", function()
+      local s <close> = http.session { verify = true }
+      local ok, err = pcall(function() s.verify = false end)
+      assert.is_false(ok)
+      assert.matches("http.session: verify is fixed when the session is made", err)
+      s.note = "mine"
+      assert.are.equal("mine", s.note)
+      assert.is_true(s.verify)
+    end)
   end)
 
   describe("soak", function()

@@ -526,8 +526,21 @@ function Session:close()
   self._s:close()
 end
 
-Session.__close = function(self) self:close() end
-Session.__gc = Session.__close
+-- A session's options are taken when it is made (its requests share what was
+-- computed from them): they live in a read-only view behind the session, and
+-- assigning one raises instead of being silently ignored. Other fields are
+-- the caller's to use.
+local OPTIONS = { base_url = true, headers = true, max_connections = true, max_per_host = true, cookies = true,
+  http_version = true, pool_timeout = true, verify = true, ca_file = true, proxy = true, buffer_size = true }
+
+local function fixed(self, k, v)
+  if OPTIONS[k] then
+    error(("http.session: %s is fixed when the session is made; make a new session"):format(k), 2)
+  end
+  rawset(self, k, v)
+end
+
+local function finalize(self) self:close() end
 
 --- http.session{base_url=, headers=, max_connections=, max_per_host=,
 -- cookies=true, http_version=, pool_timeout=, verify=, ca_file=, proxy=}
@@ -535,13 +548,16 @@ function M.session(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("http.session: expected an options table, got " .. type(opts), 2) end
   local maxc = opts.max_connections or 100
-  local s = setmetatable({
+  -- session -> its options (read-only view) -> Session's methods
+  local view = setmetatable({
     base_url = opts.base_url, headers = opts.headers, max_connections = maxc,
     max_per_host = opts.max_per_host, cookies = opts.cookies ~= false, http_version = opts.http_version,
     pool_timeout = opts.pool_timeout, verify = opts.verify, ca_file = opts.ca_file, proxy = opts.proxy,
     buffer_size = opts.buffer_size,
-    _slots = sync.Semaphore(maxc), _hosts = {},
   }, Session)
+  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {} }, {
+    __name = Session.__name, __index = view, __newindex = fixed, __close = finalize, __gc = finalize,
+  })
   -- Default header lines, computed once: the session's headers and User-Agent.
   s._defaults = {}
   for k, v in pairs(opts.headers or {}) do s._defaults[k] = v end
