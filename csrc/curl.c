@@ -107,11 +107,6 @@ int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, lon
   if (s->multi == NULL || s->share == NULL || s->timer == NULL) {
     if (s->multi) curl_multi_cleanup(s->multi);
     if (s->share) curl_share_cleanup(s->share);
-  curl_slist_free_all(s->lines);
-  s->lines = NULL;
-  free(s->spare[0]);
-  free(s->spare[1]);
-  s->spare[0] = s->spare[1] = NULL;
     free(s->timer);
     s->multi = NULL, s->share = NULL, s->timer = NULL;
     return UV_ENOMEM;

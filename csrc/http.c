@@ -50,12 +50,12 @@ struct wv_xfer {
   int stream, follow, headers_done, saw_location, progress;
   int paused_recv, paused_send, too_large, timed_out, write_failed, aborted;
   int shared_hdrs; /* hdrs is the session's list of default lines */
-  int to_file; /* output=: the body goes to a file, res.body stays nil */
-  int upload;  /* the request body is streamed (need_body events) */
-  int dirty;   /* options beyond a plain GET: reset the handle before reuse */
-  int sized;   /* the body buffer was sized from Content-Length (or not) */
-  int encoded; /* the response has a Content-Encoding: its length is not the body's */
-  int direct;  /* body.p is inside the Lua string in uservalue 2 (not malloc'd) */
+  int to_file;     /* output=: the body goes to a file, res.body stays nil */
+  int upload;      /* the request body is streamed (need_body events) */
+  int dirty;       /* options beyond a plain GET: reset the handle before reuse */
+  int sized;       /* the body buffer was sized from Content-Length (or not) */
+  int encoded;     /* the response has a Content-Encoding: its length is not the body's */
+  int direct;      /* body.p is inside the Lua string in uservalue 2 (not malloc'd) */
   curl_off_t want;
   long max_redirects;
   curl_off_t max_body, total;
@@ -319,32 +319,44 @@ static void spec_field(lua_State *L, wv_spec *sp, const char *key) {
   int b = lua_toboolean(L, -1);
   switch (key[0]) {
   case 'b':
-    if (strcmp(key, "body") == 0 && str != NULL) sp->body = lua_tolstring(L, -1, &sp->blen);
-    else if (strcmp(key, "body_stream") == 0) sp->body_stream = b;
-    else if (strcmp(key, "buffer_size") == 0) sp->buffer_size = num;
+    if (strcmp(key, "body") == 0 && str != NULL)
+      sp->body = lua_tolstring(L, -1, &sp->blen);
+    else if (strcmp(key, "body_stream") == 0)
+      sp->body_stream = b;
+    else if (strcmp(key, "buffer_size") == 0)
+      sp->buffer_size = num;
     break;
   case 'c':
-    if (strcmp(key, "connect_timeout") == 0) sp->connect_timeout = num;
-    else if (strcmp(key, "ca_file") == 0) sp->ca_file = str;
+    if (strcmp(key, "connect_timeout") == 0)
+      sp->connect_timeout = num;
+    else if (strcmp(key, "ca_file") == 0)
+      sp->ca_file = str;
     break;
   case 'f':
     if (strcmp(key, "follow") == 0) sp->follow = b;
     break;
   case 'h':
-    if (strcmp(key, "headers") == 0) sp->headers = t == LUA_TTABLE;
-    else if (strcmp(key, "http_version") == 0) sp->http_version = str;
+    if (strcmp(key, "headers") == 0)
+      sp->headers = t == LUA_TTABLE;
+    else if (strcmp(key, "http_version") == 0)
+      sp->http_version = str;
     break;
   case 'm':
-    if (strcmp(key, "method") == 0) sp->method = str;
-    else if (strcmp(key, "max_body_size") == 0) sp->max_body = num;
-    else if (strcmp(key, "max_redirects") == 0 && t == LUA_TNUMBER) sp->max_redirects = num;
+    if (strcmp(key, "method") == 0)
+      sp->method = str;
+    else if (strcmp(key, "max_body_size") == 0)
+      sp->max_body = num;
+    else if (strcmp(key, "max_redirects") == 0 && t == LUA_TNUMBER)
+      sp->max_redirects = num;
     break;
   case 'o':
     if (strcmp(key, "output") == 0) sp->output = str;
     break;
   case 'p':
-    if (strcmp(key, "proxy") == 0) sp->proxy = str;
-    else if (strcmp(key, "progress") == 0) sp->progress = b;
+    if (strcmp(key, "proxy") == 0)
+      sp->proxy = str;
+    else if (strcmp(key, "progress") == 0)
+      sp->progress = b;
     break;
   case 'r':
     if (strcmp(key, "read_timeout") == 0) sp->read_timeout = num;
@@ -910,7 +922,6 @@ static int x_response(lua_State *L) {
   return 1 + fill_info(L, x, 2);
 }
 
-
 /* The transfer is done: its Response (the façade's class), or the Response
 ** and the error table; the transfer is released either way. */
 static int fetch_done(lua_State *L, wv_xfer *x) {
@@ -1108,11 +1119,12 @@ static void pin_libcurl(void) {
 }
 
 void weave__httplib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait}, {"take", x_take},
-                                    {"feed", x_feed},   {"info", x_info}, {"response", x_response},
+  static const luaL_Reg xmeths[] = {{"start", x_start}, {"wait", x_wait},   {"take", x_take},
+                                    {"feed", x_feed},   {"info", x_info},   {"response", x_response},
                                     {"done", x_done},   {"fetch", x_fetch}, {NULL, NULL}};
   static const luaL_Reg smeths[] = {{"active", s_active}, {"set_lines", s_set_lines}, {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"http_new", l_http_new}, {"http_session", l_session}, {"http_classes", l_classes}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"http_new", l_http_new}, {"http_session", l_session}, {"http_classes", l_classes}, {NULL, NULL}};
   pin_libcurl();
   curl_global_init(CURL_GLOBAL_DEFAULT);
   weave__weaktable(L, &SESSIONS, "k");

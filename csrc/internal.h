@@ -108,7 +108,7 @@ struct wv_task {
 };
 
 struct wv_rt {
-  lua_State *L;               /* main thread */
+  lua_State *L;                /* main thread */
   const void *taskmt, *futmt;  /* metatable identities */
   const void *xfermt, *sessmt; /* (http.c) */
   uv_loop_t *loop;
