@@ -462,9 +462,22 @@ static int refuse(lua_State *L, const char *msg) {
   return 2;
 }
 
-/* core.http_new(session, spec [, url, method, headers]) -> Transfer (not
-** started) | nil, message.  url, method and headers, when given, stand for
-** those fields of spec (which a session can then share between requests). */
+/* A finished, released transfer of session s that can be made anew. */
+static wv_xfer *reusable(lua_State *L, int idx, wv_session *s) {
+  wv_xfer *x;
+  if (lua_isnoneornil(L, idx)) return NULL;
+  x = checkud(L, idx, getrt(L)->xfermt, WV_XFER_MT);
+  if (x->s != s || x->easy != NULL || x->state == XS_RUNNING || x->waiter != NULL || x->rtm.idx >= 0 ||
+      x->direct || x->out != NULL || x->hdrs != NULL)
+    return NULL;
+  return x;
+}
+
+/* core.http_new(session, spec [, url, method, headers [, old]]) -> Transfer
+** (not started) | nil, message.  url, method and headers, when given, stand
+** for those fields of spec (which a session can then share between
+** requests).  old, a finished transfer of the session, is reused if it can
+** be: no new userdata, and no finalizer for the GC to run. */
 static int l_http_new(lua_State *L) {
   wv_session *s = checksession(L, 1);
   wv_xfer *x;
@@ -472,7 +485,7 @@ static int l_http_new(lua_State *L) {
   CURL *e;
   long bufsize;
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 5);
+  lua_settop(L, 6);
   read_spec(L, 2, &sp);
   if (lua_type(L, 3) == LUA_TSTRING) sp.url = lua_tostring(L, 3);
   if (lua_type(L, 4) == LUA_TSTRING) sp.method = lua_tostring(L, 4);
@@ -489,17 +502,24 @@ static int l_http_new(lua_State *L) {
     return refuse(L, lua_tostring(L, -1));
   }
   bufsize = sp.buffer_size > 0 ? (long)sp.buffer_size : 65536L;
-  x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
-  memset(x, 0, sizeof *x);
+  if ((x = reusable(L, 6, s)) != NULL) {
+    lua_pushvalue(L, 6);
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, 2);
+    memset(x, 0, sizeof *x);
+  } else {
+    x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
+    memset(x, 0, sizeof *x);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &XFER_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
+  }
   x->s = s;
   take_spare(s, 0, &x->hdr);
   take_spare(s, 1, &x->body);
   x->rtm.idx = -1;
   x->rtm.kind = WV_TM_XFER;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &XFER_MT);
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
   /* Options beyond a plain GET mark the handle "dirty": before its next use
   ** it gets a full curl_easy_reset.  A clean handle is reused as curl intends,
   ** without a reset: every per-request option below is set each time. */

@@ -3,10 +3,14 @@
 ** multi_socket API and libuv, with nothing on top.  Keeps `inflight`
 ** transfers of `url` running until `total` are done; prints
 ** "<seconds> <bytes> <failures>".
-**     floor URL TOTAL INFLIGHT [BUFFERSIZE [keep]]
+**     floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave]]
 ** With "keep" each body is kept in memory until its transfer ends (a buffer
 ** sized from Content-Length, else grown by doubling), as a client that hands
 ** bodies to its caller must; without it the bytes are counted and dropped.
+** "weave" also asks libcurl for what weave asks on every request: a shared
+** cookie jar and DNS cache, Accept-Encoding negotiation, User-Agent and
+** Accept-Encoding header lines, and the response headers kept (for
+** `make bench-instr`: the cost of those features without weave).
 */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -24,13 +28,27 @@ static uv_timer_t timer;
 static CURLM *multi;
 static const char *url;
 static long total, started, finished, failures, bufsize;
-static int keep;
+static int keep, like_weave;
+static CURLSH *share;
+static struct curl_slist *lines;
 
 typedef struct {
   CURL *easy;
-  char *p;
-  size_t len, cap;
+  char *p, *h;
+  size_t len, cap, hlen, hcap;
 } body;
+
+static size_t on_header(char *p, size_t s, size_t n, void *ud) {
+  body *b = ud;
+  size_t len = s * n;
+  if (b->hlen + len > b->hcap) {
+    b->hcap = (b->hlen + len) * 2;
+    if ((b->h = realloc(b->h, b->hcap)) == NULL) return 0;
+  }
+  memcpy(b->h + b->hlen, p, len);
+  b->hlen += len;
+  return len;
+}
 static curl_off_t bytes;
 
 static size_t on_write(char *p, size_t s, size_t n, void *ud) {
@@ -63,6 +81,14 @@ static void start_one(CURL *e) {
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)b);
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, bufsize);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    if (like_weave) {
+      curl_easy_setopt(e, CURLOPT_SHARE, share);
+      curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
+      curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+      curl_easy_setopt(e, CURLOPT_HTTPHEADER, lines);
+      curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+      curl_easy_setopt(e, CURLOPT_HEADERDATA, b);
+    }
   }
   started++;
   curl_multi_add_handle(multi, e);
@@ -84,8 +110,11 @@ static void drain(void) {
       b = (body *)priv;
       free(b->p); /* the caller is done with it */
       b->p = NULL;
-      b->len = b->cap = 0;
-      if (started >= total) free(b);
+      b->len = b->cap = b->hlen = 0;
+      if (started >= total) {
+        free(b->h);
+        free(b);
+      }
     }
     if (started < total)
       start_one(e);
@@ -148,14 +177,20 @@ int main(int argc, char **argv) {
   long inflight, i;
   uint64_t t0;
   if (argc < 4) {
-    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE [keep]]\n");
+    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave]]\n");
     return 2;
   }
   url = argv[1];
   total = atol(argv[2]);
   inflight = atol(argv[3]);
   bufsize = argc > 4 ? atol(argv[4]) : 65536;
-  keep = argc > 5 && strcmp(argv[5], "keep") == 0;
+  keep = argc > 5 && (strcmp(argv[5], "keep") == 0 || strcmp(argv[5], "weave") == 0);
+  like_weave = argc > 5 && strcmp(argv[5], "weave") == 0;
+  share = curl_share_init();
+  curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_COOKIE);
+  curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+  lines = curl_slist_append(NULL, "User-Agent: weave/0.1.0");
+  lines = curl_slist_append(lines, "Accept-Encoding: deflate, gzip, br, zstd");
   curl_global_init(CURL_GLOBAL_DEFAULT);
   loop = uv_default_loop();
   uv_timer_init(loop, &timer);
@@ -168,6 +203,8 @@ int main(int argc, char **argv) {
   while (finished < total) uv_run(loop, UV_RUN_ONCE);
   printf("%.4f %lld %ld\n", (double)(uv_hrtime() - t0) / 1e9, (long long)bytes, failures);
   curl_multi_cleanup(multi);
+  curl_share_cleanup(share);
+  curl_slist_free_all(lines);
   curl_global_cleanup();
   return 0;
 }

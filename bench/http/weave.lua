@@ -44,9 +44,11 @@ if arg[1] == "file" then
   return
 end
 
--- With a 4th argument "stream", bodies are read with res:chunks() and dropped
--- (stream=true), as the C floor and curl's CLI do; otherwise each is res.body.
-local url, total, inflight, stream = arg[1], tonumber(arg[2]), tonumber(arg[3]), arg[4] == "stream"
+-- A 4th argument "stream" reads bodies with res:chunks() and drops them
+-- (stream=true); "devnull" writes them to /dev/null (output=, as the curl CLI
+-- run does); otherwise each is res.body.
+local url, total, inflight, mode = arg[1], tonumber(arg[2]), tonumber(arg[3]), arg[4]
+local stream, devnull = mode == "stream", mode == "devnull"
 weave.run(function()
   local s <close> = http.session { max_connections = inflight }
   local started, bytes, failures = 0, 0, 0
@@ -56,7 +58,14 @@ weave.run(function()
       g:spawn(function()
         while started < total do
           started = started + 1
-          if stream then
+          if devnull then
+            local ok, r = pcall(s.get, s, url, { output = "/dev/null" })
+            if ok and r.status == 200 then
+              bytes = bytes + tonumber(r.headers["content-length"])
+            else
+              failures = failures + 1
+            end
+          elseif stream then
             local ok = pcall(function()
               local r <close> = s:get(url, { stream = true })
               for chunk in r:chunks() do bytes = bytes + #chunk end

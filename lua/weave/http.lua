@@ -464,7 +464,13 @@ local running = core.running
 -- in its shared spec table; the transfer builds the Response in C.
 local function plain(self, url, method, fname)
   if self._closed then error(invalid(fname, "the session is closed"), 3) end
-  local x, msg = new_transfer(self._s, self._spec, url, method, self._lines)
+  -- Finished transfers are made anew (a few kept per session).
+  local pool, n = self._xpool, self._xn
+  local old = pool[n]
+  if n > 0 then
+    pool[n], self._xn = nil, n - 1
+  end
+  local x, msg = new_transfer(self._s, self._spec, url, method, self._lines, old)
   if not x then error(invalid(fname, msg, url), 3) end
   local slots = self._slots
   if slots._value > 0 then
@@ -486,6 +492,11 @@ local function plain(self, url, method, fname)
   if not ok then
     x:close()
     error(res, 0)
+  end
+  n = self._xn
+  if n < 8 then
+    n = n + 1
+    pool[n], self._xn = x, n
   end
   if err then raise_error(err, res.url or url) end
   return res
@@ -555,7 +566,7 @@ function M.session(opts)
     pool_timeout = opts.pool_timeout, verify = opts.verify, ca_file = opts.ca_file, proxy = opts.proxy,
     buffer_size = opts.buffer_size,
   }, Session)
-  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {} }, {
+  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0 }, {
     __name = Session.__name, __index = view, __newindex = fixed, __close = finalize, __gc = finalize,
   })
   -- Default header lines, computed once: the session's headers and User-Agent.
