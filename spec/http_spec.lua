@@ -513,6 +513,22 @@ describe("weave.http", function()
       end)
     end)
 
+    it("successes, failures and cancels in turn on one session each get their own result", function()
+      run(function()
+        local s <close> = http.session {}
+        for i = 1, 30 do
+          local r = s:get(fault.url .. "/echo?i=" .. i)
+          assert.are.equal(tostring(i), r:json().query.i)
+          local ok, err = pcall(s.get, s, "http://127.0.0.1:1/")
+          assert.is_false(ok)
+          assert.are.equal("connect", err.kind)
+          assert.are.equal(404, s:get(ng.url .. "/missing-" .. i).status)
+          assert.is_false(weave.move_on_after(0.01, s.get, s, fault.url .. "/delay?ms=500"))
+          assert.are.equal(1024, #s:get(ng.url .. "/1k").body)
+        end
+      end)
+    end)
+
     it("keep cookies, default headers and base_url", function()
       run(function()
         local s <close> = http.session { base_url = fault.url, headers = { ["X-Default"] = "d" } }
