@@ -52,6 +52,7 @@ struct wv_xfer {
   int shared_hdrs; /* hdrs is the session's list of default lines */
   int to_file;     /* output=: the body goes to a file, res.body stays nil */
   int upload;      /* the request body is streamed (need_body events) */
+  int plain;       /* per-request tunables all at their defaults */
   int dirty;       /* options beyond a plain GET: reset the handle before reuse */
   int sized;       /* the body buffer was sized from Content-Length (or not) */
   int encoded;     /* the response has a Content-Encoding: its length is not the body's */
@@ -484,6 +485,7 @@ static int l_http_new(lua_State *L) {
   wv_spec sp;
   CURL *e;
   long bufsize;
+  int tuned;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 6);
   read_spec(L, 2, &sp);
@@ -525,13 +527,19 @@ static int l_http_new(lua_State *L) {
   ** without a reset: every per-request option below is set each time. */
   x->dirty = sp.ca_file || sp.proxy || sp.output || sp.progress || sp.body_stream || sp.body ||
              (sp.method != NULL && strcmp(sp.method, "GET") != 0) || sp.buffer_size > 0;
+  /* The tunables below at their defaults: a handle whose last request was
+  ** the same needs none of them set again. */
+  x->plain = sp.follow && sp.max_redirects == 10 && sp.timeout <= 0 && sp.connect_timeout <= 0 &&
+             sp.max_body <= 0 && sp.verify && sp.http_version == NULL;
+  tuned = 0;
   if (s->neasy > 0) {
-    int wasdirty = s->easydirty[--s->neasy];
+    int was = s->easystate[--s->neasy];
     x->easy = s->easypool[s->neasy];
-    if (wasdirty || x->dirty) {
+    if (was == WV_EASY_DIRTY || x->dirty) {
       curl_easy_reset(x->easy);
       base_options(s, x->easy, bufsize);
-    }
+    } else
+      tuned = was == WV_EASY_PLAIN && x->plain;
   } else {
     x->easy = curl_easy_init();
     if (x->easy == NULL) return luaL_error(L, "weave.http: out of memory");
@@ -556,17 +564,17 @@ static int l_http_new(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_URL, sp.url);
   x->follow = sp.follow;
   x->max_redirects = (long)sp.max_redirects;
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)x->follow);
-  curl_easy_setopt(e, CURLOPT_MAXREDIRS, x->max_redirects);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(sp.timeout));
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(sp.connect_timeout));
   if (sp.read_timeout > 0) x->read_ns = (uint64_t)(sp.read_timeout * 1e9);
   x->max_body = (curl_off_t)sp.max_body;
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body > 0 ? x->max_body : (curl_off_t)0);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)sp.verify);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, sp.verify ? 2L : 0L);
-  {
+  if (!tuned) {
     long v = CURL_HTTP_VERSION_NONE;
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)x->follow);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, x->max_redirects);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(sp.timeout));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(sp.connect_timeout));
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body > 0 ? x->max_body : (curl_off_t)0);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)sp.verify);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, sp.verify ? 2L : 0L);
     if (sp.http_version != NULL)
       v = strcmp(sp.http_version, "2") == 0     ? CURL_HTTP_VERSION_2TLS
           : strcmp(sp.http_version, "1.0") == 0 ? CURL_HTTP_VERSION_1_0
@@ -1011,7 +1019,7 @@ static void xfer_release(wv_xfer *x) {
   xfer_abort(x);
   if (x->easy != NULL) {
     if (!x->s->closed && x->s->neasy < WV_EASYPOOL) {
-      x->s->easydirty[x->s->neasy] = (unsigned char)x->dirty;
+      x->s->easystate[x->s->neasy] = x->dirty ? WV_EASY_DIRTY : x->plain ? WV_EASY_PLAIN : WV_EASY_TUNED;
       x->s->easypool[x->s->neasy++] = x->easy;
     } else
       curl_easy_cleanup(x->easy);

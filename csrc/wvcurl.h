@@ -13,6 +13,11 @@
 #define WV_XFER_MT "weave.Transfer"
 #define WV_EASYPOOL 64
 
+/* A pooled easy handle: its tunables (redirects, timeouts, size limit,
+** verification, HTTP version) at their defaults; set to something else; or
+** other options changed (curl_easy_reset before reuse). */
+enum { WV_EASY_PLAIN, WV_EASY_TUNED, WV_EASY_DIRTY };
+
 typedef struct wv_session wv_session;
 typedef struct wv_xfer wv_xfer;
 
@@ -27,7 +32,7 @@ struct wv_session {
   int cookies;                          /* the share holds a cookie jar */
   wv_xfer *active;                      /* running transfers */
   CURL *easypool[WV_EASYPOOL];          /* finished handles kept for reuse */
-  unsigned char easydirty[WV_EASYPOOL]; /* needs curl_easy_reset before reuse */
+  unsigned char easystate[WV_EASYPOOL]; /* WV_EASY_*: what the handle's last request left */
   int neasy;
   struct curl_slist *lines; /* the default header lines (uservalue 1 is their table) */
   char *spare[2];           /* buffers of finished transfers, kept for the next */

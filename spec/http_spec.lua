@@ -526,6 +526,15 @@ describe("weave.http", function()
           assert.is_false(weave.move_on_after(0.01, s.get, s, fault.url .. "/delay?ms=500"))
           assert.are.equal(1024, #s:get(ng.url .. "/1k").body)
         end
+        -- A handle used with tunables (timeout, redirects) serves plain requests after.
+        for _ = 1, 3 do
+          assert.are.equal("timeout", select(2, pcall(s.get, s, fault.url .. "/delay?ms=300", { timeout = 0.05 })).kind)
+          assert.are.equal("too_many_redirects",
+            select(2, pcall(s.get, s, fault.url .. "/redirect?n=3", { max_redirects = 1 })).kind)
+          assert.are.equal(302, s:get(fault.url .. "/redirect?n=1", { follow_redirects = false }).status)
+          assert.are.equal(200, s:get(fault.url .. "/delay?ms=150").status)
+          assert.are.equal(200, s:get(fault.url .. "/redirect?n=3").status)
+        end
       end)
     end)
 
