@@ -374,6 +374,7 @@ function Session:delete(url, opts) end
 function Session:close() end
 
 ---@class weave.http
+---@field user_agent string the default User-Agent, "weave/<version>"
 local http = {}
 ---@param opts weave.http.Options
 ---@return weave.http.Response
