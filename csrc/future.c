@@ -20,7 +20,7 @@ static int kindof(lua_State *L, int idx) {
   mt = lua_topointer(L, -1);
   lua_pop(L, 1);
   rt = weave__rt(L);
-  return mt == rt->taskmt ? 1 : mt == rt->futmt ? 2 : 0;
+  return mt == rt->taskmt || mt == rt->failmt ? 1 : mt == rt->futmt ? 2 : 0;
 }
 
 wv_fut *weave__testfut(lua_State *L, int idx) { return kindof(L, idx) ? lua_touserdata(L, idx) : NULL; }
@@ -355,6 +355,7 @@ void weave__futlib(lua_State *L, wv_rt *rt) {
   lua_pushcfunction(L, t_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
+  weave__failedclass(L, rt);
 
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);

@@ -111,6 +111,8 @@ struct wv_rt {
   lua_State *L;                /* main thread */
   const void *taskmt, *futmt;  /* metatable identities */
   const void *xfermt, *sessmt; /* (http.c) */
+  const void *failmt;          /* Tasks that failed: Task's, plus a finalizer */
+  lua_Integer nfail, npend;    /* failed tasks noted; collected ones to report */
   uv_loop_t *loop;
   int ownloop;
   int running;            /* inside run or step */
@@ -147,6 +149,7 @@ int weave__incontext(lua_State *L, wv_rt *rt, const char *fname);
 void weave__report(wv_rt *rt, int errindex, int taskindex);
 void weave__queuecbs(lua_State *L, wv_rt *rt, wv_fut *f, int idx);
 void weave__notefailure(lua_State *L);
+void weave__failedclass(lua_State *L, wv_rt *rt);
 void weave__close(wv_rt *rt);
 int weave__newrt(lua_State *L, uv_loop_t *loop);
 void weave__looplib(lua_State *L, wv_rt *rt);

@@ -15,7 +15,9 @@
 #include "internal.h"
 
 static const char RTKEY = 'r';      /* registry: the runtime userdata */
-static const char FAILKEY = 'f';    /* registry: failed tasks not yet checked */
+static const char FAILKEY = 'f';    /* registry: failed tasks not yet checked (weak) */
+static const char PENDKEY = 'u';    /* registry: collected failed tasks to report */
+static const char FAILMT = 'm';     /* registry: the metatable of failed tasks */
 static const char HANDLERKEY = 'h'; /* registry: on_unhandled function */
 static const char CBQKEY = 'c';     /* registry: futures with callbacks due */
 static const char POOLKEY = 'p';    /* registry: coroutine pool */
@@ -103,40 +105,85 @@ void weave__report(wv_rt *rt, int errindex, int taskindex) {
   lua_pop(L, 1);
 }
 
-/* Remember a failed task so an unobserved failure is reported at the end of
-** run (stack: task on top of L, kept). */
+/* A failed task: unobserved failures are reported when the task is
+** collected (nobody can look at it any more) or at the end of run, whichever
+** comes first.  The task gets the failed-task metatable, whose finalizer
+** queues it for the report (stack: task on top of L, kept). */
 void weave__notefailure(lua_State *L) {
+  wv_rt *rt = weave__rt(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &FAILMT);
+  lua_setmetatable(L, -2);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &FAILKEY);
   lua_pushvalue(L, -2);
-  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  lua_rawseti(L, -2, ++rt->nfail);
+  lua_pop(L, 1);
+}
+
+/* __gc of a failed task: queue an unobserved failure for the next loop turn
+** (no Lua code runs inside the collector). */
+static int failed_gc(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  wv_fut *f = lua_touserdata(L, 1);
+  if (f == NULL || f->observed || f->reported) return 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDKEY);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, ++rt->npend);
+  lua_pop(L, 1);
+  kick(rt);
+  return 0;
+}
+
+/* The failed-task metatable: a copy of Task's, plus the finalizer. */
+void weave__failedclass(lua_State *L, wv_rt *rt) {
+  luaL_getmetatable(L, WV_TASK_MT);
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, -3) != 0) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, failed_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  rt->failmt = lua_topointer(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &FAILMT);
+  lua_pop(L, 1);
+}
+
+/* Report the unobserved failures of the tasks in registry[key] (1..*count),
+** once each, and empty it. */
+static void report_list(wv_rt *rt, const void *key, lua_Integer *count, int weak) {
+  lua_State *L = rt->L;
+  lua_Integer i, n = *count;
+  if (n == 0) return;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  if (weak) /* reports may fail more tasks: they go to a fresh list */
+    weave__weaktable(L, key, "v");
+  else {
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  }
+  *count = 0;
+  for (i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, -1, i) == LUA_TUSERDATA) {
+      wv_fut *f = lua_touserdata(L, -1);
+      if (!f->observed && !f->reported) {
+        f->reported = 1;
+        weave__pusherror(L, f, lua_gettop(L));
+        weave__report(rt, -1, -2);
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
   lua_pop(L, 1);
 }
 
 /* Report every failed task that nobody observed, once. */
 static void report_failures(wv_rt *rt) {
-  lua_State *L = rt->L;
-  lua_Integer i, n;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &FAILKEY);
-  n = (lua_Integer)lua_rawlen(L, -1);
-  if (n == 0) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_newtable(L);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &FAILKEY);
-  for (i = 1; i <= n; i++) {
-    wv_fut *f;
-    lua_rawgeti(L, -1, i);
-    f = lua_touserdata(L, -1);
-    if (!f->observed && !f->reported) {
-      f->reported = 1;
-      weave__pusherror(L, f, lua_gettop(L));
-      weave__report(rt, -1, -2);
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
+  report_list(rt, &PENDKEY, &rt->npend, 0);
+  report_list(rt, &FAILKEY, &rt->nfail, 1);
 }
 
 /* Run the on_done callbacks of the future at fi (on rt->L), in order. */
@@ -169,6 +216,7 @@ void weave__drain(wv_rt *rt) {
   int n = rt->nready;
   rt->running++;
   lua_checkstack(rt->L, 8);
+  if (rt->npend > 0) report_list(rt, &PENDKEY, &rt->npend, 0);
   while (n-- > 0 && rt->rhead != NULL) {
     wv_task *t = rt->rhead;
     rt->rhead = t->rnext;
@@ -193,7 +241,7 @@ void weave__drain(wv_rt *rt) {
     lua_settop(L, q - 1);
   }
   rt->running--;
-  if (rt->rhead == NULL && rt->ncbq == 0 && rt->idleon) {
+  if (rt->rhead == NULL && rt->ncbq == 0 && rt->npend == 0 && rt->idleon) {
     uv_idle_stop(rt->idle);
     rt->idleon = 0;
   }
@@ -446,8 +494,9 @@ int weave__newrt(lua_State *L, uv_loop_t *loop) {
   luaL_newmetatable(L, WV_FUTURE_MT);
   rt->futmt = lua_topointer(L, -1);
   lua_pop(L, 2);
+  weave__weaktable(L, &FAILKEY, "v");
   lua_newtable(L);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &FAILKEY);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDKEY);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &POOLKEY);
   lua_newtable(L);

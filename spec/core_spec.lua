@@ -535,6 +535,43 @@ describe("unhandled failures", function()
     assert.are.equal(1, #reports)
   end)
 
+  it("of a task nobody can reach any more are reported when it is collected, during run", function()
+    local reports = {}
+    weave.on_unhandled(function(err, task) reports[#reports + 1] = { err = err, name = task.name } end)
+    local seen_during
+    run(function()
+      spawn { name = "dropped", function() error("lost", 0) end }
+      sleep(0.001)
+      collectgarbage("collect")
+      sleep(0)
+      seen_during = #reports
+    end)
+    assert.are.equal(1, seen_during)
+    assert.are.equal(1, #reports)
+    assert.are.equal("lost", reports[1].err)
+    assert.are.equal("dropped", reports[1].name)
+  end)
+
+  it("of many fire-and-forget tasks are reported as they go and not kept", function()
+    local n = 0
+    weave.on_unhandled(function() n = n + 1 end)
+    local kib
+    run(function()
+      for round = 1, 20 do
+        for _ = 1, 1000 do spawn(function() error(("x"):rep(1000)) end) end
+        sleep(0)
+        collectgarbage("collect")
+        sleep(0)
+        if round == 2 then kib = collectgarbage("count") end
+      end
+      collectgarbage("collect")
+      sleep(0)
+      -- 18 more rounds of 1000 failed tasks with 1 KB errors kept nothing
+      assert.is_true(collectgarbage("count") < kib + 2000)
+    end)
+    assert.are.equal(20000, n)
+  end)
+
   it("are not reported when observed by await, error() or on_done", function()
     local reports = 0
     weave.on_unhandled(function() reports = reports + 1 end)
