@@ -132,6 +132,13 @@ int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, lon
 static void free_handle(uv_handle_t *h) { free(h); }
 
 /* Free the session's curl and uv resources (transfers already removed). */
+/* Free the share handle of a closed session once no easy handle uses it:
+** transfers not yet released (a task still returning from one, a streamed
+** Response left open) keep theirs, and the last one to go calls this. */
+void weave__session_unshare(wv_session *s) {
+  if (s->closed && s->share != NULL && curl_share_cleanup(s->share) == CURLSHE_OK) s->share = NULL;
+}
+
 void weave__session_close(wv_session *s) {
   int i;
   if (s->closed) return;
@@ -140,14 +147,13 @@ void weave__session_close(wv_session *s) {
     curl_easy_cleanup(s->easypool[i]);
   s->neasy = 0;
   if (s->multi) curl_multi_cleanup(s->multi); /* removes its sockets via socket_cb */
-  if (s->share) curl_share_cleanup(s->share);
+  s->multi = NULL;
+  weave__session_unshare(s);
   curl_slist_free_all(s->lines);
   s->lines = NULL;
   free(s->spare[0]);
   free(s->spare[1]);
   s->spare[0] = s->spare[1] = NULL;
-  s->multi = NULL;
-  s->share = NULL;
   if (s->timer != NULL) {
     uv_timer_stop(s->timer);
     uv_close((uv_handle_t *)s->timer, free_handle);

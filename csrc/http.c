@@ -1021,8 +1021,10 @@ static void xfer_release(wv_xfer *x) {
     if (!x->s->closed && x->s->neasy < WV_EASYPOOL) {
       x->s->easystate[x->s->neasy] = x->dirty ? WV_EASY_DIRTY : x->plain ? WV_EASY_PLAIN : WV_EASY_TUNED;
       x->s->easypool[x->s->neasy++] = x->easy;
-    } else
+    } else {
       curl_easy_cleanup(x->easy);
+      weave__session_unshare(x->s); /* the last handle of a closed session */
+    }
     x->easy = NULL;
   }
   if (!x->shared_hdrs) curl_slist_free_all(x->hdrs);
@@ -1088,6 +1090,7 @@ static int s_close(lua_State *L) {
   while (s->active != NULL)
     xfer_abort(s->active);
   weave__session_close(s);
+  weave__session_unshare(s); /* closed earlier: its share may be free to go now */
   return 0;
 }
 

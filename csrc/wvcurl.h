@@ -42,6 +42,7 @@ struct wv_session {
 /* curl.c: the glue; no Lua in it. */
 int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, long maxhost);
 void weave__session_close(wv_session *s);
+void weave__session_unshare(wv_session *s);
 
 /* http.c: called by the glue when curl reports a transfer finished. */
 void weave__xfer_done(wv_xfer *x, CURLcode rc);

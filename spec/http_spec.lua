@@ -139,6 +139,19 @@ describe("weave.http", function()
         for i = 1, 20 do
           weave.move_on_after(i * 0.0005, http.get, ng.url .. "/10m")
         end
+        -- ... and so does closing the session under them.
+        for i = 1, 5 do
+          local s = http.session {}
+          local t = spawn(function() return pcall(s.get, s, ng.url .. "/10m") end)
+          sleep(i * 0.0005)
+          s:close()
+          local ok, err = t:await()
+          if not ok then assert.is_true(weave.is_error(err)) end
+        end
+        local s = http.session {}
+        local res = s:get(ng.url .. "/10m", { stream = true })
+        s:close() -- a streamed Response still open: its handle goes when it does
+        res:close()
         assert.are.equal(#want, #http.get(ng.url .. "/10m").body)
       end)
     end)
