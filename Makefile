@@ -95,8 +95,8 @@ demo: deps all
 
 bench: all $(B)/bench/floor
 	@sh tools/deps.sh bench
-	@$(TEST_ENV) sh bench/run.sh
-	@ulimit -n 65536 2>/dev/null; $(TEST_ENV) $(LUA) bench/http/run.lua
+	@$(TEST_ENV) sh bench/run.sh | tee $(B)/bench/tasks.txt
+	@ulimit -n 65536 2>/dev/null; BENCH_TASKS=$(CURDIR)/$(B)/bench/tasks.txt $(TEST_ENV) $(LUA) bench/http/run.lua
 
 # Client-side instructions per request under callgrind (stable numbers).
 bench-instr: all $(B)/bench/floor

@@ -188,6 +188,13 @@ md[#md + 1] = ("## 1 GiB body to a file\n\n`output=` path: %.3f s, %.0f MB/s, pe
   .. "(`curl -o` the same file: %.3f s; both include the disk).\n")
   :format(tonumber(ft), tonumber(fbytes) / tonumber(ft) / 1e6, tonumber(frss) / 1024, ct)
 md[#md + 1] = "## Ratios against the targets\n\n- " .. table.concat(lines, "\n- ") .. "\n"
+-- The task and offload benchmarks (bench/run.sh) of the same `make bench`.
+local tf = os.getenv("BENCH_TASKS") and io.open(os.getenv("BENCH_TASKS"))
+if tf then
+  md[#md + 1] = "## Tasks and offload, against CPython asyncio\n\nbench/run.sh, the same `make bench` run "
+    .. "(best of 5 runs for tasks, of 3 for offload):\n\n```\n" .. tf:read("a"):gsub("%s+$", "") .. "\n```\n"
+  tf:close()
+end
 md[#md + 1] = [[
 ## Where the gaps are
 
