@@ -565,7 +565,7 @@ function M.session(opts)
     pool_timeout = opts.pool_timeout, verify = opts.verify, ca_file = opts.ca_file, proxy = opts.proxy,
     buffer_size = opts.buffer_size,
   }, Session)
-  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0 }, {
+  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0, _closed = false }, {
     __name = Session.__name, __index = view, __newindex = fixed, __close = finalize, __gc = finalize,
   })
   -- Default header lines, computed once: the session's headers and User-Agent.
