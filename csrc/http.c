@@ -731,6 +731,13 @@ static void reserve(lua_State *L, wv_xfer *x) {
 
 static void wait_unblock(wv_rt *rt, wv_task *t);
 
+/* Suspend task t until x raises an event; k continues. */
+static int park(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t, lua_KFunction k) {
+  x->waiter = t;
+  t->wdata = x;
+  return weave__suspend(L, rt, t, wait_unblock, k, (lua_KContext)rt);
+}
+
 static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   wv_rt *rt = (wv_rt *)ctx;
   wv_xfer *x = lua_touserdata(L, 1);
@@ -740,9 +747,7 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   if (t->wake == WV_WAKE_CANCEL) weave__checkcancel(L, t);
   reserve(L, x);
   if (pop_event(L, x)) return 1;
-  x->waiter = t;
-  t->wdata = x;
-  return weave__suspend(L, rt, t, wait_unblock, wait_k, (lua_KContext)rt);
+  return park(L, rt, x, t, wait_k);
 }
 
 /* xfer:wait() -> "headers" | "data" | "need_body" | "progress" | "done" */
@@ -758,9 +763,7 @@ static int x_wait(lua_State *L) {
     reserve(L, x);
     if (pop_event(L, x)) return 1;
   }
-  x->waiter = t;
-  t->wdata = x;
-  return weave__suspend(L, rt, t, wait_unblock, wait_k, (lua_KContext)rt);
+  return park(L, rt, x, t, wait_k);
 }
 
 /* xfer:take() -> the body bytes buffered so far ("" when none); resumes a
@@ -976,9 +979,7 @@ static int fetch_k(lua_State *L, int status, lua_KContext ctx);
 static int fetch_wait(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t) {
   reserve(L, x);
   if (x->events & EV_DONE) return fetch_done(L, x);
-  x->waiter = t;
-  t->wdata = x;
-  return weave__suspend(L, rt, t, wait_unblock, fetch_k, (lua_KContext)rt);
+  return park(L, rt, x, t, fetch_k);
 }
 
 static int fetch_k(lua_State *L, int status, lua_KContext ctx) {

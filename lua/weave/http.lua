@@ -482,12 +482,7 @@ local function plain(self, url, method, fname)
     end
   end
   local ok, res, err = pcall(x.fetch, x)
-  local line = slots._line
-  if line.h > line.t then
-    slots._value = slots._value + 1 -- nobody waits
-  else
-    slots:release()
-  end
+  slots:release()
   if not ok then
     x:close()
     error(res, 0)

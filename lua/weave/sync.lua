@@ -161,10 +161,13 @@ end
 
 --- sem:release(): hand a permit to the next waiter or return it.
 function Semaphore:release()
-  local f = self._line:pop()
-  if f then
-    f:resolve()
-    return
+  local line = self._line
+  if line.h <= line.t then -- someone may wait
+    local f = line:pop()
+    if f then
+      f:resolve()
+      return
+    end
   end
   if self._bounded and self._value >= self._initial then
     error("BoundedSemaphore:release: released more times than acquired", 2)
