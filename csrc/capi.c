@@ -8,6 +8,11 @@
 ** until the last handle is used, so a post that arrives after the future was
 ** collected, or after lua_close, is dropped safely.  Each handle is settled
 ** exactly once (resolve, reject or post); that call releases it.
+**
+** Released handles are not freed but queued in the box (FIFO) and reused
+** for later futures, so a second settle of a released handle finds memory
+** that is still a handle and is refused (UV_EALREADY) instead of writing
+** freed memory.  They are freed with the box.
 */
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +33,8 @@ struct wv_postbox {
   int closed; /* the runtime is gone: drop posts */
   uv_async_t *async;
   wv_post *head, *tail;
+  weave_future *fhead, *ftail; /* released handles, oldest first */
+  int nfree;
   int outstanding; /* loop thread only: handles not yet processed */
 };
 
@@ -43,19 +50,32 @@ static void outstanding_add(wv_postbox *b, int d) {
 struct weave_future {
   wv_postbox *box;
   lua_Integer id;
+  int live; /* not settled yet (guarded by box->mu for posts) */
+  weave_future *next;
 };
 
+/* Released handles are reused only when this many wait: a stale handle is
+** refused for as long as possible. */
+#define WV_HREUSE 64
+
 static const char FUTMAP = 'm'; /* registry: weak id -> Future */
+
+static void box_free(wv_postbox *b) {
+  while (b->fhead != NULL) {
+    weave_future *h = b->fhead;
+    b->fhead = h->next;
+    free(h);
+  }
+  uv_mutex_destroy(&b->mu);
+  free(b);
+}
 
 static void box_unref(wv_postbox *b) {
   int last;
   uv_mutex_lock(&b->mu);
   last = --b->refs == 0;
   uv_mutex_unlock(&b->mu);
-  if (last) {
-    uv_mutex_destroy(&b->mu);
-    free(b);
-  }
+  if (last) box_free(b);
 }
 
 /* Push the Future with this id, or nothing (returns 0) if it is gone. */
@@ -167,10 +187,10 @@ static void free_async(uv_handle_t *h) { free(h); }
 
 /* Runtime shutdown: drop queued posts, close the async handle, and let the
 ** box live on until the last handle is used. */
-void weave__capi_close(wv_rt *rt) {
+static void capi_close(wv_rt *rt, int phase) {
   wv_postbox *b = rt->postbox;
   wv_post *p;
-  if (b == NULL) return;
+  if (b == NULL || phase != 0) return;
   rt->postbox = NULL;
   uv_mutex_lock(&b->mu);
   b->closed = 1;
@@ -188,13 +208,21 @@ void weave__capi_close(wv_rt *rt) {
 }
 
 weave_future *weave_future_new(lua_State *L) {
-  wv_rt *rt = weave__rt(L);
+  wv_rt *rt;
   wv_postbox *b;
-  weave_future *h;
+  weave_future *h = NULL;
   wv_fut *f;
-  if (rt == NULL || rt->closing || (b = postbox(L, rt)) == NULL) return NULL;
-  h = malloc(sizeof *h);
-  if (h == NULL) return NULL;
+  if (L == NULL || !lua_checkstack(L, 4) || (rt = weave__rt(L)) == NULL) return NULL;
+  if (rt->closing || rt->closereq || (b = postbox(L, rt)) == NULL) return NULL;
+  uv_mutex_lock(&b->mu);
+  if (b->nfree >= WV_HREUSE) {
+    h = b->fhead;
+    b->fhead = h->next;
+    if (b->fhead == NULL) b->ftail = NULL;
+    b->nfree--;
+  }
+  uv_mutex_unlock(&b->mu);
+  if (h == NULL && (h = malloc(sizeof *h)) == NULL) return NULL;
   f = lua_newuserdatauv(L, sizeof *f, 2);
   memset(f, 0, sizeof *f);
   f->kind = WV_KFUTURE;
@@ -207,22 +235,52 @@ weave_future *weave_future_new(lua_State *L) {
   lua_pop(L, 1);
   uv_mutex_lock(&b->mu);
   b->refs++;
+  h->live = 1;
+  h->next = NULL;
   uv_mutex_unlock(&b->mu);
   h->box = b;
   outstanding_add(b, 1);
   return h;
 }
 
+/* The handle is settled: queue it for reuse, drop its box reference. */
 static void release(weave_future *h) {
-  box_unref(h->box);
-  free(h);
+  wv_postbox *b = h->box;
+  int last;
+  uv_mutex_lock(&b->mu);
+  h->live = 0;
+  h->next = NULL;
+  if (b->ftail)
+    b->ftail->next = h;
+  else
+    b->fhead = h;
+  b->ftail = h;
+  b->nfree++;
+  last = --b->refs == 0;
+  uv_mutex_unlock(&b->mu);
+  if (last) box_free(b);
+}
+
+/* Is h a handle not settled yet?  (A released one is still a handle.) */
+static int islive(weave_future *h) {
+  int live;
+  uv_mutex_lock(&h->box->mu);
+  live = h->live;
+  uv_mutex_unlock(&h->box->mu);
+  return live;
 }
 
 /* On the loop thread: settle with the n values on top (popped). */
 int weave_future_resolve(lua_State *L, weave_future *h, int nvalues) {
-  wv_rt *rt = weave__rt(L);
+  wv_rt *rt;
   int r = UV_ENOENT;
-  if (h == NULL || nvalues < 0 || lua_gettop(L) < nvalues) return UV_EINVAL;
+  if (L == NULL || h == NULL || nvalues < 0 || lua_gettop(L) < nvalues || !lua_checkstack(L, 4))
+    return UV_EINVAL;
+  if (!islive(h)) {
+    lua_pop(L, nvalues);
+    return UV_EALREADY;
+  }
+  rt = weave__rt(L);
   if (rt != NULL && !h->box->closed && pushfuture(L, h->id)) {
     lua_insert(L, -(nvalues + 1));
     r = settle(L, rt, lua_gettop(L) - nvalues, 1, nvalues);
@@ -237,9 +295,14 @@ int weave_future_resolve(lua_State *L, weave_future *h, int nvalues) {
 
 /* On the loop thread: reject with the error on top (popped). */
 int weave_future_reject(lua_State *L, weave_future *h) {
-  wv_rt *rt = weave__rt(L);
+  wv_rt *rt;
   int r = UV_ENOENT;
-  if (h == NULL || lua_gettop(L) < 1) return UV_EINVAL;
+  if (L == NULL || h == NULL || lua_gettop(L) < 1 || !lua_checkstack(L, 4)) return UV_EINVAL;
+  if (!islive(h)) {
+    lua_pop(L, 1);
+    return UV_EALREADY;
+  }
+  rt = weave__rt(L);
   if (rt != NULL && !h->box->closed && pushfuture(L, h->id)) {
     lua_insert(L, -2);
     r = settle(L, rt, lua_gettop(L) - 1, 0, 1);
@@ -261,6 +324,11 @@ int weave_future_post(weave_future *h, weave_settle_fn fn, void *ud) {
   b = h->box;
   p = malloc(sizeof *p);
   uv_mutex_lock(&b->mu);
+  if (!h->live) {
+    uv_mutex_unlock(&b->mu);
+    free(p);
+    return UV_EALREADY;
+  }
   if (b->closed || p == NULL) {
     r = b->closed ? UV_ECANCELED : UV_ENOMEM;
     free(p);
@@ -279,4 +347,9 @@ int weave_future_post(weave_future *h, weave_settle_fn fn, void *ud) {
   uv_mutex_unlock(&b->mu);
   release(h);
   return r;
+}
+
+void weave__capilib(lua_State *L, wv_rt *rt) {
+  (void)L;
+  weave__onclose(rt, capi_close);
 }

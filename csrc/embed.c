@@ -27,8 +27,9 @@ static int load_embedded(lua_State *L) {
 
 int weave_attach(lua_State *L, uv_loop_t *loop) {
   const wv_luasrc *src;
-  int r = weave__newrt(L, loop);
-  if (r < 0) return r;
+  int r;
+  if (L == NULL || !lua_checkstack(L, 8)) return UV_EINVAL;
+  if ((r = weave__newrt(L, loop)) < 0) return r;
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_weave_core);
   lua_setfield(L, -2, "weave.core");

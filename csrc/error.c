@@ -4,6 +4,7 @@
 ** metatable "weave.Error", so errors compose with pcall, gather and group
 ** and still print well.
 */
+#include <stdarg.h>
 #include <string.h>
 
 #include "internal.h"
@@ -16,6 +17,43 @@ void weave__newerror(lua_State *L, const char *kind, const char *msg) {
   lua_pushstring(L, msg);
   lua_setfield(L, -2, "message");
   luaL_setmetatable(L, WV_ERROR_MT);
+}
+
+/* Raise a new error object of `kind`, its message formatted as by
+** lua_pushfstring.  Never returns. */
+int weave__raise(lua_State *L, const char *kind, const char *fmt, ...) {
+  const char *msg;
+  va_list ap;
+  va_start(ap, fmt);
+  msg = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  weave__newerror(L, kind, msg);
+  return lua_error(L);
+}
+
+/* Raise kind "invalid_argument" with "fname: message" (a misuse). */
+int weave__argerror(lua_State *L, const char *fname, const char *fmt, ...) {
+  const char *msg;
+  va_list ap;
+  va_start(ap, fmt);
+  msg = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  weave__newerror(L, "invalid_argument", lua_pushfstring(L, "%s: %s", fname, msg));
+  return lua_error(L);
+}
+
+/* The string at idx, which goes to the OS as a C string (a path, an argv or
+** environment entry): a string without NUL bytes, or kind
+** "invalid_argument" naming `what`. */
+const char *weave__checkpath(lua_State *L, int idx, const char *fname, const char *what, size_t *len) {
+  size_t n;
+  const char *s;
+  if (lua_type(L, idx) != LUA_TSTRING)
+    weave__argerror(L, fname, "expected %s (string), got %s", what, luaL_typename(L, idx));
+  s = lua_tolstring(L, idx, &n);
+  if (strlen(s) != n) weave__argerror(L, fname, "%s contains a NUL byte", what);
+  if (len != NULL) *len = n;
+  return s;
 }
 
 /* Is the value at idx a weave error (of `kind`, when not NULL)? */

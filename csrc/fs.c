@@ -132,6 +132,10 @@ static void fs_work(wv_job *job) {
     uv_fs_req_cleanup(&req);
     break;
   case FS_MKDIR:
+    if (j->path[0] == '\0') {
+      r = UV_ENOENT;
+      break;
+    }
     if (j->parents) {
       char *p;
       for (p = j->path + 1; *p; p++) {
@@ -220,16 +224,13 @@ static int l_fs(lua_State *L) {
   fs_job *j;
   char fname[32];
   snprintf(fname, sizeof fname, "fs.%s", opnames[op]);
-  if (lua_type(L, 2) != LUA_TSTRING)
-    return luaL_error(L, "%s: expected a path (string), got %s", fname, luaL_typename(L, 2));
-  path = lua_tostring(L, 2);
+  path = weave__checkpath(L, 2, fname, "the path", NULL);
   if ((op == FS_WRITE || op == FS_APPEND) && lua_type(L, 3) != LUA_TSTRING && lua_type(L, 3) != LUA_TNUMBER)
-    return luaL_error(L, "%s: expected data (string), got %s", fname, luaL_typename(L, 3));
-  if (op == FS_RENAME && lua_type(L, 3) != LUA_TSTRING)
-    return luaL_error(L, "%s: expected the new path (string), got %s", fname, luaL_typename(L, 3));
-  if (!weave__incontext(L, rt, fname)) return weave__blocking(L, l_fs);
+    return weave__argerror(L, fname, "expected data (string), got %s", luaL_typename(L, 3));
+  if (op == FS_RENAME) weave__checkpath(L, 3, fname, "the new path", NULL);
+  if (weave__enter(L, rt, fname) == NULL) return weave__blocking(L, l_fs);
   j = calloc(1, sizeof *j);
-  if (j == NULL) return luaL_error(L, "%s: out of memory", fname);
+  if (j == NULL) return weave__raise(L, "resource", "%s: out of memory", fname);
   j->job.work = fs_work;
   j->job.push = fs_push;
   j->job.release = fs_release;
@@ -240,7 +241,7 @@ static int l_fs(lua_State *L) {
     const char *d = lua_tolstring(L, 3, &n);
     if (n > 0 && weave__wbuf_add(&j->data, d, n) != 0) {
       fs_release(&j->job);
-      return luaL_error(L, "%s: out of memory", fname);
+      return weave__raise(L, "resource", "%s: out of memory", fname);
     }
   }
   if (op == FS_RENAME) j->path2 = strdup(lua_tostring(L, 3));

@@ -31,7 +31,7 @@ wv_task *weave__testtask(lua_State *L, int idx) {
 
 wv_fut *weave__checkfut(lua_State *L, int idx, const char *fname) {
   wv_fut *f = weave__testfut(L, idx);
-  if (f == NULL) luaL_error(L, "%s: expected a Task or Future, got %s", fname, luaL_typename(L, idx));
+  if (f == NULL) weave__argerror(L, fname, "expected a Task or Future, got %s", luaL_typename(L, idx));
   return f;
 }
 
@@ -94,14 +94,7 @@ void weave__pushtb(lua_State *L, int idx) {
 /* f (userdata at idx of L) has just settled: wake its waiters in order and
 ** queue its on_done callbacks for the next turn. */
 void weave__settled(lua_State *L, wv_rt *rt, wv_fut *f, int idx) {
-  while (f->whead != NULL) {
-    wv_task *t = f->whead;
-    f->whead = t->wnext;
-    t->wprev = t->wnext = NULL;
-    t->waiting = NULL;
-    weave__wake(rt, t, WV_WAKE_OK);
-  }
-  f->wtail = NULL;
+  weave__wakeall(rt, &f->waiters);
   if (f->hascbs) weave__queuecbs(L, rt, f, idx);
 }
 
@@ -113,50 +106,23 @@ static int outcome(lua_State *L, wv_fut *f, int idx) {
   return lua_error(L);
 }
 
-static void await_unblock(wv_rt *rt, wv_task *t) {
-  wv_fut *f = t->waiting;
-  (void)rt;
-  if (f == NULL) return;
-  if (t->wprev)
-    t->wprev->wnext = t->wnext;
-  else
-    f->whead = t->wnext;
-  if (t->wnext)
-    t->wnext->wprev = t->wprev;
-  else
-    f->wtail = t->wprev;
-  t->wprev = t->wnext = NULL;
-  t->waiting = NULL;
-}
-
 static int await_k(lua_State *L, int status, lua_KContext ctx) {
-  wv_rt *rt = (wv_rt *)ctx;
-  wv_fut *f = lua_touserdata(L, 1);
   (void)status;
-  if (rt->current->wake == WV_WAKE_CANCEL) weave__checkcancel(L, rt->current);
-  return outcome(L, f, 1);
+  weave__woken(L, (wv_rt *)ctx);
+  return outcome(L, lua_touserdata(L, 1), 1);
 }
 
-/* weave.await(x) / x:await(): suspend until x settles. */
+/* weave.await(x) / x:await(): suspend until x settles.  The Future stays
+** at index 1 of the awaiting frame, so it outlives the wait. */
 static int l_await(lua_State *L) {
   wv_rt *rt = getrt(L);
   wv_fut *f = weave__checkfut(L, 1, "weave.await");
   wv_task *t;
   lua_settop(L, 1);
-  if (!weave__incontext(L, rt, "weave.await")) return weave__blocking(L, l_await);
-  t = rt->current;
-  weave__checkcancel(L, t);
+  if ((t = weave__enter(L, rt, "weave.await")) == NULL) return weave__blocking(L, l_await);
   if (f->state != WV_PENDING) return outcome(L, f, 1);
-  if (f == &t->f) return luaL_error(L, "weave.await: a task cannot await itself");
-  t->wnext = NULL;
-  t->wprev = f->wtail;
-  if (f->wtail)
-    f->wtail->wnext = t;
-  else
-    f->whead = t;
-  f->wtail = t;
-  t->waiting = f;
-  return weave__suspend(L, rt, t, await_unblock, await_k, (lua_KContext)rt);
+  if (f == &t->f) return weave__argerror(L, "weave.await", "a task cannot await itself");
+  return weave__park_on(L, rt, &f->waiters, await_k, (lua_KContext)rt);
 }
 
 /* core.isawaitable(x) -> is x a Task or a Future? */
@@ -184,13 +150,13 @@ static int l_future(lua_State *L) {
 
 static wv_fut *checkfuture(lua_State *L, const char *fname) {
   wv_fut *f = kindof(L, 1) == 2 ? lua_touserdata(L, 1) : NULL;
-  if (f == NULL) luaL_error(L, "%s: expected a Future as self (use f:%s)", fname, fname + 7);
+  if (f == NULL) weave__argerror(L, fname, "expected a Future as self (use f:%s)", fname + 7);
   return f;
 }
 
 static void settle(lua_State *L, wv_fut *f, int state, int first, int n, const char *fname) {
   int i;
-  if (f->state != WV_PENDING) luaL_error(L, "%s: the future is already settled", fname);
+  if (f->state != WV_PENDING) weave__raise(L, "invalid_state", "%s: the future is already settled", fname);
   luaL_checkstack(L, n + 2, "too many values");
   for (i = 0; i < n; i++)
     lua_pushvalue(L, first + i);
@@ -210,7 +176,7 @@ static int f_resolve(lua_State *L) {
 /* f:reject(err) */
 static int f_reject(lua_State *L) {
   wv_fut *f = checkfuture(L, "Future:reject");
-  if (lua_isnoneornil(L, 2)) return luaL_error(L, "Future:reject: expected an error value, got nil");
+  if (lua_isnoneornil(L, 2)) return weave__argerror(L, "Future:reject", "expected an error value, got nil");
   settle(L, f, WV_REJECTED, 2, 1, "Future:reject");
   return 0;
 }
@@ -227,7 +193,8 @@ static int m_cancelled(lua_State *L) {
 
 static int m_result(lua_State *L) {
   wv_fut *f = weave__checkfut(L, 1, "result");
-  if (f->state == WV_PENDING) return luaL_error(L, "result: not done yet (await it first)");
+  if (f->state == WV_PENDING)
+    return weave__raise(L, "invalid_state", "result: not done yet (await it first)");
   return outcome(L, f, 1);
 }
 
@@ -262,7 +229,7 @@ static int m_on_done(lua_State *L) {
   wv_fut *f = weave__checkfut(L, 1, "on_done");
   int t2 = lua_type(L, 2);
   if (t2 != LUA_TFUNCTION && !(t2 != LUA_TNIL && luaL_getmetafield(L, 2, "__call") != LUA_TNIL))
-    return luaL_error(L, "on_done: expected a function, got %s", luaL_typename(L, 2));
+    return weave__argerror(L, "on_done", "expected a function, got %s", luaL_typename(L, 2));
   lua_settop(L, 2);
   weave__pushextra(L, 1);
   if (lua_getfield(L, -1, "cbs") != LUA_TTABLE) {
@@ -300,9 +267,9 @@ static int t_tostring(lua_State *L) {
 
 /* Task.__index: the name field, then the methods (upvalue 1). */
 static int t_index(lua_State *L) {
-  const char *k = lua_tostring(L, 2);
+  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (k != NULL && strcmp(k, "name") == 0) {
-    wv_task *t = lua_touserdata(L, 1);
+    wv_task *t = weave__checktask(L, 1, "Task.__index");
     if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE && lua_getfield(L, -1, "name") == LUA_TSTRING) return 1;
     lua_pushfstring(L, "task-%d", (int)t->id);
     return 1;

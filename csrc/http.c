@@ -146,7 +146,7 @@ static void finish(wv_xfer *x, CURLcode rc) {
 void weave__xfer_done(wv_xfer *x, CURLcode rc) { finish(x, rc); }
 
 /* The read timeout fired: no byte for read_timeout seconds. */
-void weave__xfer_timer(wv_rt *rt, wv_timer *tm) {
+static void xfer_timer(wv_rt *rt, wv_timer *tm) {
   wv_xfer *x = (wv_xfer *)((char *)tm - offsetof(wv_xfer, rtm));
   (void)rt;
   x->timed_out = 1;
@@ -521,7 +521,7 @@ static int l_http_new(lua_State *L) {
   take_spare(s, 0, &x->hdr);
   take_spare(s, 1, &x->body);
   x->rtm.idx = -1;
-  x->rtm.kind = WV_TM_XFER;
+  x->rtm.cb = xfer_timer;
   /* Options beyond a plain GET mark the handle "dirty": before its next use
   ** it gets a full curl_easy_reset.  A clean handle is reused as curl intends,
   ** without a reset: every per-request option below is set each time. */
@@ -681,7 +681,6 @@ static void xfer_abort(wv_xfer *x) {
 static void wait_unblock(wv_rt *rt, wv_task *t) {
   wv_xfer *x = t->wdata;
   (void)rt;
-  t->wdata = NULL;
   if (x != NULL) {
     x->waiter = NULL;
     xfer_abort(x);
@@ -734,17 +733,14 @@ static void wait_unblock(wv_rt *rt, wv_task *t);
 /* Suspend task t until x raises an event; k continues. */
 static int park(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t, lua_KFunction k) {
   x->waiter = t;
-  t->wdata = x;
-  return weave__suspend(L, rt, t, wait_unblock, k, (lua_KContext)rt);
+  return weave__park(L, rt, wait_unblock, x, k, (lua_KContext)rt);
 }
 
 static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   wv_rt *rt = (wv_rt *)ctx;
   wv_xfer *x = lua_touserdata(L, 1);
-  wv_task *t = rt->current;
+  wv_task *t = weave__woken(L, rt);
   (void)status;
-  t->wdata = NULL;
-  if (t->wake == WV_WAKE_CANCEL) weave__checkcancel(L, t);
   reserve(L, x);
   if (pop_event(L, x)) return 1;
   return park(L, rt, x, t, wait_k);
@@ -756,13 +752,11 @@ static int x_wait(lua_State *L) {
   wv_xfer *x = checkxfer(L);
   wv_task *t;
   lua_settop(L, 1);
-  if (!weave__incontext(L, rt, "weave.http")) return luaL_error(L, "weave.http: transfers need a task");
-  t = rt->current;
-  if (x->state == XS_NEW) return luaL_error(L, "weave.http: transfer not started");
-  if (weave__checkcancel(L, t) == 0) {
-    reserve(L, x);
-    if (pop_event(L, x)) return 1;
-  }
+  if ((t = weave__enter(L, rt, "weave.http")) == NULL)
+    return weave__raise(L, "invalid_state", "weave.http: transfers need a task");
+  if (x->state == XS_NEW) return weave__raise(L, "invalid_state", "weave.http: transfer not started");
+  reserve(L, x);
+  if (pop_event(L, x)) return 1;
   return park(L, rt, x, t, wait_k);
 }
 
@@ -984,10 +978,8 @@ static int fetch_wait(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t) {
 
 static int fetch_k(lua_State *L, int status, lua_KContext ctx) {
   wv_rt *rt = (wv_rt *)ctx;
-  wv_task *t = rt->current;
+  wv_task *t = weave__woken(L, rt);
   (void)status;
-  t->wdata = NULL;
-  if (t->wake == WV_WAKE_CANCEL) weave__checkcancel(L, t);
   return fetch_wait(L, rt, lua_touserdata(L, 1), t);
 }
 
@@ -997,12 +989,14 @@ static int fetch_k(lua_State *L, int status, lua_KContext ctx) {
 static int x_fetch(lua_State *L) {
   wv_rt *rt = getrt(L);
   wv_xfer *x = checkxfer(L);
+  wv_task *t;
   lua_settop(L, 1);
-  if (!weave__incontext(L, rt, "weave.http")) return luaL_error(L, "weave.http: transfers need a task");
-  if (x->stream || x->progress || x->upload) return luaL_error(L, "weave.http: fetch is for plain transfers");
-  weave__checkcancel(L, rt->current);
+  if ((t = weave__enter(L, rt, "weave.http")) == NULL)
+    return weave__raise(L, "invalid_state", "weave.http: transfers need a task");
+  if (x->stream || x->progress || x->upload)
+    return weave__raise(L, "invalid_state", "weave.http: fetch is for plain transfers");
   if (x->state == XS_NEW) xfer_start(L, x);
-  return fetch_wait(L, rt, x, rt->current);
+  return fetch_wait(L, rt, x, t);
 }
 
 /* core.http_classes(Response, Headers): the metatables fetch and info use. */
@@ -1097,7 +1091,9 @@ static int s_close(lua_State *L) {
 
 /* Close every session still open (weave_close, before the loop goes) and
 ** drop this runtime's reference to libcurl's global state. */
-void weave__http_closeall(lua_State *L) {
+static void closeall(wv_rt *rt, int phase) {
+  lua_State *L = rt->L;
+  if (phase != 0) return;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &SESSIONS);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
@@ -1160,6 +1156,7 @@ void weave__httplib(lua_State *L, wv_rt *rt) {
   pin_libcurl();
   curl_global_init(CURL_GLOBAL_DEFAULT);
   weave__weaktable(L, &SESSIONS, "k");
+  weave__onclose(rt, closeall);
   weave__class(L, rt, WV_XFER_MT, xmeths, x_close);
   weave__class(L, rt, WV_SESSION_MT, smeths, s_close);
   luaL_getmetatable(L, WV_XFER_MT);

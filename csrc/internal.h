@@ -34,13 +34,21 @@ typedef struct wv_workers wv_workers;
 typedef struct wv_postbox wv_postbox;
 
 /* A timer entry lives inside the object it belongs to (a sleeping task, a
-** scope deadline) and sits in the runtime's binary heap while armed. */
-enum { WV_TM_SLEEP, WV_TM_DEADLINE, WV_TM_XFER };
+** scope deadline, a transfer's read timeout) and sits in the runtime's
+** binary heap while armed.  It carries its own callback, run on expiry from
+** the uv timer callback: it may only move tasks, never run Lua. */
+typedef void (*wv_timer_fn)(wv_rt *rt, wv_timer *tm);
 struct wv_timer {
-  uint64_t when;      /* uv_hrtime() deadline, ns */
-  int idx;            /* heap slot, -1 when not armed */
-  unsigned char kind; /* WV_TM_SLEEP (in a task) or WV_TM_DEADLINE (in a scope) */
+  uint64_t when; /* uv_hrtime() deadline, ns */
+  int idx;       /* heap slot, -1 when not armed */
+  wv_timer_fn cb;
 };
+
+/* Tasks parked on one thing (a Future, a Process...), FIFO, linked through
+** wv_task.wprev/wnext so a cancelled waiter leaves in O(1). */
+typedef struct {
+  wv_task *head, *tail;
+} wv_waitq;
 
 /* A heap entry keeps its key inline so sifting never chases pointers. */
 typedef struct {
@@ -51,9 +59,7 @@ typedef struct {
 enum { WV_PENDING, WV_RESOLVED, WV_REJECTED, WV_CANCELLED };
 enum { WV_KFUTURE, WV_KTASK };
 
-/* The part shared by Futures and Tasks.  Tasks waiting on it form a doubly
-** linked list through wv_task.wprev/wnext so a cancelled waiter leaves in
-** O(1).  Userdata slots: 1 = the outcome once settled (the single value, a
+/* The part shared by Futures and Tasks.  Userdata slots: 1 = the outcome once settled (the single value, a
 ** table of values when nvals > 1, or the error), and for a running Task its
 ** coroutine; 2 = the lazily created "extra" table (name, on_done callbacks,
 ** cancel message, traceback). */
@@ -66,7 +72,7 @@ struct wv_fut {
   unsigned char reported; /* unhandled failure already reported */
   int nvals;              /* number of values when resolved */
   int ref;                /* registry anchor of a live Task */
-  wv_task *whead, *wtail; /* tasks awaiting this */
+  wv_waitq waiters;       /* tasks awaiting this */
 };
 
 /* Why a blocked task was woken. */
@@ -77,13 +83,13 @@ enum { WV_TNEW, WV_TREADY, WV_TRUNNING, WV_TBLOCKED, WV_TDONE };
 
 /* A cancel scope.  The task's own (root) scope is the task's `cancelled`
 ** flag; nested scopes (timeouts, shields) are chained through `parent`.  A
-** shield stops the walk: cancellations of scopes outside it do not reach. */
+** shield stops the walk: cancellations of scopes outside it do not reach.
+** A scope is named by its address (the `_scope` of its "cancelled" error). */
 struct wv_scope {
   wv_scope *parent;
   wv_task *task;
   wv_timer deadline;
   unsigned char cancelled, shield, expired, active;
-  int id;
 };
 
 /* Hook that detaches a blocked task from what it waits on (cancel path). */
@@ -93,14 +99,14 @@ struct wv_task {
   wv_fut f;               /* must be first: a Task is a Future */
   lua_State *co;          /* while started and not finished */
   wv_task *rnext;         /* ready queue */
-  wv_task *wprev, *wnext; /* waiters list of `waiting` */
-  wv_fut *waiting;        /* future awaited, if any */
+  wv_task *wprev, *wnext; /* links in `wq` */
+  wv_waitq *wq;           /* the wait queue it is parked on, if any */
   wv_unblock_fn unblock;  /* detach hook while blocked */
   void *wdata;            /* what the unblock hook detaches from */
   wv_scope *scope;        /* innermost nested scope, NULL: root only */
   wv_timer tm;            /* sleep */
   unsigned id;
-  int nargs;               /* arguments for the first resume */
+  int nargs;               /* arguments for the first resume (kept in slot 1) */
   unsigned char status;    /* WV_TNEW ... */
   unsigned char wake;      /* WV_WAKE_* of the last wake-up */
   unsigned char cancelled; /* root scope cancelled (level-triggered) */
@@ -116,16 +122,16 @@ struct wv_rt {
   uv_loop_t *loop;
   int ownloop;
   int running;            /* inside run or step */
-  int closing;            /* weave_close in progress */
+  int closing;            /* weave_close in progress or done */
+  int closereq;           /* weave_close asked from inside: close when the step returns */
   wv_task *current;       /* task being resumed */
   wv_task *root;          /* root task of the active run */
   wv_task *rhead, *rtail; /* ready queue */
   int nready;
-  int ncbq;                /* futures in the on_done queue (registry table) */
-  int ntasks;              /* live tasks */
-  int deadlock;            /* the run loop found nothing left to wake the root */
-  int npool;               /* coroutines of finished tasks kept for reuse */
-  int qhead, qcount, qcap; /* ring of fn+args of tasks not yet started */
+  int ncbq;     /* futures in the on_done queue (registry table) */
+  int ntasks;   /* live tasks */
+  int deadlock; /* the run loop found nothing left to wake the root */
+  int npool;    /* coroutines of finished tasks kept for reuse */
   unsigned nextid;
   /* timer heap */
   wv_hent *heap;
@@ -137,15 +143,28 @@ struct wv_rt {
   wv_workers *workers; /* to_thread's pooled worker states */
   int njobs;           /* thread-pool jobs in flight */
   wv_postbox *postbox; /* weave_future_post queue (capi.c) */
+  void *procs;         /* live child processes (process.c) */
+  int nprocs;          /* children not yet reaped */
   int idleon;
+  /* Subsystems' shutdown hooks, run by weave__close in order: phase 0 with
+  ** the loop still open (close handles, kill children), phase 1 once every
+  ** handle is closed and every job is done (free). */
+  void (*closers[8])(wv_rt *rt, int phase);
+  int ncloser;
 };
+
+/* The most arguments weave.spawn passes to a task (documented). */
+#define WV_MAXARGS 100000
 
 /* loop.c */
 wv_rt *weave__rt(lua_State *L);
 void weave__ready(wv_rt *rt, wv_task *t);
 void weave__drain(wv_rt *rt);
 int weave__blocking(lua_State *L, lua_CFunction fn);
-int weave__incontext(lua_State *L, wv_rt *rt, const char *fname);
+wv_task *weave__enter(lua_State *L, wv_rt *rt, const char *fname);
+wv_task *weave__task(lua_State *L, wv_rt *rt, const char *fname);
+void weave__onclose(wv_rt *rt, void (*fn)(wv_rt *rt, int phase));
+int weave__checklive(lua_State *L, wv_rt *rt, const char *fname);
 void weave__report(wv_rt *rt, int errindex, int taskindex);
 void weave__queuecbs(lua_State *L, wv_rt *rt, wv_fut *f, int idx);
 void weave__notefailure(lua_State *L);
@@ -155,8 +174,6 @@ int weave__newrt(lua_State *L, uv_loop_t *loop);
 void weave__looplib(lua_State *L, wv_rt *rt);
 lua_State *weave__getco(lua_State *L, wv_rt *rt);
 void weave__putco(lua_State *L, wv_rt *rt, lua_State *co);
-void weave__qpush(lua_State *L, wv_rt *rt, int first, int n);
-void weave__qpop(lua_State *L, wv_rt *rt, lua_State *to, int n);
 
 /* future.c */
 wv_fut *weave__testfut(lua_State *L, int idx);
@@ -174,15 +191,23 @@ void weave__futlib(lua_State *L, wv_rt *rt);
 wv_task *weave__checktask(lua_State *L, int idx, const char *fname);
 int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs);
 void weave__resume(wv_rt *rt, wv_task *t);
-int weave__suspend(lua_State *L, wv_rt *rt, wv_task *t, wv_unblock_fn fn, lua_KFunction k, lua_KContext ctx);
+/* The await protocol: every wait in weave parks the running task through
+** weave__park (with the hook that detaches it from what it waits on) and
+** every continuation starts with weave__woken, the one place a pending
+** cancel is raised. */
+int weave__park(lua_State *L, wv_rt *rt, wv_unblock_fn unblock, void *data, lua_KFunction k,
+                lua_KContext ctx);
+int weave__park_on(lua_State *L, wv_rt *rt, wv_waitq *q, lua_KFunction k, lua_KContext ctx);
+wv_task *weave__woken(lua_State *L, wv_rt *rt);
 void weave__wake(wv_rt *rt, wv_task *t, int why);
+void weave__wakeall(wv_rt *rt, wv_waitq *q);
 int weave__checkcancel(lua_State *L, wv_task *t);
 void weave__deliver(wv_rt *rt, wv_task *t);
 int weave__cancel(lua_State *L, wv_rt *rt, wv_task *t, int msgidx);
 void weave__tasklib(lua_State *L, wv_rt *rt);
 
 /* timer.c */
-void weave__timer_start(wv_rt *rt, wv_timer *tm, uint64_t when);
+int weave__timer_start(wv_rt *rt, wv_timer *tm, uint64_t when);
 void weave__timer_stop(wv_rt *rt, wv_timer *tm);
 void weave__timer_arm(wv_rt *rt);
 double weave__now(void);
@@ -195,18 +220,17 @@ void weave__weaktable(lua_State *L, const void *key, const char *mode);
 
 /* error.c */
 void weave__newerror(lua_State *L, const char *kind, const char *msg);
+int weave__raise(lua_State *L, const char *kind, const char *fmt, ...);
+int weave__argerror(lua_State *L, const char *fname, const char *fmt, ...);
+const char *weave__checkpath(lua_State *L, int idx, const char *fname, const char *what, size_t *len);
 int weave__iserror(lua_State *L, int idx, const char *kind);
 void weave__errorlib(lua_State *L);
 
 /* scope.c */
 void weave__scopelib(lua_State *L, wv_rt *rt);
-void weave__deadline_fired(wv_rt *rt, wv_timer *tm);
-void weave__xfer_timer(wv_rt *rt, wv_timer *tm);
 void weave__httplib(lua_State *L, wv_rt *rt);
-void weave__http_closeall(lua_State *L);
 void weave__worklib(lua_State *L, wv_rt *rt);
-void weave__workers_close(wv_rt *rt);
-void weave__capi_close(wv_rt *rt);
+void weave__capilib(lua_State *L, wv_rt *rt);
 void weave__fslib(lua_State *L, wv_rt *rt);
 void weave__proclib(lua_State *L, wv_rt *rt);
 

@@ -21,7 +21,7 @@ static const char FAILMT = 'm';     /* registry: the metatable of failed tasks *
 static const char HANDLERKEY = 'h'; /* registry: on_unhandled function */
 static const char CBQKEY = 'c';     /* registry: futures with callbacks due */
 static const char POOLKEY = 'p';    /* registry: coroutine pool */
-static const char ARGQKEY = 'q';    /* registry: ring of pending fn+args */
+static const char COSET = 'k';      /* registry: weak set of weave's coroutines */
 
 wv_rt *weave__rt(lua_State *L) {
   wv_rt *rt;
@@ -66,43 +66,57 @@ void weave__queuecbs(lua_State *L, wv_rt *rt, wv_fut *f, int idx) {
   kick(rt);
 }
 
-/* Report an error nobody handled: on_unhandled(err, task) or stderr.
-** errindex/taskindex are stack slots of rt->L (taskindex 0: none). */
-void weave__report(wv_rt *rt, int errindex, int taskindex) {
-  lua_State *L = rt->L;
-  errindex = lua_absindex(L, errindex);
-  if (taskindex) taskindex = lua_absindex(L, taskindex);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &HANDLERKEY);
-  if (!lua_isnil(L, -1)) {
-    lua_pushvalue(L, errindex);
-    if (taskindex)
-      lua_pushvalue(L, taskindex);
-    else
-      lua_pushnil(L);
-    if (lua_pcall(L, 2, 0, 0) == LUA_OK) return;
+/* The body of weave__report, run protected: [err, task|nil, handler|nil]. */
+static int report_body(lua_State *L) {
+  if (!lua_isnil(L, 3)) {
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK) return 0;
     fprintf(stderr, "weave: error in on_unhandled handler: %s\n", luaL_tolstring(L, -1, NULL));
-    lua_pop(L, 2);
-    return;
+    return 0;
   }
-  lua_pop(L, 1);
-  if (taskindex) {
-    lua_getfield(L, taskindex, "name");
+  if (!lua_isnil(L, 2)) {
+    lua_getfield(L, 2, "name");
     fprintf(stderr, "weave: unhandled error in task '%s':\n", lua_tostring(L, -1));
     lua_pop(L, 1);
-    weave__pushtb(L, taskindex);
+    weave__pushtb(L, 2);
     if (lua_type(L, -1) == LUA_TSTRING) {
       fprintf(stderr, "%s\n", lua_tostring(L, -1));
       fflush(stderr);
-      lua_pop(L, 1);
-      return;
+      return 0;
     }
     lua_pop(L, 1);
   } else {
     fprintf(stderr, "weave: unhandled error in callback:\n");
   }
-  fprintf(stderr, "%s\n", luaL_tolstring(L, errindex, NULL));
+  fprintf(stderr, "%s\n", luaL_tolstring(L, 1, NULL));
   fflush(stderr);
-  lua_pop(L, 1);
+  return 0;
+}
+
+/* Report an error nobody handled: on_unhandled(err, task) or stderr.
+** errindex/taskindex are stack slots of rt->L (taskindex 0: none).  Runs
+** protected: a __tostring or handler that fails never unwinds the loop. */
+void weave__report(wv_rt *rt, int errindex, int taskindex) {
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  errindex = lua_absindex(L, errindex);
+  if (taskindex) taskindex = lua_absindex(L, taskindex);
+  if (!lua_checkstack(L, 8)) return;
+  lua_pushcfunction(L, report_body);
+  lua_pushvalue(L, errindex);
+  if (taskindex)
+    lua_pushvalue(L, taskindex);
+  else
+    lua_pushnil(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HANDLERKEY);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    fprintf(stderr, "weave: unhandled error (and it could not be printed: %s)\n",
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    fflush(stderr);
+  }
+  lua_settop(L, top);
 }
 
 /* A failed task: unobserved failures are reported when the task is
@@ -123,8 +137,8 @@ void weave__notefailure(lua_State *L) {
 ** (no Lua code runs inside the collector). */
 static int failed_gc(lua_State *L) {
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
-  wv_fut *f = lua_touserdata(L, 1);
-  if (f == NULL || f->observed || f->reported) return 0;
+  wv_fut *f = weave__testtask(L, 1) != NULL ? lua_touserdata(L, 1) : NULL;
+  if (f == NULL || f->observed || f->reported || rt->closing) return 0;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDKEY);
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, ++rt->npend);
@@ -211,11 +225,13 @@ static void run_callbacks(wv_rt *rt, int fi) {
 
 /* One drain: resume the tasks that were ready when it began (later arrivals
 ** wait for the next turn, so I/O is polled between rounds), then run the
-** queued on_done callbacks. */
-void weave__drain(wv_rt *rt) {
+** queued on_done callbacks.  Called through drain_protected only. */
+static int drain(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, 1);
   int n = rt->nready;
+  lua_settop(L, 0);
   rt->running++;
-  lua_checkstack(rt->L, 8);
+  luaL_checkstack(rt->L, 16, "weave");
   if (rt->npend > 0) report_list(rt, &PENDKEY, &rt->npend, 0);
   while (n-- > 0 && rt->rhead != NULL) {
     wv_task *t = rt->rhead;
@@ -241,6 +257,27 @@ void weave__drain(wv_rt *rt) {
     lua_settop(L, q - 1);
   }
   rt->running--;
+  return 0;
+}
+
+/* Drain under lua_pcall: nothing raised while resuming tasks or running
+** callbacks (out of memory, a broken finalizer) may unwind through libuv or
+** the host.  Such an error is printed and the loop goes on. */
+void weave__drain(wv_rt *rt) {
+  lua_State *L = rt->L;
+  int top = lua_gettop(L), running = rt->running;
+  if (lua_checkstack(L, 4)) {
+    lua_pushcfunction(L, drain);
+    lua_pushlightuserdata(L, rt);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      rt->running = running;
+      rt->current = NULL;
+      fprintf(stderr, "weave: internal error while running tasks: %s\n",
+              lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a string)");
+      fflush(stderr);
+    }
+  }
+  lua_settop(L, top);
   if (rt->rhead == NULL && rt->ncbq == 0 && rt->npend == 0 && rt->idleon) {
     uv_idle_stop(rt->idle);
     rt->idleon = 0;
@@ -331,11 +368,14 @@ static int outcome(lua_State *L, wv_rt *rt, int rootidx, int plain) {
 static int runroot(lua_State *L, wv_rt *rt, int plain) {
   int nargs = lua_gettop(L) - 1, rootidx;
   wv_task *root, *prevroot = rt->root;
-  if (rt->closing) return luaL_error(L, "weave.run: the runtime is closed");
+  weave__checklive(L, rt, "weave.run");
   if (rt->running) {
-    return luaL_error(L, "weave.run: a loop is already running here; "
-                         "use weave.spawn or await instead of a nested run");
+    return weave__raise(L, "invalid_state",
+                        "weave.run: a loop is already running here; "
+                        "use weave.spawn or await instead of a nested run");
   }
+  if (nargs > WV_MAXARGS)
+    return weave__argerror(L, "weave.run", "too many arguments (%d; at most %d)", nargs, WV_MAXARGS);
   rt->running = 1;
   rt->deadlock = 0;
   weave__spawn(L, rt, 1, nargs);
@@ -350,15 +390,15 @@ static int runroot(lua_State *L, wv_rt *rt, int plain) {
   rt->running = 0;
   root->f.observed = 1;
   report_failures(rt);
+  if (rt->closereq) weave__close(rt);
   return outcome(L, rt, rootidx, plain);
 }
 
 /* weave.run(fn, ...) */
 static int l_run(lua_State *L) {
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
-  if (lua_type(L, 1) != LUA_TFUNCTION) {
-    return luaL_error(L, "weave.run: expected a function, got %s", luaL_typename(L, 1));
-  }
+  if (lua_type(L, 1) != LUA_TFUNCTION)
+    return weave__argerror(L, "weave.run", "expected a function, got %s", luaL_typename(L, 1));
   return runroot(L, rt, 0);
 }
 
@@ -372,25 +412,47 @@ int weave__blocking(lua_State *L, lua_CFunction fn) {
   return runroot(L, rt, 1);
 }
 
-/* May an awaiting function named fname run here?  1: yes, inside a task;
-** 0: no loop is running, so the caller should use weave__blocking; raises
-** when called from a coroutine that is not a task while a loop runs. */
-int weave__incontext(lua_State *L, wv_rt *rt, const char *fname) {
-  if (rt->current != NULL && rt->current->co == L) return 1;
-  if (rt->closing) return luaL_error(L, "%s: the weave runtime is closed", fname);
-  if (rt->running) {
-    return luaL_error(L,
-                      "%s: called outside a weave task while the loop runs "
-                      "(from a plain coroutine or a callback); run it in weave.spawn",
-                      fname);
-  }
+/* Raise kind "closed" when the runtime is closed (or closing). */
+int weave__checklive(lua_State *L, wv_rt *rt, const char *fname) {
+  if (rt == NULL || rt->closing || rt->closereq)
+    return weave__raise(L, "closed", "%s: the weave runtime is closed", fname);
   return 0;
+}
+
+/* The entry of every awaiting function named fname: the running task (its
+** pending cancel raised first), or NULL when no loop runs, so the caller
+** runs the loop itself (weave__blocking).  Raises when called after close,
+** or from a coroutine that is not a task while a loop runs. */
+wv_task *weave__enter(lua_State *L, wv_rt *rt, const char *fname) {
+  wv_task *t = weave__task(L, rt, fname);
+  if (t != NULL) weave__checkcancel(L, t);
+  return t;
+}
+
+/* weave__enter without the cancel check (entering a scope is no await). */
+wv_task *weave__task(lua_State *L, wv_rt *rt, const char *fname) {
+  wv_task *t = rt->current;
+  if (t != NULL && t->co == L) return t;
+  weave__checklive(L, rt, fname);
+  if (rt->running) {
+    weave__raise(L, "invalid_state",
+                 "%s: called outside a weave task while the loop runs "
+                 "(from a plain coroutine or a callback); run it in weave.spawn",
+                 fname);
+  }
+  return NULL;
+}
+
+/* Register a shutdown hook: weave__close calls it, loop still open. */
+void weave__onclose(wv_rt *rt, void (*fn)(wv_rt *rt, int phase)) {
+  if (rt->ncloser < (int)(sizeof rt->closers / sizeof rt->closers[0])) rt->closers[rt->ncloser++] = fn;
 }
 
 /* weave.on_unhandled(fn | nil) */
 static int l_on_unhandled(lua_State *L) {
   if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TFUNCTION)
-    return luaL_error(L, "weave.on_unhandled: expected a function or nil, got %s", luaL_typename(L, 1));
+    return weave__argerror(L, "weave.on_unhandled", "expected a function or nil, got %s",
+                           luaL_typename(L, 1));
   lua_settop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &HANDLERKEY);
   return 0;
@@ -414,14 +476,22 @@ static void close_handle(void *h) {
 /* Cancel tasks, close every handle weave put on the loop, free.  Safe to
 ** call twice; __gc of the runtime (lua_close) calls it too. */
 void weave__close(wv_rt *rt) {
+  int i;
   if (rt->closing) return;
+  if (rt->running) {
+    /* Asked from inside (a task, a callback): cancel everything now, close
+    ** when the outermost run or step returns. */
+    rt->closereq = 1;
+    cancel_all(rt);
+    return;
+  }
   rt->running++;
   reap(rt);
   rt->running--;
   report_failures(rt);
-  weave__http_closeall(rt->L);
-  weave__capi_close(rt);
   rt->closing = 1;
+  for (i = 0; i < rt->ncloser; i++)
+    rt->closers[i](rt, 0);
   close_handle(rt->idle);
   close_handle(rt->timer);
   close_handle(rt->sigint);
@@ -433,10 +503,11 @@ void weave__close(wv_rt *rt) {
     uv_loop_close(rt->loop);
     free(rt->loop);
   } else {
-    while (rt->njobs > 0)
-      uv_run(rt->loop, UV_RUN_ONCE); /* jobs hold rt */
+    while (rt->njobs > 0 || rt->nprocs > 0)
+      uv_run(rt->loop, UV_RUN_ONCE); /* jobs and children hold rt */
   }
-  weave__workers_close(rt);
+  for (i = 0; i < rt->ncloser; i++)
+    rt->closers[i](rt, 1);
   rt->loop = NULL;
   free(rt->heap);
   rt->heap = NULL;
@@ -444,7 +515,8 @@ void weave__close(wv_rt *rt) {
 }
 
 static int rt_gc(lua_State *L) {
-  weave__close(lua_touserdata(L, 1));
+  wv_rt *rt = luaL_testudata(L, 1, "weave.Runtime");
+  if (rt != NULL && rt == weave__rt(L)) weave__close(rt);
   return 0;
 }
 
@@ -472,6 +544,13 @@ int weave__newrt(lua_State *L, uv_loop_t *loop) {
     rt->ownloop = 1;
   }
   rt->loop = loop;
+  {
+    /* A write to a pipe or socket whose reader is gone must be an error
+    ** (EPIPE), not the death of the host.  A handler the host installed is
+    ** left alone; children get the default back (uv_spawn resets it). */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+  }
   rt->idle = malloc(sizeof *rt->idle);
   rt->timer = malloc(sizeof *rt->timer);
   rt->sigint = malloc(sizeof *rt->sigint);
@@ -501,20 +580,28 @@ int weave__newrt(lua_State *L, uv_loop_t *loop) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &POOLKEY);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CBQKEY);
-  rt->qcap = 64;
-  lua_createtable(L, rt->qcap, 0);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
+  weave__weaktable(L, &COSET, "k");
   return 0;
 }
 
-/* --- coroutine pool and pending-argument ring ---------------------------- */
+/* --- coroutine pool -------------------------------------------------------- */
 
 #define WV_POOLMAX 256
 
-/* Push a coroutine ready to start a function: a pooled one or a new one. */
+/* Push a coroutine ready to start a function: a pooled one or a new one.
+** Every coroutine weave makes is in COSET, so coroutine.resume and
+** coroutine.close can tell a task's coroutine and refuse it. */
 lua_State *weave__getco(lua_State *L, wv_rt *rt) {
   lua_State *co;
-  if (rt->npool == 0) return lua_newthread(L);
+  if (rt->npool == 0) {
+    co = lua_newthread(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &COSET);
+    lua_pushvalue(L, -2);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    return co;
+  }
   lua_rawgetp(L, LUA_REGISTRYINDEX, &POOLKEY);
   lua_rawgeti(L, -1, rt->npool);
   lua_pushnil(L);
@@ -537,56 +624,72 @@ void weave__putco(lua_State *L, wv_rt *rt, lua_State *co) {
   lua_pop(L, 1);
 }
 
-/* Append copies of the n values at stack[first..] to the pending ring. */
-void weave__qpush(lua_State *L, wv_rt *rt, int first, int n) {
-  int i;
-  first = lua_absindex(L, first);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
-  if (rt->qcount + n > rt->qcap) {
-    int ncap = rt->qcap;
-    while (rt->qcount + n > ncap)
-      ncap *= 2;
-    lua_createtable(L, ncap, 0);
-    for (i = 0; i < rt->qcount; i++) {
-      lua_rawgeti(L, -2, (rt->qhead + i) % rt->qcap + 1);
-      lua_rawseti(L, -2, i + 1);
-    }
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
-    lua_remove(L, -2);
-    rt->qhead = 0;
-    rt->qcap = ncap;
-  }
-  for (i = 0; i < n; i++) {
-    lua_pushvalue(L, first + i);
-    lua_rawseti(L, -2, (rt->qhead + rt->qcount + i) % rt->qcap + 1);
-  }
-  rt->qcount += n;
-  lua_pop(L, 1);
+/* Is the value at idx a coroutine made by weave (a task's, or pooled)? */
+static int isweaveco(lua_State *L, int idx) {
+  int r;
+  if (lua_type(L, idx) != LUA_TTHREAD) return 0;
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &COSET);
+  lua_pushvalue(L, idx);
+  r = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return r;
 }
 
-/* Take the n oldest values of the ring onto `to` (NULL: drop them). */
-void weave__qpop(lua_State *L, wv_rt *rt, lua_State *to, int n) {
-  int i;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
-  for (i = 0; i < n; i++) {
-    int k = (rt->qhead + i) % rt->qcap + 1;
-    if (to != NULL) lua_rawgeti(L, -1 - i, k);
-    lua_pushnil(L);
-    lua_rawseti(L, to != NULL ? -3 - i : -2, k);
+/* coroutine.resume over the original (upvalue 1): a task's coroutine is
+** resumed by weave alone. */
+static int co_resume(lua_State *L) {
+  if (isweaveco(L, 1)) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "coroutine.resume: this coroutine runs a weave task; weave resumes it "
+                       "(use the Task: t:await(), t:cancel())");
+    return 2;
   }
-  rt->qhead = (rt->qhead + n) % rt->qcap;
-  rt->qcount -= n;
-  if (rt->qcount == 0 && rt->qcap > 1024) {
-    /* A burst of spawns is over: give the big ring back. */
-    rt->qhead = 0;
-    rt->qcap = 64;
-    lua_createtable(L, rt->qcap, 0);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &ARGQKEY);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* coroutine.close over the original: a task's coroutine is closed by weave
+** alone (cancel the task instead). */
+static int co_close(lua_State *L) {
+  if (isweaveco(L, 1))
+    return weave__raise(L, "invalid_argument",
+                        "coroutine.close: this coroutine runs a weave task; cancel the Task instead "
+                        "(t:cancel())");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* Wrap coroutine.resume and coroutine.close (once per state). */
+static void guard_coroutines(lua_State *L) {
+  static const char GUARDED = 'g';
+  static const struct {
+    const char *name;
+    lua_CFunction fn;
+  } wraps[] = {{"resume", co_resume}, {"close", co_close}};
+  size_t i;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &GUARDED) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
   }
-  if (to != NULL) {
-    luaL_checkstack(to, n + LUA_MINSTACK, "weave.spawn: too many arguments");
-    lua_xmove(L, to, n);
+  lua_pop(L, 1);
+  lua_pushboolean(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &GUARDED);
+  if (lua_getglobal(L, "coroutine") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  for (i = 0; i < sizeof wraps / sizeof wraps[0]; i++) {
+    if (lua_getfield(L, -1, wraps[i].name) == LUA_TFUNCTION) {
+      lua_pushcclosure(L, wraps[i].fn, 1);
+      lua_setfield(L, -2, wraps[i].name);
+    } else {
+      lua_pop(L, 1);
+    }
   }
   lua_pop(L, 1);
 }
@@ -596,22 +699,33 @@ void weave__looplib(lua_State *L, wv_rt *rt) {
       {"run", l_run}, {"on_unhandled", l_on_unhandled}, {"running", l_running}, {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
+  guard_coroutines(L);
 }
 
 /* --- embedding API (weave.h) --------------------------------------------- */
 
+/* The runtime of L for the C API, or NULL (L is NULL, or not attached). */
+static wv_rt *capi_rt(lua_State *L) {
+  if (L == NULL || !lua_checkstack(L, 4)) return NULL;
+  return weave__rt(L);
+}
+
 int weave_step(lua_State *L) {
-  wv_rt *rt = weave__rt(L);
+  wv_rt *rt = capi_rt(L);
   if (rt == NULL || rt->closing) return UV_EINVAL;
   if (rt->running) return UV_EBUSY;
   weave__drain(rt);
   rt->running++;
   uv_run(rt->loop, UV_RUN_NOWAIT);
   rt->running--;
+  if (rt->closereq) {
+    weave__close(rt);
+    return 0;
+  }
   return rt->ntasks;
 }
 
 void weave_close(lua_State *L) {
-  wv_rt *rt = weave__rt(L);
+  wv_rt *rt = capi_rt(L);
   if (rt != NULL) weave__close(rt);
 }

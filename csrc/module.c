@@ -2,6 +2,7 @@
 ** module.c - luaopen_weave_core: the runtime, metatables and registration.
 */
 #include "internal.h"
+#include "work.h"
 
 /* Register the metatable `name` for a resource type: __index holds
 ** `methods` (each with the runtime as upvalue 1) and one closer is bound to
@@ -33,6 +34,10 @@ void weave__weaktable(lua_State *L, const void *key, const char *mode) {
 
 int luaopen_weave_core(lua_State *L) {
   wv_rt *rt;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, WV_WORKER_KEY) != LUA_TNIL)
+    return luaL_error(L, "weave: cannot be used inside a weave.to_thread worker (a worker runs plain "
+                         "Lua: pass data in and out, and do I/O in the task)");
+  lua_pop(L, 1);
   if (weave__newrt(L, NULL) != 0) return luaL_error(L, "weave: cannot initialise the libuv loop");
   rt = weave__rt(L);
   lua_newtable(L);
@@ -46,6 +51,7 @@ int luaopen_weave_core(lua_State *L) {
   weave__worklib(L, rt);
   weave__fslib(L, rt);
   weave__proclib(L, rt);
+  weave__capilib(L, rt);
   lua_pushliteral(L, WEAVE_VERSION_STRING);
   lua_setfield(L, -2, "version");
   lua_pushinteger(L, WEAVE_VERSION_NUM);
@@ -55,9 +61,11 @@ int luaopen_weave_core(lua_State *L) {
 
 /* weave_spawn: function + nargs on the stack -> the Task. */
 int weave_spawn(lua_State *L, int nargs) {
-  wv_rt *rt = weave__rt(L);
+  wv_rt *rt;
   int fnidx;
-  if (rt == NULL || rt->closing || nargs < 0 || lua_gettop(L) < nargs + 1) return UV_EINVAL;
+  if (L == NULL || nargs < 0 || nargs > WV_MAXARGS || !lua_checkstack(L, 8)) return UV_EINVAL;
+  rt = weave__rt(L);
+  if (rt == NULL || rt->closing || rt->closereq || lua_gettop(L) < nargs + 1) return UV_EINVAL;
   fnidx = lua_gettop(L) - nargs;
   if (lua_type(L, fnidx) != LUA_TFUNCTION) return UV_EINVAL;
   weave__spawn(L, rt, fnidx, nargs);

@@ -6,9 +6,16 @@
 ** callback has run.  stdout and stderr are read as they come (a full pipe
 ** never deadlocks the child); in streaming mode reading pauses while more
 ** than 1 MiB waits for the consumer.  The Lua side (lua/weave/process.lua)
-** waits with p:wait_event() and looks at p:status().
+** waits with p:wait_event() (any number of tasks at once) and looks at
+** p:status().
+**
+** Each child starts in a process group of its own (UV_PROCESS_DETACHED), so
+** a timeout or a cancel can stop it together with what it started.  The
+** runtime keeps a list of its children: weave_close kills them, closes the
+** pipes and reaps them before the loop goes.
 */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,36 +24,45 @@
 #define WV_PROCESS_MT "weave.Process"
 #define WV_PROC_HIGHWATER (1024 * 1024)
 
-typedef struct {
+typedef struct wv_proc wv_proc;
+struct wv_proc {
   uv_process_t proc;
   uv_pipe_t in, out, err;
-  wv_rt *rt;
-  wv_task *waiter;
+  wv_rt *rt;            /* NULL once the runtime has closed */
+  wv_proc *prev, *next; /* the runtime's list (rt->procs) */
+  wv_waitq waiters;     /* tasks in wait_event */
   wv_wbuf obuf, ebuf;
   int64_t code;
-  int signal;
+  int signal, pid;
   int exited, out_eof, err_eof, stream, has_in, in_closed, writes;
   int open_handles; /* close callbacks still to come */
   int detached;     /* the userdata is gone: free at the last close */
   int write_err;
   char rbuf[65536];
-} wv_proc;
+};
 
 typedef struct {
   wv_proc *p;
 } wv_proc_ud;
 
 static void notify(wv_proc *p) {
-  if (p->waiter != NULL) {
-    wv_task *t = p->waiter;
-    p->waiter = NULL;
-    t->wdata = NULL;
-    weave__wake(p->rt, t, WV_WAKE_OK);
-  }
+  if (p->rt != NULL) weave__wakeall(p->rt, &p->waiters);
+}
+
+static void unlist(wv_proc *p) {
+  wv_rt *rt = p->rt;
+  if (rt == NULL) return;
+  if (p->prev)
+    p->prev->next = p->next;
+  else if (rt->procs == p)
+    rt->procs = p->next;
+  if (p->next) p->next->prev = p->prev;
+  p->next = p->prev = NULL;
 }
 
 static void maybe_free(wv_proc *p) {
   if (p->detached && p->open_handles == 0) {
+    unlist(p);
     weave__wbuf_free(&p->obuf);
     weave__wbuf_free(&p->ebuf);
     free(p);
@@ -92,61 +108,96 @@ static void on_child_exit(uv_process_t *h, int64_t status, int sig) {
   p->exited = 1;
   p->code = status;
   p->signal = sig;
+  if (p->rt != NULL) p->rt->nprocs--;
   close_handle(p, (uv_handle_t *)&p->proc);
   notify(p);
 }
 
+/* Signal the child's whole process group (the child leads it). */
+static int killgroup(wv_proc *p, int sig) {
+  int r = uv_kill(-p->pid, sig);
+  if (!p->exited && uv_kill(p->pid, sig) == 0) r = 0;
+  return r;
+}
+
+/* Close hook: kill every child still running (its group), close the pipes;
+** the loop then runs until each is reaped (rt->nprocs).  Phase 1 forgets
+** the runtime: a Process collected later only frees its memory. */
+static void closeall(wv_rt *rt, int phase) {
+  wv_proc *p, *next;
+  for (p = rt->procs; p != NULL; p = next) {
+    next = p->next;
+    if (phase == 0) {
+      if (!p->exited) killgroup(p, SIGKILL);
+      if (!p->in_closed) close_handle(p, (uv_handle_t *)&p->in);
+      p->in_closed = 1;
+      close_handle(p, (uv_handle_t *)&p->out);
+      close_handle(p, (uv_handle_t *)&p->err);
+    } else {
+      p->prev = p->next = NULL;
+      p->rt = NULL;
+    }
+  }
+  if (phase == 1) rt->procs = NULL;
+}
+
 static wv_proc *checkproc(lua_State *L) {
   wv_proc_ud *u = luaL_checkudata(L, 1, WV_PROCESS_MT);
-  if (u->p == NULL) luaL_error(L, "weave.process: the process object is closed");
+  if (u->p == NULL) weave__raise(L, "closed", "weave.process: the process object is closed");
   return u->p;
 }
 
+/* Fill v[0..n-1] from the strings of the array at idx (a NULL ends v);
+** each must be a string without NUL bytes, named what[i]. */
+static void strings_of(lua_State *L, int idx, char **v, int n, const char *what) {
+  int i;
+  for (i = 0; i < n; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "%s[%d]", what, i + 1);
+    lua_rawgeti(L, idx, i + 1); /* the table keeps the string alive */
+    v[i] = (char *)weave__checkpath(L, -1, "weave.process", name, NULL);
+    lua_pop(L, 1);
+  }
+}
+
 /* core.proc_spawn{file, args={...}, cwd=, env={"K=V",...}, stdin=bool,
-** stream=bool} -> Process */
+** stream=bool} -> Process.  Every string must be a string without NULs. */
 static int l_spawn(lua_State *L) {
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
   uv_process_options_t opt;
   uv_stdio_container_t stdio[3];
   wv_proc_ud *u;
   wv_proc *p;
-  char **args = NULL, **env = NULL;
-  int nargs, nenv = 0, i, r;
+  char **args, **env;
+  lua_Integer nargs, nenv = 0;
+  int r;
+  weave__checklive(L, rt, "weave.process");
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
   memset(&opt, 0, sizeof opt);
   lua_getfield(L, 1, "file");
-  opt.file = luaL_checkstring(L, -1);
-  lua_getfield(L, 1, "args");
-  luaL_checktype(L, -1, LUA_TTABLE);
-  nargs = (int)lua_rawlen(L, -1);
-  lua_getfield(L, 1, "env");
-  if (lua_istable(L, -1)) nenv = (int)lua_rawlen(L, -1);
-  lua_getfield(L, 1, "cwd");
-  opt.cwd = lua_tostring(L, -1);
-  /* stack: spec, file, args, env, cwd */
-  args = calloc((size_t)nargs + 1, sizeof *args);
-  env = calloc((size_t)nenv + 1, sizeof *env);
-  if (args == NULL || env == NULL) {
-    free(args), free(env);
-    return luaL_error(L, "weave.process: out of memory");
-  }
-  for (i = 0; i < nargs; i++) {
-    lua_rawgeti(L, 3, i + 1);
-    args[i] = (char *)lua_tostring(L, -1); /* kept alive: args table is on the stack */
-    lua_pop(L, 1);
-  }
-  for (i = 0; i < nenv; i++) {
-    lua_rawgeti(L, 4, i + 1);
-    env[i] = (char *)lua_tostring(L, -1);
-    lua_pop(L, 1);
-  }
+  opt.file = weave__checkpath(L, 2, "weave.process", "the command", NULL);
+  if (lua_getfield(L, 1, "args") != LUA_TTABLE)
+    return weave__argerror(L, "weave.process", "args must be a table");
+  nargs = (lua_Integer)lua_rawlen(L, 3);
+  if (lua_getfield(L, 1, "env") == LUA_TTABLE)
+    nenv = (lua_Integer)lua_rawlen(L, 4);
+  else if (!lua_isnil(L, 4))
+    return weave__argerror(L, "weave.process", "env must be a table");
+  if (lua_getfield(L, 1, "cwd") != LUA_TNIL) opt.cwd = weave__checkpath(L, 5, "weave.process", "cwd", NULL);
+  if (nargs > 1000000 || nenv > 1000000) return weave__argerror(L, "weave.process", "too many arguments");
+  /* stack: spec, file, args, env, cwd; the vectors are Lua memory (freed
+  ** by the collector if a check below raises) */
+  args = lua_newuserdatauv(L, ((size_t)nargs + 1) * sizeof *args, 0);
+  env = lua_newuserdatauv(L, ((size_t)nenv + 1) * sizeof *env, 0);
+  strings_of(L, 3, args, (int)nargs, "args");
+  args[nargs] = NULL;
+  if (nenv > 0) strings_of(L, 4, env, (int)nenv, "env");
+  env[nenv] = NULL;
   opt.args = args;
-  opt.env = nenv > 0 || lua_istable(L, 4) ? env : NULL;
+  opt.env = lua_istable(L, 4) ? env : NULL;
   p = calloc(1, sizeof *p);
-  if (p == NULL) {
-    free(args), free(env);
-    return luaL_error(L, "weave.process: out of memory");
-  }
+  if (p == NULL) return weave__raise(L, "resource", "weave.process: out of memory");
   p->rt = rt;
   p->stream = lua_getfield(L, 1, "stream") != LUA_TNIL && lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -166,11 +217,11 @@ static int l_spawn(lua_State *L) {
   opt.stdio = stdio;
   opt.stdio_count = 3;
   opt.exit_cb = on_child_exit;
+  opt.flags = UV_PROCESS_DETACHED; /* a process group of its own */
   r = uv_spawn(rt->loop, &p->proc, &opt);
-  free(args);
-  free(env);
   if (r != 0) {
     /* uv_spawn initialised the process handle even on failure: close it too */
+    p->rt = NULL;
     p->open_handles++;
     close_handle(p, (uv_handle_t *)&p->proc);
     close_handle(p, (uv_handle_t *)&p->in);
@@ -184,7 +235,12 @@ static int l_spawn(lua_State *L) {
     lua_setfield(L, -2, "code");
     return lua_error(L);
   }
+  p->pid = p->proc.pid;
   p->open_handles++; /* the process handle */
+  rt->nprocs++;
+  p->next = rt->procs;
+  if (p->next) p->next->prev = p;
+  rt->procs = p;
   if (!p->has_in) {
     p->in_closed = 1;
     close_handle(p, (uv_handle_t *)&p->in);
@@ -197,32 +253,22 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
-static void wait_unblock(wv_rt *rt, wv_task *t) {
-  wv_proc *p = t->wdata;
-  (void)rt;
-  t->wdata = NULL;
-  if (p != NULL) p->waiter = NULL;
-}
-
 static int wait_k(lua_State *L, int status, lua_KContext ctx) {
-  wv_rt *rt = (wv_rt *)ctx;
   (void)status;
-  if (rt->current->wake == WV_WAKE_CANCEL) weave__checkcancel(L, rt->current);
+  weave__woken(L, (wv_rt *)ctx);
   return 0;
 }
 
 /* p:wait_event(): suspend until something happens (output, EOF, exit, a
-** write completing). */
+** write completing).  Any number of tasks may wait at once; all wake.  The
+** Process stays at index 1 of the waiting frame, so it outlives the wait. */
 static int p_wait_event(lua_State *L) {
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
   wv_proc *p = checkproc(L);
-  wv_task *t;
-  if (!weave__incontext(L, rt, "weave.process")) return luaL_error(L, "weave.process: needs a task");
-  t = rt->current;
-  weave__checkcancel(L, t);
-  p->waiter = t;
-  t->wdata = p;
-  return weave__suspend(L, rt, t, wait_unblock, wait_k, (lua_KContext)rt);
+  if (weave__enter(L, rt, "weave.process") == NULL)
+    return weave__raise(L, "invalid_state", "weave.process: needs a task");
+  if (p->rt == NULL) return weave__raise(L, "closed", "weave.process: the weave runtime is closed");
+  return weave__park_on(L, rt, &p->waiters, wait_k, (lua_KContext)rt);
 }
 
 /* p:status() -> exited, code, signal, stdout_eof, stderr_eof, buffered stdout, buffered stderr */
@@ -268,25 +314,43 @@ static void on_write(uv_write_t *req, int status) {
   notify(p);
 }
 
-/* p:write(data): queue bytes for the child's stdin. */
+/* The child's stdin is gone: kind "closed". */
+static int stdin_closed(lua_State *L, int r) {
+  weave__newerror(L, "closed",
+                  r == 0 ? "weave.process: stdin is closed"
+                         : lua_pushfstring(L, "weave.process: stdin is closed (%s)", uv_err_name(r)));
+  if (r != 0) {
+    lua_pushstring(L, uv_err_name(r));
+    lua_setfield(L, -2, "code");
+  }
+  return lua_error(L);
+}
+
+/* p:write(data): queue bytes for the child's stdin.  Raises kind "closed"
+** when stdin was closed or the child stopped reading (EPIPE). */
 static int p_write(lua_State *L) {
   wv_proc *p = checkproc(L);
   size_t n;
-  const char *d = luaL_checklstring(L, 2, &n);
+  const char *d;
   wv_wreq *w;
   uv_buf_t b;
   int r;
-  if (!p->has_in || p->in_closed) return luaL_error(L, "weave.process: stdin is closed");
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return weave__argerror(L, "Process:write", "expected a string, got %s", luaL_typename(L, 2));
+  d = lua_tolstring(L, 2, &n);
+  if (!p->has_in || p->in_closed || p->rt == NULL) return stdin_closed(L, 0);
+  if (p->write_err != 0) return stdin_closed(L, p->write_err);
   if (n == 0) return 0;
   w = malloc(sizeof *w + n);
-  if (w == NULL) return luaL_error(L, "weave.process: out of memory");
+  if (w == NULL) return weave__raise(L, "resource", "weave.process: out of memory");
   w->p = p;
   memcpy(w->data, d, n);
   b = uv_buf_init(w->data, (unsigned)n);
   r = uv_write(&w->req, (uv_stream_t *)&p->in, &b, 1, on_write);
   if (r != 0) {
     free(w);
-    return luaL_error(L, "weave.process: write failed: %s", uv_strerror(r));
+    p->write_err = r;
+    return stdin_closed(L, r);
   }
   p->writes++;
   return 0;
@@ -316,6 +380,25 @@ static int p_kill(lua_State *L) {
   return 1;
 }
 
+/* p:killgroup([signal]) -> true if the child or its group got the signal */
+static int p_killgroup(lua_State *L) {
+  wv_proc *p = checkproc(L);
+  int sig = (int)luaL_optinteger(L, 2, SIGKILL);
+  lua_pushboolean(L, killgroup(p, sig) == 0);
+  return 1;
+}
+
+/* p:close_pipes(): stop reading stdout and stderr (a grandchild may hold
+** them open forever); what was read stays available. */
+static int p_close_pipes(lua_State *L) {
+  wv_proc *p = checkproc(L);
+  close_handle(p, (uv_handle_t *)&p->out);
+  close_handle(p, (uv_handle_t *)&p->err);
+  p->out_eof = p->err_eof = 1;
+  notify(p);
+  return 0;
+}
+
 static int p_pid(lua_State *L) {
   lua_pushinteger(L, checkproc(L)->proc.pid);
   return 1;
@@ -328,32 +411,28 @@ static int p_gc(lua_State *L) {
   wv_proc *p = u->p;
   if (p == NULL) return 0;
   u->p = NULL;
-  if (p->waiter) {
-    p->waiter->wdata = NULL;
-    p->waiter = NULL;
+  p->detached = 1;
+  if (p->rt == NULL) { /* the runtime closed every handle already */
+    maybe_free(p);
+    return 0;
   }
-  if (!p->exited) uv_process_kill(&p->proc, SIGKILL); /* exit_cb closes the process handle */
+  if (!p->exited) killgroup(p, SIGKILL); /* exit_cb closes the process handle */
   if (!p->in_closed) close_handle(p, (uv_handle_t *)&p->in);
   close_handle(p, (uv_handle_t *)&p->out);
   close_handle(p, (uv_handle_t *)&p->err);
   p->in_closed = 1;
-  p->detached = 1;
   maybe_free(p);
   return 0;
 }
 
 void weave__proclib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg meths[] = {{"wait_event", p_wait_event},
-                                   {"status", p_status},
-                                   {"take_stdout", p_take_stdout},
-                                   {"take_stderr", p_take_stderr},
-                                   {"write", p_write},
-                                   {"pending_writes", p_pending},
-                                   {"close_stdin", p_close_stdin},
-                                   {"kill", p_kill},
-                                   {"pid", p_pid},
-                                   {NULL, NULL}};
+  static const luaL_Reg meths[] = {
+      {"wait_event", p_wait_event},   {"status", p_status}, {"take_stdout", p_take_stdout},
+      {"take_stderr", p_take_stderr}, {"write", p_write},   {"pending_writes", p_pending},
+      {"close_stdin", p_close_stdin}, {"kill", p_kill},     {"killgroup", p_killgroup},
+      {"close_pipes", p_close_pipes}, {"pid", p_pid},       {NULL, NULL}};
   weave__class(L, rt, WV_PROCESS_MT, meths, p_gc);
+  weave__onclose(rt, closeall);
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_spawn, 1);
   lua_setfield(L, -2, "proc_spawn");

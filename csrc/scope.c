@@ -5,8 +5,9 @@
 ** (returns, raises, yields any number of times).
 **
 ** A cancellation is attributed to the outermost cancelled scope a task is
-** exposed to; the "cancelled" error carries that scope's id in `_scope`, and
-** only that scope turns it into its own outcome.  Inner scopes re-raise it.
+** exposed to; the "cancelled" error carries that scope's address in
+** `_scope`, and only that scope turns it into its own outcome.  Inner scopes
+** re-raise it.
 */
 #include <math.h>
 #include <string.h>
@@ -17,7 +18,7 @@
 #define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
 #define scope_of_timer(tm) ((wv_scope *)((char *)(tm)-offsetof(wv_scope, deadline)))
 
-void weave__deadline_fired(wv_rt *rt, wv_timer *tm) {
+static void deadline_fired(wv_rt *rt, wv_timer *tm) {
   wv_scope *s = scope_of_timer(tm);
   s->expired = 1;
   s->cancelled = 1;
@@ -26,22 +27,23 @@ void weave__deadline_fired(wv_rt *rt, wv_timer *tm) {
 
 /* core.newscope(seconds|nil, shield) -> Scope (its clock starts now) */
 static int l_newscope(lua_State *L) {
-  wv_rt *rt = getrt(L);
   wv_scope *s;
   double secs = -1;
   if (!lua_isnoneornil(L, 1)) {
-    secs = luaL_checknumber(L, 1);
-    if (isnan(secs)) return luaL_error(L, "weave: deadline must be a number of seconds, got nan");
+    if (lua_type(L, 1) != LUA_TNUMBER)
+      return weave__argerror(L, "weave", "a deadline must be seconds (number) or nil, got %s",
+                             luaL_typename(L, 1));
+    secs = lua_tonumber(L, 1);
+    if (isnan(secs)) return weave__argerror(L, "weave", "a deadline must be seconds (number), got nan");
     if (secs < 0) secs = 0;
     if (secs > 1e9) secs = 1e9;
   }
   s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
   s->deadline.idx = -1;
-  s->deadline.kind = WV_TM_DEADLINE;
+  s->deadline.cb = deadline_fired;
   s->deadline.when = secs >= 0 ? uv_hrtime() + (uint64_t)(secs * 1e9) : 0;
   s->shield = (unsigned char)lua_toboolean(L, 2);
-  s->id = (int)++rt->nextid;
   luaL_setmetatable(L, WV_SCOPE_MT);
   return 1;
 }
@@ -62,7 +64,7 @@ static int runscope_k(lua_State *L, int status, lua_KContext ctx) {
   }
   if (s->cancelled && weave__iserror(L, -1, "cancelled")) {
     lua_getfield(L, -1, "_scope");
-    if (lua_tointeger(L, -1) == s->id) {
+    if (lua_touserdata(L, -1) == (void *)s) {
       lua_pushboolean(L, 0);
       return 1;
     }
@@ -78,14 +80,14 @@ static int l_runscope(lua_State *L) {
   wv_scope *s = luaL_checkudata(L, 1, WV_SCOPE_MT);
   wv_task *t;
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  if (!weave__incontext(L, rt, "weave scope")) return weave__blocking(L, l_runscope);
-  if (s->task != NULL) return luaL_error(L, "weave: a scope can be entered only once");
-  t = rt->current;
+  if ((t = weave__task(L, rt, "weave scope")) == NULL) return weave__blocking(L, l_runscope);
+  if (s->task != NULL) return weave__raise(L, "invalid_state", "weave: a scope can be entered only once");
+  if (s->deadline.when != 0 && weave__timer_start(rt, &s->deadline, s->deadline.when) != 0)
+    return weave__raise(L, "resource", "weave: out of memory (timer heap)");
   s->task = t;
   s->parent = t->scope;
   s->active = 1;
   t->scope = s;
-  if (s->deadline.when != 0) weave__timer_start(rt, &s->deadline, s->deadline.when);
   return runscope_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, (lua_KContext)rt, runscope_k),
                     (lua_KContext)rt);
 }
@@ -111,8 +113,8 @@ static int s_expired(lua_State *L) {
 
 static int s_gc(lua_State *L) {
   wv_rt *rt = getrt(L);
-  wv_scope *s = lua_touserdata(L, 1);
-  if (!rt->closing) weave__timer_stop(rt, &s->deadline);
+  wv_scope *s = luaL_testudata(L, 1, WV_SCOPE_MT);
+  if (s != NULL && !rt->closing) weave__timer_stop(rt, &s->deadline);
   return 0;
 }
 

@@ -24,19 +24,31 @@ wv_task *weave__checktask(lua_State *L, int idx, const char *fname) {
 static void pushtask(lua_State *L, wv_task *t) { lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref); }
 
 /* Create a task running stack[fnidx](next nargs values) and queue it;
-** pushes the Task.  The function and arguments wait in the runtime's ring;
-** the coroutine is taken (from the pool) only when the task first runs. */
+** pushes the Task.  The function and its arguments are kept with the task
+** (user value 1: the function, or {fn, args...}) until it first runs; the
+** coroutine is taken (from the pool) only then.  nargs <= WV_MAXARGS. */
 int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs) {
   wv_task *t;
+  int i;
   fnidx = lua_absindex(L, fnidx);
-  weave__qpush(L, rt, fnidx, nargs + 1);
   t = lua_newuserdatauv(L, sizeof *t, 2);
   memset(t, 0, sizeof *t);
   t->f.kind = WV_KTASK;
   t->tm.idx = -1;
   t->id = ++rt->nextid;
   t->nargs = nargs;
+  t->status = WV_TDONE; /* not live until queued below */
   luaL_setmetatable(L, WV_TASK_MT);
+  if (nargs == 0) {
+    lua_pushvalue(L, fnidx);
+  } else {
+    lua_createtable(L, nargs + 1, 0);
+    for (i = 0; i <= nargs; i++) {
+      lua_pushvalue(L, fnidx + i);
+      lua_rawseti(L, -2, i + 1);
+    }
+  }
+  lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, -1);
   t->f.ref = luaL_ref(L, LUA_REGISTRYINDEX);
   rt->ntasks++;
@@ -45,8 +57,9 @@ int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs) {
   return 1;
 }
 
-/* The task ended in `state` with its outcome on top of rt->L: nvals values
-** when resolved, [error, traceback] otherwise (popped). */
+/* The task ended in `state` with its outcome on top of rt->L: when
+** resolved, its values as weave__store keeps them (nil, the one value, or a
+** table of t->f.nvals values); [error, traceback] otherwise (popped). */
 static void finish(wv_rt *rt, wv_task *t, int state) {
   lua_State *L = rt->L;
   int idx;
@@ -56,9 +69,9 @@ static void finish(wv_rt *rt, wv_task *t, int state) {
   pushtask(L, t);
   idx = lua_gettop(L);
   if (state == WV_RESOLVED) {
-    lua_insert(L, idx - t->f.nvals);
-    weave__store(L, idx - t->f.nvals, t->f.nvals);
-    idx -= t->f.nvals;
+    lua_insert(L, idx - 1);
+    idx--;
+    lua_setiuservalue(L, idx, 1);
   } else {
     lua_insert(L, idx - 2);
     idx -= 2;
@@ -86,32 +99,33 @@ static void release(wv_rt *rt, wv_task *t) {
   weave__putco(rt->L, rt, co);
 }
 
-/* The id of the outermost cancelled scope the task is exposed to (walking
-** out from the innermost scope and stopping at a shield), or 0. */
-static int cancel_source(wv_task *t) {
-  int src = 0;
+/* The outermost cancelled scope the task is exposed to (walking out from
+** the innermost scope and stopping at a shield): the scope, the task itself
+** for its root scope, or NULL. */
+static const void *cancel_source(wv_task *t) {
+  const void *src = NULL;
   wv_scope *s;
   for (s = t->scope; s != NULL; s = s->parent) {
-    if (s->cancelled) src = s->id;
+    if (s->cancelled) src = s;
     if (s->shield) return src;
   }
-  return t->cancelled ? (int)t->id : src;
+  return t->cancelled ? (const void *)t : src;
 }
 
-/* Push the "cancelled" error for source src (a scope id or the task id). */
-static void pushcancel(lua_State *L, wv_task *t, int src) {
+/* Push the "cancelled" error for source src (a scope or the task). */
+static void pushcancel(lua_State *L, wv_task *t, const void *src) {
   const char *msg = "task cancelled";
   int top = lua_gettop(L);
-  wv_scope *s;
-  for (s = t->scope; s != NULL; s = s->parent)
-    if (s->id == src) msg = s->expired ? "deadline exceeded" : "scope cancelled";
-  if (src == (int)t->id) {
+  if (src != (const void *)t) {
+    const wv_scope *s = src;
+    msg = s->expired ? "deadline exceeded" : "scope cancelled";
+  } else {
     pushtask(L, t);
     if (lua_getiuservalue(L, -1, 2) == LUA_TTABLE && lua_getfield(L, -1, "cmsg") == LUA_TSTRING)
       msg = lua_tostring(L, -1); /* stays on the stack until copied */
   }
   weave__newerror(L, "cancelled", msg);
-  lua_pushinteger(L, src);
+  lua_pushlightuserdata(L, (void *)src);
   lua_setfield(L, -2, "_scope");
   if (lua_gettop(L) > top + 1) {
     lua_replace(L, top + 1);
@@ -122,15 +136,15 @@ static void pushcancel(lua_State *L, wv_task *t, int src) {
 /* Level-triggered cancel check at an await: raises "cancelled" when the
 ** task is inside a cancelled scope; returns 0 otherwise. */
 int weave__checkcancel(lua_State *L, wv_task *t) {
-  int src = cancel_source(t);
-  if (src == 0) return 0;
+  const void *src = cancel_source(t);
+  if (src == NULL) return 0;
   pushcancel(L, t, src);
   return lua_error(L);
 }
 
 /* Interrupt t's current await if a cancel now reaches it. */
 void weave__deliver(wv_rt *rt, wv_task *t) {
-  if (t->status == WV_TBLOCKED && cancel_source(t) != 0) {
+  if (t->status == WV_TBLOCKED && cancel_source(t) != NULL) {
     if (t->unblock != NULL) t->unblock(rt, t);
     weave__wake(rt, t, WV_WAKE_CANCEL);
   }
@@ -153,20 +167,80 @@ int weave__cancel(lua_State *L, wv_rt *rt, wv_task *t, int msgidx) {
   return 1;
 }
 
-/* Mark t blocked and yield; `k` runs when it is resumed.  unblock == NULL
-** means "just yield": the task goes straight back to the ready queue. */
-int weave__suspend(lua_State *L, wv_rt *rt, wv_task *t, wv_unblock_fn unblock, lua_KFunction k,
-                   lua_KContext ctx) {
+/* --- the await protocol ---------------------------------------------------- */
+
+/* Park the running task and yield; `k` runs when it is woken, and starts
+** with weave__woken.  `unblock` detaches the task from what it waits on
+** (`data`) when a cancel interrupts the wait; NULL means "just yield": the
+** task goes straight back to the ready queue. */
+int weave__park(lua_State *L, wv_rt *rt, wv_unblock_fn unblock, void *data, lua_KFunction k,
+                lua_KContext ctx) {
+  wv_task *t = rt->current;
   if (!lua_isyieldable(L)) {
     if (unblock != NULL) unblock(rt, t);
-    return luaL_error(L, "weave: cannot await here: the call is inside a C boundary "
-                         "(a metamethod, an iterator or a sort comparator)");
+    return weave__raise(L, "invalid_state",
+                        "weave: cannot await here: the call is inside a C boundary "
+                        "(a metamethod, an iterator or a sort comparator)");
   }
   t->status = WV_TBLOCKED;
   t->unblock = unblock;
+  t->wdata = data;
   t->wake = WV_WAKE_OK;
   if (unblock == NULL) weave__wake(rt, t, WV_WAKE_OK);
   return lua_yieldk(L, 0, ctx, k);
+}
+
+static void waitq_unlink(wv_waitq *q, wv_task *t) {
+  if (t->wprev)
+    t->wprev->wnext = t->wnext;
+  else
+    q->head = t->wnext;
+  if (t->wnext)
+    t->wnext->wprev = t->wprev;
+  else
+    q->tail = t->wprev;
+  t->wprev = t->wnext = NULL;
+  t->wq = NULL;
+}
+
+static void waitq_unblock(wv_rt *rt, wv_task *t) {
+  (void)rt;
+  if (t->wq != NULL) waitq_unlink(t->wq, t);
+}
+
+/* Park the running task at the end of q until weave__wakeall(q). */
+int weave__park_on(lua_State *L, wv_rt *rt, wv_waitq *q, lua_KFunction k, lua_KContext ctx) {
+  wv_task *t = rt->current;
+  t->wnext = NULL;
+  t->wprev = q->tail;
+  if (q->tail)
+    q->tail->wnext = t;
+  else
+    q->head = t;
+  q->tail = t;
+  t->wq = q;
+  return weave__park(L, rt, waitq_unblock, q, k, ctx);
+}
+
+/* Wake every task parked on q, in order. */
+void weave__wakeall(wv_rt *rt, wv_waitq *q) {
+  while (q->head != NULL) {
+    wv_task *t = q->head;
+    waitq_unlink(q, t);
+    weave__wake(rt, t, WV_WAKE_OK);
+  }
+}
+
+/* First thing in every continuation: the woken task (raising its pending
+** cancel when a cancel woke it).  Refuses a coroutine resumed by anything
+** but weave's own drain. */
+wv_task *weave__woken(lua_State *L, wv_rt *rt) {
+  wv_task *t = rt->current;
+  if (t == NULL || t->co != L)
+    weave__raise(L, "invalid_state", "weave: a task's coroutine was resumed from outside weave");
+  t->wdata = NULL;
+  if (t->wake == WV_WAKE_CANCEL) weave__checkcancel(L, t);
+  return t;
 }
 
 /* Move a blocked task to the ready queue. */
@@ -211,26 +285,60 @@ static void fail(wv_rt *rt, wv_task *t) {
   finish(rt, t, cancelled ? WV_CANCELLED : WV_REJECTED);
 }
 
-/* Resume t from the ready queue (on rt->L, the main thread). */
+/* The task failed before or after its body ran (no coroutine error): fail
+** it with the message `msg`. */
+static void fail_with(wv_rt *rt, wv_task *t, const char *msg) {
+  lua_State *L = rt->L;
+  if (t->co != NULL) release(rt, t);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, msg);
+  finish(rt, t, WV_REJECTED);
+}
+
+/* Start t: move its function and arguments (user value 1) onto a pooled
+** coroutine.  Returns the argument count, or -1 when t was settled. */
+static int start(wv_rt *rt, wv_task *t) {
+  lua_State *L = rt->L, *co;
+  int i, n = t->nargs;
+  if (t->cancelled) {
+    /* Cancelled before it ever ran: settle without running the body. */
+    pushcancel(L, t, t);
+    lua_pushnil(L);
+    finish(rt, t, WV_CANCELLED);
+    return -1;
+  }
+  pushtask(L, t);
+  lua_getiuservalue(L, -1, 1);
+  co = weave__getco(L, rt); /* [task, fn|args, co] */
+  lua_replace(L, -3);       /* [co, fn|args] */
+  t->co = co;
+  if (!lua_checkstack(co, n + LUA_MINSTACK)) {
+    lua_pop(L, 2);
+    fail_with(rt, t, "weave.spawn: too many arguments for the task's stack");
+    return -1;
+  }
+  if (n == 0) {
+    lua_xmove(L, co, 1);
+  } else {
+    for (i = 1; i <= n + 1; i++) {
+      lua_rawgeti(L, -1, i);
+      lua_xmove(L, co, 1);
+    }
+    lua_pop(L, 1);
+  }
+  pushtask(L, t); /* [co, task] */
+  lua_insert(L, -2);
+  lua_setiuservalue(L, -2, 1); /* the coroutine, from now on */
+  lua_pop(L, 1);
+  return n;
+}
+
+/* Resume t from the ready queue (on rt->L, the main thread, inside the
+** protected drain). */
 void weave__resume(wv_rt *rt, wv_task *t) {
   lua_State *L = rt->L, *co;
   int nargs = 0, nres = 0, st;
-  if (t->status == WV_TNEW) {
-    if (t->cancelled) {
-      /* Cancelled before it ever ran: settle without running the body. */
-      weave__qpop(L, rt, NULL, t->nargs + 1);
-      pushcancel(L, t, (int)t->id);
-      lua_pushnil(L);
-      finish(rt, t, WV_CANCELLED);
-      return;
-    }
-    pushtask(L, t);
-    t->co = weave__getco(L, rt);
-    lua_setiuservalue(L, -2, 1);
-    lua_pop(L, 1);
-    weave__qpop(L, rt, t->co, t->nargs + 1);
-    nargs = t->nargs;
-  }
+  if (t->status == WV_TNEW && (nargs = start(rt, t)) < 0) return;
   co = t->co;
   t->status = WV_TRUNNING;
   rt->current = t;
@@ -247,8 +355,23 @@ void weave__resume(wv_rt *rt, wv_task *t) {
     return;
   }
   if (st == LUA_OK) {
-    luaL_checkstack(L, nres + LUA_MINSTACK, "too many results");
-    lua_xmove(co, L, nres);
+    /* Keep the values as weave__store does, built on the coroutine's own
+    ** stack: a million results never need room on the main thread. */
+    if (nres == 0) {
+      lua_pushnil(L);
+    } else if (nres > 1) {
+      int i, base;
+      if (!lua_checkstack(co, 2)) {
+        fail_with(rt, t, "weave: the task returned too many values");
+        return;
+      }
+      lua_createtable(co, nres, 0);
+      lua_insert(co, -(nres + 1));
+      base = lua_gettop(co) - nres;
+      for (i = nres; i >= 1; i--)
+        lua_rawseti(co, base, i);
+    }
+    if (nres > 0) lua_xmove(co, L, 1);
     t->f.nvals = nres;
     release(rt, t);
     finish(rt, t, WV_RESOLVED);
@@ -257,28 +380,40 @@ void weave__resume(wv_rt *rt, wv_task *t) {
   fail(rt, t);
 }
 
-/* weave.spawn(fn, ...) / weave.spawn{name=, fn, ...} -> Task */
+/* weave.spawn(fn, ...) / weave.spawn{name=, fn, ..., n=} -> Task */
 static int l_spawn(lua_State *L) {
   wv_rt *rt = getrt(L);
   int top = lua_gettop(L);
-  if (rt->closing) return luaL_error(L, "weave.spawn: the weave runtime is closed");
-  if (lua_type(L, 1) == LUA_TFUNCTION) return weave__spawn(L, rt, 1, top - 1);
+  weave__checklive(L, rt, "weave.spawn");
+  if (lua_type(L, 1) == LUA_TFUNCTION) {
+    if (top - 1 > WV_MAXARGS)
+      return weave__argerror(L, "weave.spawn", "too many arguments (%d; at most %d)", top - 1, WV_MAXARGS);
+    return weave__spawn(L, rt, 1, top - 1);
+  }
   if (lua_type(L, 1) == LUA_TTABLE) {
     lua_Integer i, n;
     int fnidx;
-    if (lua_getfield(L, 1, "n") == LUA_TNUMBER)
-      n = lua_tointeger(L, -1);
-    else
+    if (lua_getfield(L, 1, "n") != LUA_TNIL) {
+      int isint;
+      n = lua_tointegerx(L, -1, &isint);
+      if (!isint || n < 0)
+        return weave__argerror(L, "weave.spawn", "n must be a non-negative integer, got %s",
+                               luaL_tolstring(L, -1, NULL));
+    } else {
       n = (lua_Integer)lua_rawlen(L, 1);
+    }
     lua_pop(L, 1);
+    if (n - 1 > WV_MAXARGS)
+      return weave__argerror(L, "weave.spawn", "too many arguments (n = %I; at most %d)", n, WV_MAXARGS);
     lua_getfield(L, 1, "name");
     if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
-      return luaL_error(L, "weave.spawn: name must be a string, got %s", luaL_typename(L, -1));
+      return weave__argerror(L, "weave.spawn", "name must be a string, got %s", luaL_typename(L, -1));
     if (lua_rawgeti(L, 1, 1) != LUA_TFUNCTION)
-      return luaL_error(L, "weave.spawn: expected {name=, fn, ...} with a function at [1], got %s",
-                        luaL_typename(L, -1));
+      return weave__argerror(L, "weave.spawn", "expected {name=, fn, ...} with a function at [1], got %s",
+                             luaL_typename(L, -1));
     fnidx = lua_gettop(L);
-    luaL_checkstack(L, (int)n + 4, "weave.spawn: too many arguments");
+    if (!lua_checkstack(L, (int)n + 4))
+      return weave__argerror(L, "weave.spawn", "too many arguments (n = %I)", n);
     for (i = 2; i <= n; i++)
       lua_rawgeti(L, 1, i);
     weave__spawn(L, rt, fnidx, n > 1 ? (int)n - 1 : 0);
@@ -290,7 +425,8 @@ static int l_spawn(lua_State *L) {
     }
     return 1;
   }
-  return luaL_error(L, "weave.spawn: expected a function or {name=, fn, ...}, got %s", luaL_typename(L, 1));
+  return weave__argerror(L, "weave.spawn", "expected a function or {name=, fn, ...}, got %s",
+                         luaL_typename(L, 1));
 }
 
 /* weave.current() -> the running Task or nil */
@@ -304,7 +440,7 @@ static int l_current(lua_State *L) {
 /* core.cancelpending() -> does a cancel reach the running task now? */
 static int l_cancelpending(lua_State *L) {
   wv_rt *rt = getrt(L);
-  lua_pushboolean(L, rt->current != NULL && cancel_source(rt->current) != 0);
+  lua_pushboolean(L, rt->current != NULL && cancel_source(rt->current) != NULL);
   return 1;
 }
 

@@ -59,14 +59,15 @@ void weave__timer_arm(wv_rt *rt) {
   uv_timer_start(rt->timer, on_uvtimer, ms, 0);
 }
 
-/* Arm `tm` for the absolute hrtime `when`; re-arming moves it. */
-void weave__timer_start(wv_rt *rt, wv_timer *tm, uint64_t when) {
+/* Arm `tm` for the absolute hrtime `when`; re-arming moves it.  0, or
+** UV_ENOMEM when the heap cannot grow (tm is then not armed). */
+int weave__timer_start(wv_rt *rt, wv_timer *tm, uint64_t when) {
   wv_hent e;
   if (tm->idx >= 0) weave__timer_stop(rt, tm);
   if (rt->nheap == rt->capheap) {
     int ncap = rt->capheap ? rt->capheap * 2 : 64;
     wv_hent *nh = realloc(rt->heap, (size_t)ncap * sizeof *nh);
-    if (nh == NULL) luaL_error(rt->L, "weave: out of memory (timer heap)");
+    if (nh == NULL) return UV_ENOMEM;
     rt->heap = nh;
     rt->capheap = ncap;
   }
@@ -76,6 +77,7 @@ void weave__timer_start(wv_rt *rt, wv_timer *tm, uint64_t when) {
   place(rt, rt->nheap++, e);
   sift_up(rt, tm->idx);
   if (rt->heap[0].tm == tm) weave__timer_arm(rt);
+  return 0;
 }
 
 void weave__timer_stop(wv_rt *rt, wv_timer *tm) {
@@ -94,8 +96,6 @@ void weave__timer_stop(wv_rt *rt, wv_timer *tm) {
   if (wasfirst) weave__timer_arm(rt);
 }
 
-#define task_of_timer(tm) ((wv_task *)((char *)(tm)-offsetof(wv_task, tm)))
-
 /* Fire every due entry.  Firing only moves tasks to the ready queue; no Lua
 ** runs here. */
 static void on_uvtimer(uv_timer_t *h) {
@@ -108,24 +108,24 @@ static void on_uvtimer(uv_timer_t *h) {
       place(rt, 0, rt->heap[rt->nheap]);
       sift_down(rt, 0);
     }
-    if (tm->kind == WV_TM_SLEEP)
-      weave__wake(rt, task_of_timer(tm), WV_WAKE_OK);
-    else if (tm->kind == WV_TM_DEADLINE)
-      weave__deadline_fired(rt, tm);
-    else
-      weave__xfer_timer(rt, tm);
+    tm->cb(rt, tm);
   }
   weave__timer_arm(rt);
 }
 
 /* --- sleep --------------------------------------------------------------- */
 
+#define task_of_timer(tm) ((wv_task *)((char *)(tm)-offsetof(wv_task, tm)))
+
+static void sleep_done(wv_rt *rt, wv_timer *tm) { weave__wake(rt, task_of_timer(tm), WV_WAKE_OK); }
+
 static void sleep_unblock(wv_rt *rt, wv_task *t) { weave__timer_stop(rt, &t->tm); }
 
+/* A sleep has no outcome to lose, so a cancel that arrived while the task
+** was already queued to run is raised here too. */
 static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
-  wv_rt *rt = (wv_rt *)ctx;
   (void)status;
-  weave__checkcancel(L, rt->current);
+  weave__checkcancel(L, weave__woken(L, (wv_rt *)ctx));
   return 0;
 }
 
@@ -135,20 +135,19 @@ static int l_sleep(lua_State *L) {
   lua_Number s;
   wv_task *t;
   if (lua_type(L, 1) != LUA_TNUMBER)
-    return luaL_error(L, "weave.sleep: expected seconds (number), got %s", luaL_typename(L, 1));
+    return weave__argerror(L, "weave.sleep", "expected seconds (number), got %s", luaL_typename(L, 1));
   s = lua_tonumber(L, 1);
-  if (isnan(s)) return luaL_error(L, "weave.sleep: expected seconds (number), got nan");
-  if (!weave__incontext(L, rt, "weave.sleep")) return weave__blocking(L, l_sleep);
-  t = rt->current;
-  weave__checkcancel(L, t);
+  if (isnan(s)) return weave__argerror(L, "weave.sleep", "expected seconds (number), got nan");
+  if ((t = weave__enter(L, rt, "weave.sleep")) == NULL) return weave__blocking(L, l_sleep);
   if (s <= 0) {
     /* Yield to the other ready tasks: straight back to the end of the queue. */
-    return weave__suspend(L, rt, t, NULL, sleep_k, (lua_KContext)rt);
+    return weave__park(L, rt, NULL, NULL, sleep_k, (lua_KContext)rt);
   }
   if (s > 1e9) s = 1e9;
-  t->tm.kind = WV_TM_SLEEP;
-  weave__timer_start(rt, &t->tm, uv_hrtime() + (uint64_t)(s * WV_NS));
-  return weave__suspend(L, rt, t, sleep_unblock, sleep_k, (lua_KContext)rt);
+  t->tm.cb = sleep_done;
+  if (weave__timer_start(rt, &t->tm, uv_hrtime() + (uint64_t)(s * WV_NS)) != 0)
+    return weave__raise(L, "resource", "weave.sleep: out of memory (timer heap)");
+  return weave__park(L, rt, sleep_unblock, NULL, sleep_k, (lua_KContext)rt);
 }
 
 /* weave.now(): monotonic time in seconds. */

@@ -39,11 +39,16 @@ static void job_after(uv_work_t *req, int status) {
   }
 }
 
+/* A cancel abandons the job: job_after frees it.  A to_thread worker sees
+** the flag from its count hook and stops. */
 static void job_unblock(wv_rt *rt, wv_task *t) {
   wv_job *j = t->wdata;
   (void)rt;
-  t->wdata = NULL;
-  if (j != NULL) j->waiter = NULL; /* job_after frees it */
+  if (j != NULL) {
+    j->waiter = NULL;
+    __atomic_store_n(&j->abandoned, 1, __ATOMIC_RELEASE);
+    if (j->abandon != NULL) j->abandon(j);
+  }
 }
 
 /* Guarded push: j->push may raise, and the job must be freed either way. */
@@ -55,11 +60,9 @@ static int push_protected(lua_State *L) {
 
 static int job_k_safe(lua_State *L, int status, lua_KContext ctx) {
   wv_job *j = (wv_job *)ctx;
-  wv_rt *rt = weave__rt(L);
   int top, st;
   (void)status;
-  rt->current->wdata = NULL;
-  if (rt->current->wake == WV_WAKE_CANCEL) weave__checkcancel(L, rt->current);
+  weave__woken(L, j->rt); /* a cancel abandoned j (job_after frees it) */
   j->waiter = NULL;
   top = lua_gettop(L);
   lua_pushcfunction(L, push_protected);
@@ -72,31 +75,31 @@ static int job_k_safe(lua_State *L, int status, lua_KContext ctx) {
 
 /* Queue j on the thread pool and suspend the running task until it is done;
 ** returns what j->push pushes, or raises. */
+/* The caller has checked weave__enter (it returned the running task). */
 int weave__job_await(lua_State *L, wv_rt *rt, wv_job *j, const char *fname) {
-  wv_task *t;
+  wv_task *t = rt->current;
   int r;
-  if (!weave__incontext(L, rt, fname)) {
+  if (t == NULL || t->co != L) {
     j->release(j);
-    return luaL_error(L, "%s: internal: no task", fname);
+    return weave__raise(L, "invalid_state", "%s: needs a task", fname);
   }
-  t = rt->current;
-  if (weave__checkcancel(L, t) != 0) return 0; /* not reached */
   j->rt = rt;
   j->waiter = t;
   j->req.data = j;
   r = uv_queue_work(rt->loop, &j->req, job_work, job_after);
   if (r != 0) {
     j->release(j);
-    return luaL_error(L, "%s: cannot queue work: %s", fname, uv_strerror(r));
+    return weave__raise(L, "resource", "%s: cannot queue work: %s", fname, uv_strerror(r));
   }
   rt->njobs++;
-  t->wdata = j;
-  return weave__suspend(L, rt, t, job_unblock, job_k_safe, (lua_KContext)j);
+  return weave__park(L, rt, job_unblock, j, job_k_safe, (lua_KContext)j);
 }
 
 /* --- the copy codec -------------------------------------------------------- */
 
-enum { C_NIL, C_FALSE, C_TRUE, C_INT, C_NUM, C_STR, C_TAB, C_END };
+/* C_REF n: the n-th table of this encoding again (a table reached twice is
+** copied once, and its identity is kept). */
+enum { C_NIL, C_FALSE, C_TRUE, C_INT, C_NUM, C_STR, C_TAB, C_END, C_REF };
 
 int weave__wbuf_add(wv_wbuf *b, const void *p, size_t n) {
   if (b->len + n > b->cap) {
@@ -140,8 +143,15 @@ static void padd(wv_path *p, const char *str) {
 }
 
 /* Encode stack[idx] into b; on failure set `why` and return -1.  `seen` is
-** the stack slot of a set of the tables being encoded (cycle detection). */
-static int encode(lua_State *L, int idx, wv_wbuf *b, wv_path *path, const char **why, int seen, int depth) {
+** the stack slot of a table: true for the tables being encoded (a cycle),
+** their number once encoded (copied again as a reference). */
+typedef struct {
+  int seen;
+  uint32_t ntables;
+} wv_enc;
+
+static int encode(lua_State *L, int idx, wv_wbuf *b, wv_path *path, const char **why, wv_enc *e, int depth) {
+  int seen = e->seen;
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
@@ -167,14 +177,25 @@ static int encode(lua_State *L, int idx, wv_wbuf *b, wv_path *path, const char *
       *why = "tables nested too deep";
       return -1;
     }
-    luaL_checkstack(L, 6, "weave: tables nested too deep");
+    uint32_t mine;
+    int st;
+    if (!lua_checkstack(L, 6)) {
+      *why = "tables nested too deep";
+      return -1;
+    }
     lua_pushvalue(L, idx);
-    if (lua_rawget(L, seen) != LUA_TNIL) {
+    st = lua_rawget(L, seen);
+    if (st == LUA_TNUMBER) {
+      uint32_t ref = (uint32_t)lua_tointeger(L, -1);
       lua_pop(L, 1);
+      return put_tag(b, C_REF) || weave__wbuf_add(b, &ref, sizeof ref);
+    }
+    lua_pop(L, 1);
+    if (st != LUA_TNIL) {
       *why = "cannot copy a table with cycles";
       return -1;
     }
-    lua_pop(L, 1);
+    mine = ++e->ntables;
     lua_pushvalue(L, idx);
     lua_pushboolean(L, 1);
     lua_rawset(L, seen);
@@ -200,14 +221,13 @@ static int encode(lua_State *L, int idx, wv_wbuf *b, wv_path *path, const char *
         *why = "cannot copy a table key that is not a string, number or boolean";
         return -1;
       }
-      if (encode(L, -2, b, path, why, seen, depth + 1) || encode(L, -1, b, path, why, seen, depth + 1))
-        return -1;
+      if (encode(L, -2, b, path, why, e, depth + 1) || encode(L, -1, b, path, why, e, depth + 1)) return -1;
       path->len = mark;
       path->s[mark] = '\0';
       lua_pop(L, 1);
     }
     lua_pushvalue(L, idx);
-    lua_pushnil(L);
+    lua_pushinteger(L, (lua_Integer)mine);
     lua_rawset(L, seen);
     return put_tag(b, C_END);
   }
@@ -222,18 +242,20 @@ static int encode(lua_State *L, int idx, wv_wbuf *b, wv_path *path, const char *
 /* Encode n values from stack[first]; 0, or -1 with a message pushed that
 ** names the path.  `what` names the values ("args" or "results"). */
 int weave__encode(lua_State *L, int first, int n, wv_wbuf *b, const char *what) {
-  int i, seen, top;
+  int i, top;
   uint32_t n32 = (uint32_t)n;
+  wv_enc e;
   first = lua_absindex(L, first);
   top = lua_gettop(L);
   if (weave__wbuf_add(b, &n32, sizeof n32)) return -1;
   lua_newtable(L);
-  seen = lua_gettop(L);
+  e.seen = lua_gettop(L);
+  e.ntables = 0;
   for (i = 0; i < n; i++) {
     wv_path path;
     const char *why = "out of memory";
     path.len = (size_t)snprintf(path.s, sizeof path.s, "%s[%d]", what, i + 1);
-    if (encode(L, first + i, b, &path, &why, seen, 0) != 0) {
+    if (encode(L, first + i, b, &path, &why, &e, 0) != 0) {
       lua_pushfstring(L, "%s: %s", path.s, why);
       lua_replace(L, top + 1);
       lua_settop(L, top + 1);
@@ -255,10 +277,12 @@ static int get(reader *r, void *out, size_t n) {
   return 0;
 }
 
-static int decode(lua_State *L, reader *r) {
+/* Decode one value; `refs` is the stack slot of the tables decoded so far
+** (by number, for C_REF). */
+static int decode(lua_State *L, reader *r, int refs, uint32_t *ntables) {
   unsigned char tag;
   if (get(r, &tag, 1)) return -1;
-  luaL_checkstack(L, 4, "weave: values nested too deep");
+  if (!lua_checkstack(L, 4)) return -1;
   switch (tag) {
   case C_NIL:
     lua_pushnil(L);
@@ -288,14 +312,23 @@ static int decode(lua_State *L, reader *r) {
   }
   case C_TAB:
     lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, refs, ++*ntables);
     for (;;) {
       if (r->p < r->end && (unsigned char)*r->p == C_END) {
         r->p++;
         return 0;
       }
-      if (decode(L, r) || decode(L, r)) return -1;
+      if (decode(L, r, refs, ntables) || decode(L, r, refs, ntables)) return -1;
+      if (lua_isnil(L, -2)) return -1;
       lua_rawset(L, -3);
     }
+  case C_REF: {
+    uint32_t n;
+    if (get(r, &n, sizeof n) || n == 0 || n > *ntables) return -1;
+    lua_rawgeti(L, refs, n);
+    return 0;
+  }
   default:
     return -1;
   }
@@ -304,13 +337,20 @@ static int decode(lua_State *L, reader *r) {
 /* Push the values encoded in b; returns their count (or -1 if corrupt). */
 int weave__decode(lua_State *L, const wv_wbuf *b) {
   reader r;
-  uint32_t n, i;
+  uint32_t n, i, ntables = 0;
+  int refs;
   r.p = b->p;
   r.end = b->p + b->len;
   if (get(&r, &n, sizeof n)) return -1;
-  luaL_checkstack(L, (int)n + 4, "weave: too many values");
+  if (n > WV_MAXARGS * 10 || !lua_checkstack(L, (int)n + 8)) return -1;
+  lua_newtable(L);
+  refs = lua_gettop(L);
   for (i = 0; i < n; i++)
-    if (decode(L, &r)) return -1;
+    if (decode(L, &r, refs, &ntables)) {
+      lua_settop(L, refs - 1);
+      return -1;
+    }
+  lua_remove(L, refs);
   return (int)n;
 }
 
@@ -323,15 +363,63 @@ struct wv_workers {
   char *path, *cpath;
 };
 
+/* A worker state's extra space points at its slot: the job it runs now.
+** Coroutines made in the worker copy the pointer, which stays valid for the
+** state's whole life. */
+typedef struct {
+  wv_job *job;
+} wv_wslot;
+
+#define slot_of(L) (*(wv_wslot **)lua_getextraspace(L))
+
+/* Count hook set on a worker state by a cancel (lua_sethook may be called
+** from another thread, as lua.c does from a signal handler): the abandoned
+** job stops at its next instruction, so a pure-Lua loop cannot keep a pool
+** thread forever.  A hook that finds no abandoned job removes itself. */
+static void worker_hook(lua_State *L, lua_Debug *ar) {
+  wv_wslot *slot = slot_of(L);
+  (void)ar;
+  if (slot != NULL && slot->job != NULL && __atomic_load_n(&slot->job->abandoned, __ATOMIC_ACQUIRE))
+    luaL_error(L, "weave.to_thread: cancelled");
+  lua_sethook(L, NULL, 0, 0);
+}
+
+/* os.exit in a worker: exiting from a pool thread would abort the process
+** in libuv's shutdown, so it is refused. */
+static int worker_exit(lua_State *L) {
+  return luaL_error(L, "os.exit: not allowed inside a weave.to_thread worker "
+                       "(return a value and exit from the task)");
+}
+
+static void worker_close(lua_State *L) {
+  wv_wslot *slot = slot_of(L);
+  lua_close(L);
+  free(slot);
+}
+
 static lua_State *worker_get(wv_workers *w) {
   lua_State *L = NULL;
+  wv_wslot *slot;
   uv_mutex_lock(&w->mu);
   if (w->nfree > 0) L = w->free[--w->nfree];
   uv_mutex_unlock(&w->mu);
   if (L != NULL) return L;
-  L = luaL_newstate();
-  if (L == NULL) return NULL;
+  slot = calloc(1, sizeof *slot);
+  L = slot != NULL ? luaL_newstate() : NULL;
+  if (L == NULL) {
+    free(slot);
+    return NULL;
+  }
+  slot_of(L) = slot;
   luaL_openlibs(L);
+  /* weave itself is refused here (its loop functions would wait for the
+  ** pool from a pool thread); see luaopen_weave_core. */
+  lua_pushboolean(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, WV_WORKER_KEY);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, worker_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
   lua_getglobal(L, "package");
   if (w->path) {
     lua_pushstring(L, w->path);
@@ -353,7 +441,7 @@ static void worker_put(wv_workers *w, lua_State *L) {
     L = NULL;
   }
   uv_mutex_unlock(&w->mu);
-  if (L != NULL) lua_close(L);
+  if (L != NULL) worker_close(L);
 }
 
 static wv_workers *workers(lua_State *L, wv_rt *rt) {
@@ -361,7 +449,7 @@ static wv_workers *workers(lua_State *L, wv_rt *rt) {
     wv_workers *w = calloc(1, sizeof *w);
     if (w == NULL || uv_mutex_init(&w->mu) != 0) {
       free(w);
-      luaL_error(L, "weave.to_thread: out of memory");
+      weave__raise(L, "resource", "weave.to_thread: out of memory");
     }
     lua_getglobal(L, "package");
     if (lua_istable(L, -1)) {
@@ -376,13 +464,13 @@ static wv_workers *workers(lua_State *L, wv_rt *rt) {
   return rt->workers;
 }
 
-/* Free the pooled worker states (all jobs are finished by now). */
-void weave__workers_close(wv_rt *rt) {
+/* Free the pooled worker states once every job is finished (phase 1). */
+static void workers_close(wv_rt *rt, int phase) {
   wv_workers *w = rt->workers;
   int i;
-  if (w == NULL) return;
+  if (w == NULL || phase != 1) return;
   for (i = 0; i < w->nfree; i++)
-    lua_close(w->free[i]);
+    worker_close(w->free[i]);
   uv_mutex_destroy(&w->mu);
   free(w->path);
   free(w->cpath);
@@ -395,6 +483,7 @@ void weave__workers_close(wv_rt *rt) {
 typedef struct {
   wv_job job;
   wv_workers *w;
+  lua_State *running; /* the worker state while it runs the job (w->mu) */
   wv_wbuf code, args, out;
   int source; /* code is Lua source text, not a dumped function */
   int failed; /* out holds [message, traceback] instead of results */
@@ -433,6 +522,11 @@ static void tt_work(wv_job *job) {
     j->nomem = 1;
     return;
   }
+  slot_of(L)->job = &j->job;
+  uv_mutex_lock(&j->w->mu);
+  j->running = L;
+  uv_mutex_unlock(&j->w->mu);
+  if (__atomic_load_n(&j->job.abandoned, __ATOMIC_ACQUIRE)) lua_sethook(L, worker_hook, LUA_MASKCOUNT, 1);
   lua_pushcfunction(L, worker_handler);
   base = lua_gettop(L);
   if (luaL_loadbufferx(L, j->code.p, j->code.len, "=to_thread", j->source ? "t" : "b") != LUA_OK) {
@@ -456,6 +550,11 @@ static void tt_work(wv_job *job) {
     lua_pushliteral(L, "");
     tt_fail(j, L, 2);
   }
+  uv_mutex_lock(&j->w->mu);
+  j->running = NULL;
+  uv_mutex_unlock(&j->w->mu);
+  lua_sethook(L, NULL, 0, 0);
+  slot_of(L)->job = NULL;
   worker_put(j->w, L);
 }
 
@@ -471,6 +570,14 @@ static int tt_push(lua_State *L, wv_job *job) {
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, "traceback");
   return lua_error(L);
+}
+
+/* A cancel: stop the worker running the job at its next instruction. */
+static void tt_abandon(wv_job *job) {
+  tt_job *j = (tt_job *)job;
+  uv_mutex_lock(&j->w->mu);
+  if (j->running != NULL) lua_sethook(j->running, worker_hook, LUA_MASKCOUNT, 1);
+  uv_mutex_unlock(&j->w->mu);
 }
 
 static void tt_release(wv_job *job) {
@@ -489,8 +596,8 @@ static int l_to_thread(lua_State *L) {
   tt_job *j;
   int t1 = lua_type(L, 1);
   if (t1 != LUA_TFUNCTION && t1 != LUA_TSTRING)
-    return luaL_error(L, "weave.to_thread: expected a function or Lua source text, got %s",
-                      luaL_typename(L, 1));
+    return weave__argerror(L, "weave.to_thread", "expected a function or Lua source text, got %s",
+                           luaL_typename(L, 1));
   if (t1 == LUA_TFUNCTION) {
     int i;
     const char *name;
@@ -510,13 +617,15 @@ static int l_to_thread(lua_State *L) {
       }
     }
   }
-  if (!weave__incontext(L, rt, "weave.to_thread")) return weave__blocking(L, l_to_thread);
+  if (weave__enter(L, rt, "weave.to_thread") == NULL) return weave__blocking(L, l_to_thread);
+  workers(L, rt);
   j = calloc(1, sizeof *j);
-  if (j == NULL) return luaL_error(L, "weave.to_thread: out of memory");
+  if (j == NULL) return weave__raise(L, "resource", "weave.to_thread: out of memory");
   j->job.work = tt_work;
   j->job.push = tt_push;
   j->job.release = tt_release;
-  j->w = workers(L, rt);
+  j->job.abandon = tt_abandon;
+  j->w = rt->workers;
   if (t1 == LUA_TSTRING) {
     size_t n;
     const char *src = lua_tolstring(L, 1, &n);
@@ -554,4 +663,5 @@ void weave__worklib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg fns[] = {{"to_thread", l_to_thread}, {"copy", l_copy}, {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
+  weave__onclose(rt, workers_close);
 }

@@ -19,8 +19,13 @@ struct wv_job {
   void (*work)(wv_job *j);              /* on a pool thread: no Lua of rt->L */
   int (*push)(lua_State *L, wv_job *j); /* in the task: push results or raise */
   void (*release)(wv_job *j);           /* free everything */
+  void (*abandon)(wv_job *j);           /* loop thread, on cancel (may be NULL) */
   int finished, status;
+  int abandoned; /* set (atomically) by a cancel; read by the pool thread */
 };
+
+/* Registry field marking a to_thread worker state (weave refuses to load). */
+#define WV_WORKER_KEY "weave.worker"
 
 int weave__job_await(lua_State *L, wv_rt *rt, wv_job *j, const char *fname);
 int weave__wbuf_add(wv_wbuf *b, const void *p, size_t n);

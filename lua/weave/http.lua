@@ -7,7 +7,7 @@ local sync = require "weave.sync"
 
 local type, tostring, pairs, ipairs, error, pcall, setmetatable, select =
   type, tostring, pairs, ipairs, error, pcall, setmetatable, select
-local concat, sort = table.concat, table.sort
+local concat, sort, find = table.concat, table.sort, string.find
 
 local M = {}
 
@@ -244,8 +244,11 @@ end
 
 local function header_line(fname, k, v, url)
   k, v = tostring(k), tostring(v)
-  if k:find("[%c:]") or k == "" or v:find("[\r\n]") then
-    error(invalid(fname, ("bad header %q"):format(k), url), 4)
+  if k:find("[%c:]") or k == "" then
+    error(invalid(fname, ("bad header name %q"):format(k), url), 4)
+  end
+  if v:find("[\0\r\n]") then
+    error(invalid(fname, ("header %s: the value contains a NUL byte or a line break"):format(k), url), 4)
   end
   return k .. ": " .. v
 end
@@ -272,6 +275,7 @@ local function build(self, opts, fname, url, method)
   if type(url) ~= "string" then
     error(invalid(fname, "expected a url string, got " .. type(url)), 3)
   end
+  if url:find("\0", 1, true) then error(invalid(fname, "the url contains a NUL byte"), 3) end
   url = join_url(self.base_url, url)
   if opts.query ~= nil then
     if type(opts.query) ~= "table" then error(invalid(fname, "query must be a table", url), 3) end
@@ -463,6 +467,7 @@ local running = core.running
 -- in its shared spec table; the transfer builds the Response in C.
 local function plain(self, url, method, fname)
   if self._closed then error(invalid(fname, "the session is closed"), 3) end
+  if find(url, "\0", 1, true) then error(invalid(fname, "the url contains a NUL byte"), 3) end
   -- Finished transfers are made anew (a few kept per session).
   local pool, n = self._xpool, self._xn
   local old = pool[n]

@@ -2,8 +2,10 @@
 --   process.run{cmd, args..., stdin=, cwd=, env=, timeout=}
 --     -> {code=, signal=, stdout=, stderr=, pid=}
 --   process.spawn{cmd, args..., stdin=true, cwd=, env=} -> Process (streaming)
--- Cancelling the waiting task, or a timeout, kills the child and reaps it
--- before the error propagates: no zombie, no orphan. See docs/offload.md.
+-- Each child leads a process group of its own. Cancelling the waiting task,
+-- or a timeout, stops the whole group (SIGTERM, then SIGKILL after a grace
+-- period) and reaps the child before the error propagates: no zombie, no
+-- orphan, and no wait for a pipe a grandchild still holds. See docs/offload.md.
 local core = require "weave.core"
 local weave = require "weave"
 
@@ -30,6 +32,9 @@ local function spec_of(fname, t, stream)
   if t.timeout ~= nil and (type(t.timeout) ~= "number" or t.timeout ~= t.timeout) then
     error(("%s: timeout must be seconds (number)"):format(fname), 3)
   end
+  if t.kill_grace ~= nil and (type(t.kill_grace) ~= "number" or not (t.kill_grace >= 0)) then
+    error(("%s: kill_grace must be seconds (number)"):format(fname), 3)
+  end
   return { file = file, args = args, cwd = t.cwd, env = env,
     stdin = t.stdin ~= nil and t.stdin ~= false, stream = stream }
 end
@@ -43,11 +48,36 @@ local function wait_done(p)
   end
 end
 
--- Kill the child and wait (immune to our own cancel) until it is reaped.
-local function kill_and_reap(p)
-  p:kill()
-  weave.shield(function() pcall(wait_done, p) end)
+local GRACE = 1.0 -- seconds between SIGTERM and SIGKILL
+
+-- Wait until the child has exited (its pipes may stay open).
+local function wait_exit(p)
+  while not p:status() do p:wait_event() end
+end
+
+-- Stop the child's process group and wait (immune to our own cancel) until
+-- the child is reaped: SIGTERM, SIGKILL after `grace` seconds, then stop
+-- reading pipes that something outside the group may still hold.
+local function kill_and_reap(p, grace)
+  -- Protected: at shutdown the runtime may have closed p already.
+  pcall(weave.shield, function()
+    if not p:status() then
+      p:killgroup(15)
+      if not weave.move_on_after(grace or GRACE, wait_exit, p) then p:killgroup(9) end
+    end
+    p:killgroup(9) -- what the child left running in its group
+    pcall(wait_exit, p)
+    weave.move_on_after(0.1, wait_done, p)
+  end)
+  pcall(p.close_pipes, p)
   p:close()
+end
+
+-- Write to the child's stdin; a child that stopped reading (EPIPE) is not an
+-- error for run: its exit status says what happened.
+local function feed(p, data)
+  local ok, err = pcall(p.write, p, data)
+  if not ok and not core.iserror(err, "closed") then error(err, 0) end
 end
 
 local function outcome(code, sig)
@@ -59,7 +89,7 @@ local function run(t)
   local spec = spec_of("process.run", t, false)
   local p = core.proc_spawn(spec)
   local function body()
-    if type(t.stdin) == "string" and #t.stdin > 0 then p:write(t.stdin) end
+    if type(t.stdin) == "string" and #t.stdin > 0 then feed(p, t.stdin) end
     if spec.stdin then p:close_stdin() end
     return wait_done(p)
   end
@@ -68,7 +98,7 @@ local function run(t)
     ok, a, b, c = pcall(weave.move_on_after, t.timeout, body)
     if ok and not a then
       local pid = p:pid()
-      kill_and_reap(p)
+      kill_and_reap(p, t.kill_grace)
       error(core.error("timeout", ("process.run: %s did not finish within %g s (killed)"):format(spec.file, t.timeout),
         { pid = pid, cmd = spec.file }), 0)
     end
@@ -77,7 +107,7 @@ local function run(t)
     ok, a, b = pcall(body)
   end
   if not ok then
-    kill_and_reap(p)
+    kill_and_reap(p, t.kill_grace)
     error(a, 0)
   end
   local code, sig = outcome(a, b)
@@ -170,7 +200,7 @@ end
 function Process:close()
   if self._closed then return end
   self._closed = true
-  if not self._p:status() then kill_and_reap(self._p) else self._p:close() end
+  if not self._p:status() then kill_and_reap(self._p, self._grace) else self._p:close() end
 end
 
 Process.__close = function(self) self:close() end
@@ -180,7 +210,7 @@ Process.__close = function(self) self:close() end
 function M.spawn(t)
   local spec = spec_of("process.spawn", t, true)
   local p = core.proc_spawn(spec)
-  return setmetatable({ _p = p, pid = p:pid() }, Process)
+  return setmetatable({ _p = p, pid = p:pid(), _grace = t.kill_grace }, Process)
 end
 
 return M
