@@ -42,6 +42,20 @@ int weave__argerror(lua_State *L, const char *fname, const char *fmt, ...) {
   return lua_error(L);
 }
 
+/* The userdata at idx of type tname (a luaL_newmetatable name), or kind
+** "invalid_argument" naming fname. */
+void *weave__checkudata(lua_State *L, int idx, const char *tname, const char *fname) {
+  void *p = luaL_testudata(L, idx, tname);
+  if (p == NULL) weave__argerror(L, fname, "expected a %s, got %s", tname, luaL_typename(L, idx));
+  return p;
+}
+
+/* Check that the value at idx has Lua type t, naming `what`. */
+void weave__checktype(lua_State *L, int idx, int t, const char *fname, const char *what) {
+  if (lua_type(L, idx) != t)
+    weave__argerror(L, fname, "expected %s (%s), got %s", what, lua_typename(L, t), luaL_typename(L, idx));
+}
+
 /* The string at idx, which goes to the OS as a C string (a path, an argv or
 ** environment entry): a string without NUL bytes, or kind
 ** "invalid_argument" naming `what`. */

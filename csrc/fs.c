@@ -219,10 +219,15 @@ static void fs_release(wv_job *job) {
 /* core.fs(op, path [, data | path2 | parents]) */
 static int l_fs(lua_State *L) {
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
-  int op = luaL_checkoption(L, 1, NULL, opnames);
+  int op = 0;
   const char *path;
   fs_job *j;
   char fname[32];
+  if (lua_type(L, 1) == LUA_TSTRING)
+    while (opnames[op] != NULL && strcmp(opnames[op], lua_tostring(L, 1)) != 0)
+      op++;
+  if (lua_type(L, 1) != LUA_TSTRING || opnames[op] == NULL)
+    return weave__argerror(L, "weave.fs", "unknown operation %s", luaL_tolstring(L, 1, NULL));
   snprintf(fname, sizeof fname, "fs.%s", opnames[op]);
   path = weave__checkpath(L, 2, fname, "the path", NULL);
   if ((op == FS_WRITE || op == FS_APPEND) && lua_type(L, 3) != LUA_TSTRING && lua_type(L, 3) != LUA_TNUMBER)

@@ -411,12 +411,12 @@ static void *checkud(lua_State *L, int idx, const void *mt, const char *tname) {
     lua_pop(L, 1);
     if (ok) return p;
   }
-  return luaL_checkudata(L, idx, tname); /* raises the usual error */
+  return weave__checkudata(L, idx, tname, "weave.http"); /* raises */
 }
 
 static wv_session *checksession(lua_State *L, int idx) {
   wv_session *s = checkud(L, idx, getrt(L)->sessmt, WV_SESSION_MT);
-  if (s->closed) luaL_error(L, "weave.http: the session is closed");
+  if (s->closed) weave__raise(L, "closed", "weave.http: the session is closed");
   return s;
 }
 
@@ -486,7 +486,7 @@ static int l_http_new(lua_State *L) {
   CURL *e;
   long bufsize;
   int tuned;
-  luaL_checktype(L, 2, LUA_TTABLE);
+  weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
   lua_settop(L, 6);
   read_spec(L, 2, &sp);
   if (lua_type(L, 3) == LUA_TSTRING) sp.url = lua_tostring(L, 3);
@@ -542,7 +542,7 @@ static int l_http_new(lua_State *L) {
       tuned = was == WV_EASY_PLAIN && x->plain;
   } else {
     x->easy = curl_easy_init();
-    if (x->easy == NULL) return luaL_error(L, "weave.http: out of memory");
+    if (x->easy == NULL) return weave__raise(L, "resource", "weave.http: out of memory");
     /* The jar lives in the session's share handle.  COOKIEFILE "" + RELOAD
     ** turns the engine on; COOKIEFILE NULL then frees curl's list of cookie
     ** files (curl_easy_reset would drop it unfreed) while the shared jar and
@@ -650,8 +650,8 @@ static wv_xfer *checkxfer(lua_State *L) { return checkud(L, 1, getrt(L)->xfermt,
 static int xfer_start(lua_State *L, wv_xfer *x) {
   wv_session *s = x->s;
   CURLMcode mc;
-  if (x->state != XS_NEW) return luaL_error(L, "weave.http: transfer already started");
-  if (s->closed) return luaL_error(L, "weave.http: the session is closed");
+  if (x->state != XS_NEW) return weave__raise(L, "invalid_state", "weave.http: transfer already started");
+  if (s->closed) return weave__raise(L, "closed", "weave.http: the session is closed");
   x->state = XS_RUNNING;
   x->next = s->active;
   if (s->active) s->active->prev = x;
@@ -662,7 +662,7 @@ static int xfer_start(lua_State *L, wv_xfer *x) {
     x->state = XS_DONE;
     unlink_active(x);
     weave__timer_stop(s->rt, &x->rtm);
-    return luaL_error(L, "weave.http: %s", curl_multi_strerror(mc));
+    return weave__raise(L, "invalid_request", "weave.http: %s", curl_multi_strerror(mc));
   }
   return 0;
 }
@@ -801,7 +801,7 @@ static int x_feed(lua_State *L) {
   if (p == NULL)
     x->ueof = 1;
   else if (weave__wbuf_add(&x->up, p, n) != 0)
-    return luaL_error(L, "weave.http: out of memory");
+    return weave__raise(L, "resource", "weave.http: out of memory");
   if (x->paused_send && x->state == XS_RUNNING) {
     x->paused_send = 0;
     curl_easy_pause(x->easy, x->paused_recv ? CURLPAUSE_RECV : CURLPAUSE_CONT);
@@ -1001,8 +1001,8 @@ static int x_fetch(lua_State *L) {
 
 /* core.http_classes(Response, Headers): the metatables fetch and info use. */
 static int l_classes(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  weave__checktype(L, 1, LUA_TTABLE, "weave.http", "a table");
+  weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
   lua_settop(L, 2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &HEADERS_MT);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &RESPONSE_MT);
@@ -1041,7 +1041,7 @@ static void xfer_release(wv_xfer *x) {
 
 /* xfer:close() / __close / __gc: abort if running and free. */
 static int x_close(lua_State *L) {
-  xfer_release(luaL_checkudata(L, 1, WV_XFER_MT)); /* no upvalues: also __gc */
+  xfer_release(weave__checkudata(L, 1, WV_XFER_MT, "weave.http")); /* no upvalues: also __gc */
   return 0;
 }
 
@@ -1074,14 +1074,14 @@ static int l_session(lua_State *L) {
   lua_pop(L, 1);
   if (rt->closing || weave__session_init(s, rt, cookies, maxconn, maxhost) != 0) {
     s->closed = 1;
-    return luaL_error(L, "weave.http: cannot create a session");
+    return weave__raise(L, rt->closing ? "closed" : "resource", "weave.http: cannot create a session");
   }
   return 1;
 }
 
 /* session:close(): abort its transfers, free its connections. */
 static int s_close(lua_State *L) {
-  wv_session *s = luaL_checkudata(L, 1, WV_SESSION_MT);
+  wv_session *s = weave__checkudata(L, 1, WV_SESSION_MT, "Session:close");
   while (s->active != NULL)
     xfer_abort(s->active);
   weave__session_close(s);
@@ -1118,9 +1118,9 @@ static void closeall(wv_rt *rt, int phase) {
 ** this very table share one curl list. */
 static int s_set_lines(lua_State *L) {
   wv_session *s = checksession(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
   lua_settop(L, 2);
-  if (s->active != NULL) return luaL_error(L, "weave.http: set_lines on a busy session");
+  if (s->active != NULL) return weave__raise(L, "invalid_state", "weave.http: set_lines on a busy session");
   curl_slist_free_all(s->lines);
   s->lines = slist_of(L, 2);
   lua_setiuservalue(L, 1, 1);
@@ -1128,7 +1128,7 @@ static int s_set_lines(lua_State *L) {
 }
 
 static int s_active(lua_State *L) {
-  wv_session *s = luaL_checkudata(L, 1, WV_SESSION_MT);
+  wv_session *s = weave__checkudata(L, 1, WV_SESSION_MT, "Session:active");
   int n = 0;
   wv_xfer *x;
   for (x = s->active; x != NULL; x = x->next)

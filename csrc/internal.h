@@ -222,6 +222,8 @@ void weave__weaktable(lua_State *L, const void *key, const char *mode);
 void weave__newerror(lua_State *L, const char *kind, const char *msg);
 int weave__raise(lua_State *L, const char *kind, const char *fmt, ...);
 int weave__argerror(lua_State *L, const char *fname, const char *fmt, ...);
+void *weave__checkudata(lua_State *L, int idx, const char *tname, const char *fname);
+void weave__checktype(lua_State *L, int idx, int t, const char *fname, const char *what);
 const char *weave__checkpath(lua_State *L, int idx, const char *fname, const char *what, size_t *len);
 int weave__iserror(lua_State *L, int idx, const char *kind);
 void weave__errorlib(lua_State *L);

@@ -142,7 +142,7 @@ static void closeall(wv_rt *rt, int phase) {
 }
 
 static wv_proc *checkproc(lua_State *L) {
-  wv_proc_ud *u = luaL_checkudata(L, 1, WV_PROCESS_MT);
+  wv_proc_ud *u = weave__checkudata(L, 1, WV_PROCESS_MT, "weave.process");
   if (u->p == NULL) weave__raise(L, "closed", "weave.process: the process object is closed");
   return u->p;
 }
@@ -172,7 +172,7 @@ static int l_spawn(lua_State *L) {
   lua_Integer nargs, nenv = 0;
   int r;
   weave__checklive(L, rt, "weave.process");
-  luaL_checktype(L, 1, LUA_TTABLE);
+  weave__checktype(L, 1, LUA_TTABLE, "weave.process", "a spec");
   lua_settop(L, 1);
   memset(&opt, 0, sizeof opt);
   lua_getfield(L, 1, "file");
@@ -372,10 +372,20 @@ static int p_close_stdin(lua_State *L) {
   return 0;
 }
 
+/* The signal number at index 2 (an integer in 1..64). */
+static lua_Integer optsignal(lua_State *L) {
+  int isint;
+  lua_Integer sig = lua_tointegerx(L, 2, &isint);
+  if (!isint || sig < 1 || sig > 64)
+    weave__argerror(L, "Process:kill", "expected a signal number (1..64), got %s",
+                    luaL_tolstring(L, 2, NULL));
+  return sig;
+}
+
 /* p:kill([signal]) -> true if the signal was sent */
 static int p_kill(lua_State *L) {
   wv_proc *p = checkproc(L);
-  int sig = (int)luaL_optinteger(L, 2, SIGKILL);
+  int sig = lua_isnoneornil(L, 2) ? SIGKILL : (int)optsignal(L);
   lua_pushboolean(L, !p->exited && uv_process_kill(&p->proc, sig) == 0);
   return 1;
 }
@@ -383,7 +393,7 @@ static int p_kill(lua_State *L) {
 /* p:killgroup([signal]) -> true if the child or its group got the signal */
 static int p_killgroup(lua_State *L) {
   wv_proc *p = checkproc(L);
-  int sig = (int)luaL_optinteger(L, 2, SIGKILL);
+  int sig = lua_isnoneornil(L, 2) ? SIGKILL : (int)optsignal(L);
   lua_pushboolean(L, killgroup(p, sig) == 0);
   return 1;
 }
@@ -407,7 +417,7 @@ static int p_pid(lua_State *L) {
 /* __gc/__close: kill a child still running, close the pipes; the memory
 ** goes when the last close callback has run. */
 static int p_gc(lua_State *L) {
-  wv_proc_ud *u = luaL_checkudata(L, 1, WV_PROCESS_MT);
+  wv_proc_ud *u = weave__checkudata(L, 1, WV_PROCESS_MT, "Process:close");
   wv_proc *p = u->p;
   if (p == NULL) return 0;
   u->p = NULL;

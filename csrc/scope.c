@@ -77,9 +77,9 @@ static int runscope_k(lua_State *L, int status, lua_KContext ctx) {
 ** own cancel or deadline cut fn short; other errors propagate. */
 static int l_runscope(lua_State *L) {
   wv_rt *rt = getrt(L);
-  wv_scope *s = luaL_checkudata(L, 1, WV_SCOPE_MT);
+  wv_scope *s = weave__checkudata(L, 1, WV_SCOPE_MT, "weave scope");
   wv_task *t;
-  luaL_checktype(L, 2, LUA_TFUNCTION);
+  weave__checktype(L, 2, LUA_TFUNCTION, "weave scope", "a function");
   if ((t = weave__task(L, rt, "weave scope")) == NULL) return weave__blocking(L, l_runscope);
   if (s->task != NULL) return weave__raise(L, "invalid_state", "weave: a scope can be entered only once");
   if (s->deadline.when != 0 && weave__timer_start(rt, &s->deadline, s->deadline.when) != 0)
@@ -95,19 +95,19 @@ static int l_runscope(lua_State *L) {
 /* scope:cancel(): cancel everything inside the scope (level-triggered). */
 static int s_cancel(lua_State *L) {
   wv_rt *rt = getrt(L);
-  wv_scope *s = luaL_checkudata(L, 1, WV_SCOPE_MT);
+  wv_scope *s = weave__checkudata(L, 1, WV_SCOPE_MT, "Scope:cancel");
   s->cancelled = 1;
   if (s->active) weave__deliver(rt, s->task);
   return 0;
 }
 
 static int s_cancelled(lua_State *L) {
-  lua_pushboolean(L, ((wv_scope *)luaL_checkudata(L, 1, WV_SCOPE_MT))->cancelled);
+  lua_pushboolean(L, ((wv_scope *)weave__checkudata(L, 1, WV_SCOPE_MT, "Scope:cancelled"))->cancelled);
   return 1;
 }
 
 static int s_expired(lua_State *L) {
-  lua_pushboolean(L, ((wv_scope *)luaL_checkudata(L, 1, WV_SCOPE_MT))->expired);
+  lua_pushboolean(L, ((wv_scope *)weave__checkudata(L, 1, WV_SCOPE_MT, "Scope:expired"))->expired);
   return 1;
 }
 

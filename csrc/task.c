@@ -16,7 +16,7 @@
 
 wv_task *weave__checktask(lua_State *L, int idx, const char *fname) {
   wv_task *t = weave__testtask(L, idx);
-  if (t == NULL) luaL_error(L, "%s: expected a Task, got %s", fname, luaL_typename(L, idx));
+  if (t == NULL) weave__argerror(L, fname, "expected a Task, got %s", luaL_typename(L, idx));
   return t;
 }
 

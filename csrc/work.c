@@ -561,9 +561,9 @@ static void tt_work(wv_job *job) {
 static int tt_push(lua_State *L, wv_job *job) {
   tt_job *j = (tt_job *)job;
   int n;
-  if (j->nomem) return luaL_error(L, "weave.to_thread: out of memory in the worker");
+  if (j->nomem) return weave__raise(L, "resource", "weave.to_thread: out of memory in the worker");
   n = weave__decode(L, &j->out);
-  if (n < 0) return luaL_error(L, "weave.to_thread: corrupt result");
+  if (n < 0) return weave__raise(L, "worker", "weave.to_thread: corrupt result");
   if (!j->failed) return n;
   /* [message, traceback] */
   weave__newerror(L, j->failed == 2 ? "invalid_argument" : "worker", lua_tostring(L, -2));
