@@ -23,32 +23,38 @@ wv_task *weave__checktask(lua_State *L, int idx, const char *fname) {
 /* Push the userdata of a live (anchored) task. */
 static void pushtask(lua_State *L, wv_task *t) { lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref); }
 
+/* A task keeps its function and arguments in its own user values (3, 4,
+** ...) until it first runs, when there are at most WV_INLINEARGS of them
+** (no table to allocate), else in a table {fn, args...} in user value 3.
+** The coroutine is taken (from the pool) only when the task first runs. */
+#define WV_INLINEARGS 8
+
 /* Create a task running stack[fnidx](next nargs values) and queue it;
-** pushes the Task.  The function and its arguments are kept with the task
-** (user value 1: the function, or {fn, args...}) until it first runs; the
-** coroutine is taken (from the pool) only then.  nargs <= WV_MAXARGS. */
+** pushes the Task.  nargs <= WV_MAXARGS. */
 int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs) {
   wv_task *t;
-  int i;
+  int i, inl = nargs < WV_INLINEARGS;
   fnidx = lua_absindex(L, fnidx);
-  t = lua_newuserdatauv(L, sizeof *t, 2);
+  t = lua_newuserdatauv(L, sizeof *t, 2 + (inl ? nargs + 1 : 1));
   memset(t, 0, sizeof *t);
   t->f.kind = WV_KTASK;
   t->tm.idx = -1;
   t->id = ++rt->nextid;
   t->nargs = nargs;
-  t->status = WV_TDONE; /* not live until queued below */
   luaL_setmetatable(L, WV_TASK_MT);
-  if (nargs == 0) {
-    lua_pushvalue(L, fnidx);
+  if (inl) {
+    for (i = 0; i <= nargs; i++) {
+      lua_pushvalue(L, fnidx + i);
+      lua_setiuservalue(L, -2, 3 + i);
+    }
   } else {
     lua_createtable(L, nargs + 1, 0);
     for (i = 0; i <= nargs; i++) {
       lua_pushvalue(L, fnidx + i);
       lua_rawseti(L, -2, i + 1);
     }
+    lua_setiuservalue(L, -2, 3);
   }
-  lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, -1);
   t->f.ref = luaL_ref(L, LUA_REGISTRYINDEX);
   rt->ntasks++;
@@ -295,40 +301,51 @@ static void fail_with(wv_rt *rt, wv_task *t, const char *msg) {
   finish(rt, t, WV_REJECTED);
 }
 
-/* Start t: move its function and arguments (user value 1) onto a pooled
-** coroutine.  Returns the argument count, or -1 when t was settled. */
+/* Start t: move its function and arguments onto a pooled coroutine (and
+** drop them from the task).  Returns the argument count, or -1 when t was
+** settled instead. */
 static int start(wv_rt *rt, wv_task *t) {
   lua_State *L = rt->L, *co;
-  int i, n = t->nargs;
+  int i, n = t->nargs, inl = n < WV_INLINEARGS, task;
+  pushtask(L, t);
+  task = lua_gettop(L);
   if (t->cancelled) {
     /* Cancelled before it ever ran: settle without running the body. */
+    for (i = 3; i <= (inl ? n + 3 : 3); i++) {
+      lua_pushnil(L);
+      lua_setiuservalue(L, task, i);
+    }
+    lua_pop(L, 1);
     pushcancel(L, t, t);
     lua_pushnil(L);
     finish(rt, t, WV_CANCELLED);
     return -1;
   }
-  pushtask(L, t);
-  lua_getiuservalue(L, -1, 1);
-  co = weave__getco(L, rt); /* [task, fn|args, co] */
-  lua_replace(L, -3);       /* [co, fn|args] */
+  co = weave__getco(L, rt); /* [task, co] */
   t->co = co;
+  lua_setiuservalue(L, task, 1); /* the coroutine, from now on */
   if (!lua_checkstack(co, n + LUA_MINSTACK)) {
-    lua_pop(L, 2);
+    lua_pop(L, 1);
     fail_with(rt, t, "weave.spawn: too many arguments for the task's stack");
     return -1;
   }
-  if (n == 0) {
-    lua_xmove(L, co, 1);
+  if (inl) {
+    for (i = 0; i <= n; i++) {
+      lua_getiuservalue(L, task, 3 + i);
+      lua_xmove(L, co, 1);
+      lua_pushnil(L);
+      lua_setiuservalue(L, task, 3 + i);
+    }
   } else {
+    lua_getiuservalue(L, task, 3);
     for (i = 1; i <= n + 1; i++) {
       lua_rawgeti(L, -1, i);
       lua_xmove(L, co, 1);
     }
     lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_setiuservalue(L, task, 3);
   }
-  pushtask(L, t); /* [co, task] */
-  lua_insert(L, -2);
-  lua_setiuservalue(L, -2, 1); /* the coroutine, from now on */
   lua_pop(L, 1);
   return n;
 }
