@@ -499,6 +499,8 @@ static int l_http_new(lua_State *L) {
     sp.headers = 5;
   }
   if (sp.url == NULL) return refuse(L, "expected a url string");
+  if (lua_type(L, 3) == LUA_TSTRING && strlen(sp.url) != lua_rawlen(L, 3))
+    return refuse(L, "the url contains a NUL byte");
   if (strncasecmp(sp.url, "http://", 7) != 0 && strncasecmp(sp.url, "https://", 8) != 0) {
     lua_pushfstring(L, "the url must be http:// or https://, got %s", sp.url);
     return refuse(L, lua_tostring(L, -1));

@@ -7,7 +7,7 @@ local sync = require "weave.sync"
 
 local type, tostring, pairs, ipairs, error, pcall, setmetatable, select =
   type, tostring, pairs, ipairs, error, pcall, setmetatable, select
-local concat, sort, find = table.concat, table.sort, string.find
+local concat, sort = table.concat, table.sort
 
 local M = {}
 
@@ -467,7 +467,6 @@ local running = core.running
 -- in its shared spec table; the transfer builds the Response in C.
 local function plain(self, url, method, fname)
   if self._closed then error(invalid(fname, "the session is closed"), 3) end
-  if find(url, "\0", 1, true) then error(invalid(fname, "the url contains a NUL byte"), 3) end
   -- Finished transfers are made anew (a few kept per session).
   local pool, n = self._xpool, self._xn
   local old = pool[n]
