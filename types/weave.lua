@@ -2,7 +2,7 @@
 -- LuaLS annotations for weave (add this directory to workspace.library).
 
 ---@class weave.Error
----@field kind string "cancelled"|"timeout"|"interrupted"|"deadlock"|"group"|"full"|"empty"|"closed"|"worker"|"invalid_argument"|"fs"|"process"|"dns"|"connect"|"tls"|"network"|"protocol"|"too_large"|"too_many_redirects"|"invalid_request"|"status"
+---@field kind string "cancelled"|"timeout"|"interrupted"|"deadlock"|"group"|"full"|"empty"|"closed"|"worker"|"invalid_argument"|"invalid_state"|"resource"|"fs"|"process"|"dns"|"connect"|"tls"|"network"|"protocol"|"too_large"|"too_many_redirects"|"invalid_request"|"status"
 ---@field message string
 ---@field url? string
 ---@field curl_code? integer
@@ -180,7 +180,7 @@ function Process:close() end
 
 ---@class weave.process
 local process = {}
----@param spec {[integer]: string, stdin?: string, cwd?: string, env?: table<string, string>, timeout?: number}
+---@param spec {[integer]: string, stdin?: string, cwd?: string, env?: table<string, string>, timeout?: number, kill_grace?: number}
 ---@return weave.ProcessResult
 function process.run(spec) end
 ---@param spec {[integer]: string, stdin?: boolean, cwd?: string, env?: table<string, string>}
