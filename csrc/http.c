@@ -306,7 +306,7 @@ static int optbool(lua_State *L, int spec, const char *k, int dflt) {
 /* A request spec, read in one pass over the table (only the fields that are
 ** set cost anything).  Strings stay alive in the table. */
 typedef struct {
-  const char *url, *method, *ca_file, *proxy, *output, *http_version, *body;
+  const char *url, *method, *ca_file, *proxy, *output, *http_version, *body, *cookie;
   size_t blen;
   int follow, verify, stream, progress, body_stream, headers;
   double timeout, connect_timeout, read_timeout, max_body, buffer_size, max_redirects;
@@ -332,6 +332,8 @@ static void spec_field(lua_State *L, wv_spec *sp, const char *key) {
       sp->connect_timeout = num;
     else if (strcmp(key, "ca_file") == 0)
       sp->ca_file = str;
+    else if (strcmp(key, "cookie") == 0)
+      sp->cookie = str;
     break;
   case 'f':
     if (strcmp(key, "follow") == 0) sp->follow = b;
@@ -399,7 +401,8 @@ static void base_options(wv_session *s, CURL *e, long bufsize) {
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, bufsize);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_301 | CURL_REDIR_POST_302);
+  /* No CURLOPT_POSTREDIR: after 301/302/303 a POST becomes a GET without
+  ** its body (RFC 9110 as browsers and the peers do); 307/308 keep both. */
 }
 
 /* The userdata at idx if its metatable is mt (by identity), else a type
@@ -527,7 +530,7 @@ static int l_http_new(lua_State *L) {
   /* Options beyond a plain GET mark the handle "dirty": before its next use
   ** it gets a full curl_easy_reset.  A clean handle is reused as curl intends,
   ** without a reset: every per-request option below is set each time. */
-  x->dirty = sp.ca_file || sp.proxy || sp.output || sp.progress || sp.body_stream || sp.body ||
+  x->dirty = sp.ca_file || sp.proxy || sp.output || sp.progress || sp.body_stream || sp.body || sp.cookie ||
              (sp.method != NULL && strcmp(sp.method, "GET") != 0) || sp.buffer_size > 0;
   /* The tunables below at their defaults: a handle whose last request was
   ** the same needs none of them set again. */
@@ -584,6 +587,8 @@ static int l_http_new(lua_State *L) {
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, v);
   }
   if (sp.ca_file != NULL) curl_easy_setopt(e, CURLOPT_CAINFO, sp.ca_file);
+  /* A caller's Cookie header: curl merges it with the jar's into one line. */
+  if (sp.cookie != NULL) curl_easy_setopt(e, CURLOPT_COOKIE, sp.cookie);
   if (sp.proxy != NULL) curl_easy_setopt(e, CURLOPT_PROXY, sp.proxy);
   x->stream = sp.stream;
   x->upload = sp.body_stream;
@@ -635,6 +640,13 @@ static int l_http_new(lua_State *L) {
       curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
       curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)-1);
     }
+  }
+  if (sp.method != NULL && sp.body == NULL && !sp.body_stream && strcmp(sp.method, "GET") != 0 &&
+      strcmp(sp.method, "HEAD") != 0) {
+    /* Every method but GET and HEAD sends "Content-Length: 0" without a
+    ** body (as requests and fetch do); POST stays POST. */
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, "");
   }
   if (sp.method != NULL) {
     if (strcmp(sp.method, "HEAD") == 0)

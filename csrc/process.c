@@ -362,12 +362,24 @@ static int p_pending(lua_State *L) {
   return 1;
 }
 
-/* p:close_stdin(): EOF for the child (after queued writes). */
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  wv_proc *p = req->handle->data;
+  (void)status;
+  free(req);
+  close_handle(p, (uv_handle_t *)&p->in);
+}
+
+/* p:close_stdin(): EOF for the child once the queued writes are written
+** (uv_shutdown waits for them; closing at once would cancel them). */
 static int p_close_stdin(lua_State *L) {
   wv_proc *p = checkproc(L);
   if (p->has_in && !p->in_closed) {
+    uv_shutdown_t *req = p->writes > 0 && p->rt != NULL ? malloc(sizeof *req) : NULL;
     p->in_closed = 1;
-    close_handle(p, (uv_handle_t *)&p->in);
+    if (req == NULL || uv_shutdown(req, (uv_stream_t *)&p->in, on_shutdown) != 0) {
+      free(req);
+      close_handle(p, (uv_handle_t *)&p->in);
+    }
   }
   return 0;
 }

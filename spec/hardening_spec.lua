@@ -649,3 +649,28 @@ describe("hardening: bad arguments", function()
     assert(#fails == 0, why(table.concat(fails, "\n"), out, err, rc, dt))
   end)
 end)
+
+describe("hardening: process stdin", function()
+  -- Found by the fuzz spec: close_stdin right after a large write cancelled
+  -- the queued write (the child got part of its input).
+  it("close_stdin waits for queued writes: every byte reaches the child", function()
+    local weave = require "weave"
+    local process = require "weave.process"
+    weave.run(function()
+      local data = ("q"):rep(3000000) .. "|end"
+      local r = process.run { "/bin/cat", stdin = data }
+      assert.are.equal(#data, #r.stdout)
+      local p <close> = process.spawn { "/bin/cat", stdin = true }
+      p:write(data)
+      p:close_stdin()
+      local got = {}
+      while true do
+        local s = p:read()
+        if not s then break end
+        got[#got + 1] = s
+      end
+      assert.are.equal(#data, #table.concat(got))
+      assert.are.equal(0, p:wait().code)
+    end)
+  end)
+end)

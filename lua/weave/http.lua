@@ -66,14 +66,12 @@ local function host_of(url)
   return authority, scheme:lower()
 end
 
+-- base_url keeps its path: ".../v1" + "/users/42" -> ".../v1/users/42"
+-- (as httpx and aiohttp's base_url do); absolute URLs pass through.
 local function join_url(base, path)
   if base == nil or path:find("^%a[%w+.-]*://") then return path end
   if path == "" then return base end
-  if path:sub(1, 1) == "/" then
-    local origin = base:match("^(%a[%w+.-]*://[^/]*)")
-    return (origin or base) .. path
-  end
-  return (base:gsub("/*$", "")) .. "/" .. path
+  return (base:gsub("/*$", "")) .. "/" .. (path:gsub("^/+", ""))
 end
 
 ---------------------------------------------------------------------------
@@ -242,8 +240,16 @@ local function check_number(fname, opts, k)
   return v
 end
 
+-- One request header line.  A value "" is sent empty ("Name;" is curl's way
+-- to send "Name:" with nothing), false removes a default header (and
+-- curl's own: "Name:" disables it).
 local function header_line(fname, k, v, url)
+  if v == false then return tostring(k) .. ":" end
   k, v = tostring(k), tostring(v)
+  if v == "" then
+    if k:find("[%c:;]") or k == "" then error(invalid(fname, ("bad header name %q"):format(k), url), 4) end
+    return k .. ";"
+  end
   if k:find("[%c:]") or k == "" then
     error(invalid(fname, ("bad header name %q"):format(k), url), 4)
   end
@@ -256,15 +262,30 @@ end
 local EMPTY = {}
 local NUMERIC = { "timeout", "connect_timeout", "read_timeout", "pool_timeout", "max_body_size" }
 
+local function has_name(h, name)
+  for k in pairs(h) do
+    if tostring(k):lower() == name then return true end
+  end
+  return false
+end
+
 local function header_lines(fname, lines, names, h, url)
   if type(h) ~= "table" then error(invalid(fname, "headers must be a table", url), 4) end
   local keys = {}
   for k in pairs(h) do keys[#keys + 1] = k end
   sort(keys, function(a, b) return tostring(a) < tostring(b) end)
   for _, k in ipairs(keys) do
-    if not names[tostring(k):lower()] then
-      names[tostring(k):lower()] = true
-      lines[#lines + 1] = header_line(fname, k, h[k], url)
+    local lk = tostring(k):lower()
+    if not names[lk] then
+      names[lk] = true
+      if lk == "cookie" and h[k] ~= false then
+        -- Sent by curl, merged with the session's jar into one Cookie line.
+        local v = tostring(h[k])
+        if v:find("[\0\r\n]") then error(invalid(fname, "header Cookie: the value contains a NUL byte or a line break", url), 4) end
+        lines.cookie = v
+      else
+        lines[#lines + 1] = header_line(fname, k, h[k], url)
+      end
     end
   end
 end
@@ -325,10 +346,21 @@ local function build(self, opts, fname, url, method)
     end
     header_lines(fname, lines, names, self._defaults, url)
   end
-  if (body or body_iter) and method == "GET" and opts.method == nil then method = "POST" end
+  if body or body_iter then
+    -- A method is never changed by a body: GET and HEAD with one are refused.
+    if method == "GET" or method == "HEAD" then
+      error(invalid(fname, ("a %s request cannot have a body (use http.post or method=)"):format(method), url), 3)
+    end
+    -- A raw body gets no invented Content-Type (curl would say it is a form).
+    if not ctype and not (opts.headers and has_name(opts.headers, "content-type"))
+      and not self._has_ctype then
+      if lines == self._lines then lines = { table.unpack(self._lines) } end
+      lines[#lines + 1] = "Content-Type:"
+    end
+  end
   -- Only the fields that are set: a constructor listing every option would
   -- build a large hash part on every request.
-  local req = { url = url, host = host, method = method, headers = lines }
+  local req = { url = url, host = host, method = method, headers = lines, cookie = lines.cookie }
   if opts == EMPTY then
     if self.pool_timeout then req.pool_timeout = self.pool_timeout end
     if self.verify == false then req.verify = false end
@@ -580,18 +612,21 @@ function M.session(opts)
   end
   s._lines = {}
   header_lines("http.session", s._lines, {}, s._defaults, nil)
+  s._has_ctype = has["content-type"]
   -- The session's own settings, shared by its requests without options.
   s._spec = { ca_file = s.ca_file, proxy = s.proxy, http_version = s.http_version, buffer_size = s.buffer_size }
   if s.verify == false then s._spec.verify = false end
-  s._plain = not (s.base_url or s.max_per_host or s.pool_timeout)
+  s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie)
   s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host }
   s._s:set_lines(s._lines)
   return s
 end
 
+-- The session of the module-level functions: keep-alive is shared, cookies
+-- are not (each call starts with an empty jar, as requests.get does).
 local default
 local function default_session()
-  if not default or default._closed then default = M.session {} end
+  if not default or default._closed then default = M.session { cookies = false } end
   return default
 end
 M.default_session = default_session

@@ -108,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
             peer = "%s:%d" % self.client_address
             STATS["peers"][peer] = STATS["peers"].get(peer, 0) + 1
         body = self.body_in() if self.command in ("POST", "PUT", "PATCH", "DELETE") else b""
-        if path == "/echo":
+        if path == "/echo" or path.startswith("/echo/"):
             out = {
                 "method": self.command,
                 "path": path,
