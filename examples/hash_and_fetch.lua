@@ -33,7 +33,7 @@ weave.group(function(g)
   end
   for i = 1, 6 do
     g:spawn(function()
-      local res = http.get(url .. "/delay?ms=" .. (i * 40))
+      local res = http.get(url .. "/delay?ms=" .. (i * 100))
       print(("%6.0f ms  fetched #%d: HTTP %d"):format((weave.now() - t0) * 1000, i, res.status))
     end)
   end
