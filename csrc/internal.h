@@ -111,6 +111,7 @@ struct wv_task {
   unsigned char wake;      /* WV_WAKE_* of the last wake-up */
   unsigned char cancelled; /* root scope cancelled (level-triggered) */
   unsigned char interrupt; /* cancelled by SIGINT */
+  unsigned char hard;      /* reaped at shutdown: shields no longer protect it */
 };
 
 struct wv_rt {

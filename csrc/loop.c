@@ -290,23 +290,36 @@ static int turn(wv_rt *rt) {
   return r || rt->rhead != NULL || rt->ncbq > 0;
 }
 
-/* Cancel every live task: they are the Tasks anchored in the registry. */
-static void cancel_all(wv_rt *rt) {
+/* Cancel every live task: they are the Tasks anchored in the registry.
+** `hard`: shields no longer protect them (see reap). */
+static void cancel_all(wv_rt *rt, int hard) {
   lua_State *L = rt->L;
   lua_pushnil(L);
   while (lua_next(L, LUA_REGISTRYINDEX)) {
     wv_task *t = weave__testtask(L, -1);
-    if (t != NULL && !t->cancelled) weave__cancel(L, rt, t, 0);
+    if (t != NULL && t->status != WV_TDONE) {
+      if (hard) t->hard = 1;
+      if (!t->cancelled)
+        weave__cancel(L, rt, t, 0);
+      else if (hard)
+        weave__deliver(rt, t);
+    }
     lua_pop(L, 1);
   }
 }
 
-/* Cancel every live task and turn the loop until they are gone, or until
-** nothing can make progress (tasks blocked where no cancel reaches). */
+/* Cancel every live task and turn the loop until they are gone.  When
+** nothing can make progress any more (tasks parked inside a shield on
+** something nothing will settle), the cancel goes through shields too, so
+** every task ends and its cleanup runs. */
 static void reap(wv_rt *rt) {
+  int hard = 0;
   while (rt->ntasks > 0) {
-    cancel_all(rt);
-    if (!turn(rt)) break;
+    cancel_all(rt, hard);
+    if (!turn(rt) && rt->rhead == NULL) {
+      if (hard) break;
+      hard = 1;
+    }
   }
 }
 
@@ -315,7 +328,7 @@ static void reap(wv_rt *rt) {
 static void rununtil(wv_rt *rt, wv_task *root) {
   while (root->f.state == WV_PENDING) {
     if (!turn(rt)) {
-      if (rt->deadlock) break;
+      if (rt->deadlock || root->f.state != WV_PENDING) break;
       rt->deadlock = 1;
       weave__cancel(rt->L, rt, root, 0);
     }
@@ -482,7 +495,7 @@ void weave__close(wv_rt *rt) {
     /* Asked from inside (a task, a callback): cancel everything now, close
     ** when the outermost run or step returns. */
     rt->closereq = 1;
-    cancel_all(rt);
+    cancel_all(rt, 0);
     return;
   }
   rt->running++;

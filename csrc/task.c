@@ -113,7 +113,7 @@ static const void *cancel_source(wv_task *t) {
   wv_scope *s;
   for (s = t->scope; s != NULL; s = s->parent) {
     if (s->cancelled) src = s;
-    if (s->shield) return src;
+    if (s->shield && !t->hard) return src;
   }
   return t->cancelled ? (const void *)t : src;
 }

@@ -62,7 +62,9 @@ static int job_k_safe(lua_State *L, int status, lua_KContext ctx) {
   wv_job *j = (wv_job *)ctx;
   int top, st;
   (void)status;
-  weave__woken(L, j->rt); /* a cancel abandoned j (job_after frees it) */
+  /* A cancel abandoned j and job_after may have freed it already: nothing
+  ** of j is touched before weave__woken has raised that cancel. */
+  weave__woken(L, weave__rt(L));
   j->waiter = NULL;
   top = lua_gettop(L);
   lua_pushcfunction(L, push_protected);

@@ -213,6 +213,16 @@ describe("weave.process", function()
     end)
   end)
 
+  it("feeds a large stdin fully before closing it", function()
+    run(function()
+      local data = ("0123456789abcdef"):rep(65536) -- 1 MiB: more than a pipe takes at once
+      local r = process.run { "cat", stdin = data }
+      assert.are.equal(0, r.code)
+      assert.are.equal(#data, #r.stdout)
+      assert.is_true(r.stdout == data)
+    end)
+  end)
+
   it("reads large outputs fully (no pipe deadlock)", function()
     run(function()
       local r = process.run { "sh", "-c", "head -c 10485760 /dev/zero; head -c 1048576 /dev/zero >&2" }

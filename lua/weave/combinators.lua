@@ -3,7 +3,8 @@
 -- started or was given: no orphan task outlives it. See docs/concurrency.md.
 local core = require "weave.core"
 
-local select, type, error, pcall, setmetatable = select, type, error, pcall, setmetatable
+local select, type, error, pcall, setmetatable, getmetatable = select, type, error, pcall, setmetatable, getmetatable
+local tostring = tostring
 local unpack = table.unpack
 local state, spawn, await, future = core.state, core.spawn, core.await, core.future
 
@@ -11,21 +12,39 @@ local M = {}
 
 local function pack(...) return { n = select("#", ...), ... } end
 
-local function awaitable(fname, x, i)
-  if type(x) == "function" then return spawn(x) end
-  if core.isawaitable(x) then return x end
-  error(("%s: item %d: expected a Task, Future or function, got %s"):format(fname, i, type(x)), 4)
+-- The one error rule: every error weave raises is a weave error object.
+-- Misuse is kind "invalid_argument" (or "invalid_state", "closed"), its
+-- message naming the function and what it expected.
+local function raise(kind, fmt, ...) error(core.error(kind, fmt:format(...)), 3) end
+local function argerror(fmt, ...) error(core.error("invalid_argument", fmt:format(...)), 3) end
+
+-- Check every item before spawning any, so that a bad call starts no task:
+-- items[1..n] -> the same items, functions spawned as tasks.
+local function awaitables(fname, items, n)
+  for i = 1, n do
+    local x = items[i]
+    if type(x) ~= "function" and not core.isawaitable(x) then
+      argerror("%s: item %d: expected a Task, Future or function, got %s", fname, i, type(x))
+    end
+  end
+  local out = {}
+  for i = 1, n do
+    local x = items[i]
+    out[i] = type(x) == "function" and spawn(x) or x
+  end
+  return out
 end
 
 -- A list argument: {x1, x2, ...} (n = list.n or #list) -> awaitables, n
 local function collect(fname, list)
   if type(list) ~= "table" or core.isawaitable(list) then
-    error(("%s: expected a list of Tasks, Futures or functions, got %s"):format(fname, type(list)), 3)
+    argerror("%s: expected a list of Tasks, Futures or functions, got %s", fname, type(list))
   end
   local n = list.n or #list
-  local items = {}
-  for i = 1, n do items[i] = awaitable(fname, list[i], i) end
-  return items, n
+  if type(n) ~= "number" or not (n >= 0) or n % 1 ~= 0 then
+    argerror("%s: list.n must be a non-negative integer, got %s", fname, tostring(list.n))
+  end
+  return awaitables(fname, list, n), n
 end
 
 local function failed(x)
@@ -69,21 +88,27 @@ end
 
 local function settle_opts(fname, opts)
   if opts ~= nil and type(opts) ~= "table" then
-    error(("%s: options must be a table, got %s"):format(fname, type(opts)), 3)
+    argerror("%s: options must be a table or nil, got %s", fname, type(opts))
   end
   return opts or {}
+end
+
+local function check_timeout(fname, t)
+  if t ~= nil and (type(t) ~= "number" or t ~= t) then
+    argerror("%s: timeout must be seconds (number) or nil, got %s", fname, t ~= t and "nan" or type(t))
+  end
 end
 
 --- gather(a, b, ...) -> ra, rb, ...; gather(list [, {settle=true}]) -> results[, errors]
 function M.gather(first, ...)
   local items, n, varargs, opts
   if type(first) == "table" and not core.isawaitable(first) then
-    items, n = collect("weave.gather", first)
     opts = settle_opts("weave.gather", (...))
+    items, n = collect("weave.gather", first)
   else
     local args = pack(first, ...)
-    n, items, varargs, opts = args.n, {}, true, {}
-    for i = 1, n do items[i] = awaitable("weave.gather", args[i], i) end
+    n, varargs, opts = args.n, true, {}
+    items = awaitables("weave.gather", args, n)
   end
   local settle = opts.settle
   if n > 0 then
@@ -114,15 +139,13 @@ local WHEN = { all = true, first = true, first_error = true }
 --- wait(list, {when=, timeout=}) -> done, pending (input order); never raises
 -- for the children, never cancels them.
 function M.wait(list, opts)
-  local items, n = collect("weave.wait", list)
   opts = settle_opts("weave.wait", opts)
   local when = opts.when or "all"
   if not WHEN[when] then
-    error(("weave.wait: when must be \"all\", \"first\" or \"first_error\", got %s"):format(tostring(when)), 2)
+    argerror("weave.wait: when must be \"all\", \"first\" or \"first_error\", got %s", tostring(when))
   end
-  if opts.timeout ~= nil and type(opts.timeout) ~= "number" then
-    error(("weave.wait: timeout must be seconds (number), got %s"):format(type(opts.timeout)), 2)
-  end
+  check_timeout("weave.wait", opts.timeout)
+  local items, n = collect("weave.wait", list)
   local ndone = 0
   local function satisfied(x)
     ndone = ndone + 1
@@ -152,8 +175,9 @@ end
 --- as_completed(list, {timeout=}) -> iterator over the original Tasks and
 -- Futures in completion order; raises kind "timeout" on expiry.
 function M.as_completed(list, opts)
-  local items, n = collect("weave.as_completed", list)
   opts = settle_opts("weave.as_completed", opts)
+  check_timeout("weave.as_completed", opts.timeout)
+  local items, n = collect("weave.as_completed", list)
   local deadline = opts.timeout and core.now() + opts.timeout
   local queue, head, signal = {}, 1, nil
   for i = 1, n do
@@ -185,7 +209,7 @@ end
 -- rest are cancelled and reaped.
 function M.race(list)
   local items, n = collect("weave.race", list)
-  if n == 0 then error("weave.race: expected at least one item", 2) end
+  if n == 0 then argerror("weave.race: expected a list of at least one item, got an empty list") end
   local trig = trigger(items, n, function() return true end)
   local ok, first = pcall(await, trig)
   if not ok then abort(items, n, first) end
@@ -198,7 +222,7 @@ end
 -- reaped; if all fail, raises kind "group" with err.errors.
 function M.any(list)
   local items, n = collect("weave.any", list)
-  if n == 0 then error("weave.any: expected at least one item", 2) end
+  if n == 0 then argerror("weave.any: expected a list of at least one item, got an empty list") end
   local nfailed = 0
   local trig = trigger(items, n, function(_, x)
     if failed(x) then
@@ -224,10 +248,11 @@ Group.__name = "weave.Group"
 
 --- g:spawn(fn, ...) -> Task, owned by the group.
 function Group:spawn(fn, ...)
-  if self._closed then error("Group:spawn: the group has finished; spawn while it runs", 2) end
-  if type(fn) ~= "function" then
-    error(("Group:spawn: expected a function, got %s"):format(type(fn)), 2)
+  if getmetatable(self) ~= Group then
+    argerror("Group:spawn: expected a Group as self (use g:spawn(fn, ...)), got %s", type(self))
   end
+  if type(fn) ~= "function" then argerror("Group:spawn: expected a function, got %s", type(fn)) end
+  if self._closed then raise("closed", "Group:spawn: the group has finished; spawn while its body runs") end
   local t = spawn(fn, ...)
   self.tasks[#self.tasks + 1] = t
   self._live = self._live + 1
@@ -248,12 +273,15 @@ function Group:_stop()
 end
 
 --- g:cancel(): end the group early (body and children), with no error.
-function Group:cancel() self:_stop() end
+function Group:cancel()
+  if getmetatable(self) ~= Group then
+    argerror("Group:cancel: expected a Group as self (use g:cancel()), got %s", type(self))
+  end
+  self:_stop()
+end
 
 function M.group(body, ...)
-  if type(body) ~= "function" then
-    error(("weave.group: expected a function, got %s"):format(type(body)), 2)
-  end
+  if type(body) ~= "function" then argerror("weave.group: expected a function, got %s", type(body)) end
   local g = setmetatable({ tasks = {}, errors = {}, _live = 0, _scope = core.newscope(nil, false) }, Group)
   local r = pack(pcall(core.runscope, g._scope, body, g, ...))
   local outer

@@ -4,7 +4,14 @@
 local core = require "weave.core"
 local fs = core.fs
 
+local type, error, pcall = type, error, pcall
+
 local M = {}
+
+-- The one error rule: misuse raises a weave error object of kind
+-- "invalid_argument" whose message names the function (core.fs checks
+-- paths and data the same way).
+local function argerror(fmt, ...) error(core.error("invalid_argument", fmt:format(...)), 3) end
 
 --- fs.read(path) -> the whole file as a string (binary-safe)
 function M.read(path) return fs("read", path) end
@@ -21,9 +28,15 @@ function M.remove(path) return fs("remove", path) end
 --- fs.rename(from, to)
 function M.rename(from, to) return fs("rename", from, to) end
 --- fs.mkdir(path [, {parents=true}])
-function M.mkdir(path, opts) return fs("mkdir", path, type(opts) == "table" and opts.parents or false) end
+function M.mkdir(path, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror("fs.mkdir: options must be a table ({parents=true}) or nil, got %s", type(opts))
+  end
+  return fs("mkdir", path, opts ~= nil and opts.parents or false)
+end
 --- fs.exists(path) -> boolean
 function M.exists(path)
+  if type(path) ~= "string" then argerror("fs.exists: expected the path (string), got %s", type(path)) end
   local ok, err = pcall(fs, "stat", path)
   if ok then return true end
   if type(err) == "table" and err.code == "ENOENT" then return false end

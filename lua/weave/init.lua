@@ -34,15 +34,19 @@ function M.is_timeout(err) return core.iserror(err, "timeout") end
 
 local function pack(...) return { n = select("#", ...), ... } end
 
+-- The one error rule: misuse raises a weave error object (kind
+-- "invalid_argument", the message naming the function), never a string.
+local function argerror(fmt, ...) error(core.error("invalid_argument", fmt:format(...)), 3) end
+
 local function check_seconds(fname, s)
   if type(s) ~= "number" or s ~= s then
-    error(("%s: expected seconds (number), got %s"):format(fname, s ~= s and "nan" or type(s)), 3)
+    argerror("%s: expected seconds (number), got %s", fname, s ~= s and "nan" or type(s))
   end
 end
 
 local function check_fn(fname, fn, pos)
   if type(fn) ~= "function" then
-    error(("%s: expected a function as argument %d, got %s"):format(fname, pos, type(fn)), 3)
+    argerror("%s: expected a function as argument %d, got %s", fname, pos, type(fn))
   end
 end
 
@@ -77,14 +81,14 @@ end
 local function awaitable(fname, x)
   if type(x) == "function" then return core.spawn(x) end
   if core.isawaitable(x) then return x end
-  error(("%s: expected a Task, Future or function, got %s"):format(fname, type(x)), 3)
+  argerror("%s: expected a Task, Future or function as argument 1, got %s", fname, type(x))
 end
 
 --- Await x with a deadline; on expiry cancel x, wait for it to finish
 -- cancelling, raise kind "timeout".
 function M.wait_for(x, s)
+  check_seconds("weave.wait_for", s) -- first: a bad call spawns nothing
   x = awaitable("weave.wait_for", x)
-  check_seconds("weave.wait_for", s)
   local r = pack(pcall(core.runscope, core.newscope(s, false), core.await, x))
   if r[1] and r[2] then return unpack(r, 3, r.n) end
   -- Expired (r[2] == false) or interrupted by an outer cancel: x is ours to stop.

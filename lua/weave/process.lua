@@ -10,30 +10,41 @@ local core = require "weave.core"
 local weave = require "weave"
 
 local type, error, pcall, tostring, pairs = type, error, pcall, tostring, pairs
+local getmetatable, setmetatable, select = getmetatable, setmetatable, select
 
 local M = {}
 
+-- The one error rule: every error weave raises is a weave error object.
+-- Misuse is kind "invalid_argument", its message naming the function and
+-- what it expected.
+local function argerror(fmt, ...) error(core.error("invalid_argument", fmt:format(...)), 3) end
+
 local function spec_of(fname, t, stream)
-  if type(t) ~= "table" then error(("%s: expected {cmd, args...}, got %s"):format(fname, type(t)), 3) end
+  if type(t) ~= "table" then argerror("%s: expected {cmd, args...}, got %s", fname, type(t)) end
   local file = t[1] or t.cmd
-  if type(file) ~= "string" then error(("%s: expected the command (string) at [1]"):format(fname), 3) end
+  if type(file) ~= "string" then argerror("%s: expected the command (string) at [1], got %s", fname, type(file)) end
   local args = { file }
   for i = 2, #t do args[i] = tostring(t[i]) end
   local env
   if t.env ~= nil then
-    if type(t.env) ~= "table" then error(("%s: env must be a table"):format(fname), 3) end
+    if type(t.env) ~= "table" then argerror("%s: env must be a table or nil, got %s", fname, type(t.env)) end
     env = {}
     for k, v in pairs(t.env) do env[#env + 1] = tostring(k) .. "=" .. tostring(v) end
     table.sort(env)
   end
+  if t.cwd ~= nil and type(t.cwd) ~= "string" then
+    argerror("%s: cwd must be a path (string) or nil, got %s", fname, type(t.cwd))
+  end
   if t.stdin ~= nil and type(t.stdin) ~= "string" and type(t.stdin) ~= "boolean" then
-    error(("%s: stdin must be a string or a boolean"):format(fname), 3)
+    argerror("%s: stdin must be a string, a boolean or nil, got %s", fname, type(t.stdin))
   end
   if t.timeout ~= nil and (type(t.timeout) ~= "number" or t.timeout ~= t.timeout) then
-    error(("%s: timeout must be seconds (number)"):format(fname), 3)
+    argerror("%s: timeout must be seconds (number) or nil, got %s", fname,
+      t.timeout ~= t.timeout and "nan" or type(t.timeout))
   end
   if t.kill_grace ~= nil and (type(t.kill_grace) ~= "number" or not (t.kill_grace >= 0)) then
-    error(("%s: kill_grace must be seconds (number)"):format(fname), 3)
+    argerror("%s: kill_grace must be seconds (a number >= 0) or nil, got %s", fname,
+      type(t.kill_grace) == "number" and tostring(t.kill_grace) or type(t.kill_grace))
   end
   return { file = file, args = args, cwd = t.cwd, env = env,
     stdin = t.stdin ~= nil and t.stdin ~= false, stream = stream }
@@ -75,9 +86,12 @@ end
 
 -- Write to the child's stdin; a child that stopped reading (EPIPE) is not an
 -- error for run: its exit status says what happened.
+-- Waits until the write is done (or the child has exited): closing stdin
+-- while a write is still queued would cut the data short.
 local function feed(p, data)
   local ok, err = pcall(p.write, p, data)
   if not ok and not core.iserror(err, "closed") then error(err, 0) end
+  while p:pending_writes() > 0 and not p:status() do p:wait_event() end
 end
 
 local function outcome(code, sig)
@@ -85,8 +99,7 @@ local function outcome(code, sig)
   return code, nil
 end
 
-local function run(t)
-  local spec = spec_of("process.run", t, false)
+local function run(t, spec)
   local p = core.proc_spawn(spec)
   local function body()
     if type(t.stdin) == "string" and #t.stdin > 0 then feed(p, t.stdin) end
@@ -102,7 +115,7 @@ local function run(t)
       error(core.error("timeout", ("process.run: %s did not finish within %g s (killed)"):format(spec.file, t.timeout),
         { pid = pid, cmd = spec.file }), 0)
     end
-    a, b = b, c
+    if ok then a, b = b, c end -- on failure `a` is the error (a cancel): keep it
   else
     ok, a, b = pcall(body)
   end
@@ -119,8 +132,9 @@ end
 --- process.run{cmd, args..., stdin=, cwd=, env=, timeout=} -> result table.
 -- code is nil and signal set when the child died of a signal.
 function M.run(t)
-  if core.current() == nil and not core.running() then return weave.run(run, t) end
-  return run(t)
+  local spec = spec_of("process.run", t, false) -- misuse raises here, before any loop runs
+  if core.current() == nil and not core.running() then return weave.run(run, t, spec) end
+  return run(t, spec)
 end
 
 ---------------------------------------------------------------------------
@@ -129,8 +143,20 @@ end
 local Process = { __name = "weave.Process" }
 Process.__index = Process
 
-local function read_from(self, take, eof_index)
-  local p = self._p
+-- self's core process; a method called with '.' (or on another object) is
+-- kind "invalid_argument", one called after close() kind "closed".
+local function proc(self, fname)
+  if getmetatable(self) ~= Process then
+    error(core.error("invalid_argument",
+      ("%s: expected a weave.Process as self (call it with ':'), got %s"):format(fname, type(self))), 3)
+  end
+  if self._closed then
+    error(core.error("closed", ("%s: the process is closed"):format(fname)), 3)
+  end
+  return self._p
+end
+
+local function read_from(p, take, eof_index)
   while true do
     local s = take(p)
     if #s > 0 then return s end
@@ -140,12 +166,20 @@ local function read_from(self, take, eof_index)
 end
 
 --- p:read() -> the next piece of stdout, or nil at EOF.
-function Process:read() return read_from(self, self._p.take_stdout, 4) end
+function Process:read()
+  local p = proc(self, "Process:read")
+  return read_from(p, p.take_stdout, 4)
+end
+
 --- p:read_stderr() -> the next piece of stderr, or nil at EOF.
-function Process:read_stderr() return read_from(self, self._p.take_stderr, 5) end
+function Process:read_stderr()
+  local p = proc(self, "Process:read_stderr")
+  return read_from(p, p.take_stderr, 5)
+end
 
 --- p:lines() -> iterator over stdout lines (without the newline).
 function Process:lines()
+  proc(self, "Process:lines")
   local buf = ""
   return function()
     while true do
@@ -171,21 +205,23 @@ end
 
 --- p:write(data): to the child's stdin; waits while many writes are queued.
 function Process:write(data)
-  local p = self._p
+  local p = proc(self, "Process:write")
   p:write(data)
   while p:pending_writes() > 8 do p:wait_event() end
 end
 
 --- p:close_stdin(): send EOF.
-function Process:close_stdin() self._p:close_stdin() end
+function Process:close_stdin() proc(self, "Process:close_stdin"):close_stdin() end
 
 --- p:kill([signal]) -> true if sent (default SIGKILL).
-function Process:kill(sig) return self._p:kill(sig) end
+function Process:kill(sig)
+  return proc(self, "Process:kill"):kill(sig) -- the core checks the signal
+end
 
 --- p:wait() -> {code=, signal=}: waits for exit; output not read yet stays
 -- available to read()/read_stderr().
 function Process:wait()
-  local p = self._p
+  local p = proc(self, "Process:wait")
   while true do
     local exited = p:status()
     if exited then break end
@@ -198,6 +234,9 @@ end
 
 --- p:close(): kill the child if it still runs and reap it.
 function Process:close()
+  if getmetatable(self) ~= Process then
+    argerror("Process:close: expected a weave.Process as self (call it with ':'), got %s", type(self))
+  end
   if self._closed then return end
   self._closed = true
   if not self._p:status() then kill_and_reap(self._p, self._grace) else self._p:close() end

@@ -5,10 +5,25 @@
 -- and never eats an item. See docs/concurrency.md.
 local core = require "weave.core"
 
-local setmetatable, error, pcall, type = setmetatable, error, pcall, type
+local setmetatable, getmetatable, error, pcall, type, tostring =
+  setmetatable, getmetatable, error, pcall, type, tostring
 local future, await = core.future, core.await
 
 local M = {}
+
+-- The one error rule: every error weave raises is a weave error object.
+-- Misuse is kind "invalid_argument"; a call the object's state forbids is
+-- "invalid_state"; the message names the method and what to do instead.
+local function raise(kind, fmt, ...) error(core.error(kind, fmt:format(...)), 3) end
+local function argerror(fmt, ...) error(core.error("invalid_argument", fmt:format(...)), 3) end
+
+-- Methods called with '.' instead of ':' (or on another object) get a clear
+-- "invalid_argument" instead of "attempt to index a nil value". Each method
+-- tests `getmetatable(self) ~= Class` inline (cheap) and calls this to raise.
+local function wrongself(self, cls, fname)
+  error(core.error("invalid_argument", ("%s: expected a %s as self (call it with ':'), got %s")
+    :format(fname, cls.__name, type(self))), 3)
+end
 
 -- A FIFO line of waiter futures with O(1) push/pop and removal by scan.
 local Line = {}
@@ -72,6 +87,7 @@ function M.Lock() return setmetatable({ _held = false, _line = line() }, Lock) e
 
 --- lock:acquire() -> lock (usable as a <close> variable that releases)
 function Lock:acquire()
+  if getmetatable(self) ~= Lock then wrongself(self, Lock, "Lock:acquire") end
   if not self._held and self._line:empty() then
     self._held = true
     return self
@@ -82,12 +98,16 @@ end
 
 --- lock:release(): hand the lock to the next waiter or free it.
 function Lock:release()
-  if not self._held then error("Lock:release: the lock is not held", 2) end
+  if getmetatable(self) ~= Lock then wrongself(self, Lock, "Lock:release") end
+  if not self._held then raise("invalid_state", "Lock:release: the lock is not held (release only after acquire)") end
   local f = self._line:pop()
   if f then f:resolve() else self._held = false end
 end
 
-function Lock:locked() return self._held end
+function Lock:locked()
+  if getmetatable(self) ~= Lock then wrongself(self, Lock, "Lock:locked") end
+  return self._held
+end
 
 Lock.__close = function(self) self:release() end
 Lock.__tostring = function(self) return ("weave.Lock (%s)"):format(self._held and "locked" or "unlocked") end
@@ -102,6 +122,7 @@ Event.__index = Event
 function M.Event() return setmetatable({ _set = false, _waiters = {} }, Event) end
 
 function Event:set()
+  if getmetatable(self) ~= Event then wrongself(self, Event, "Event:set") end
   if self._set then return end
   self._set = true
   local w = self._waiters
@@ -111,11 +132,19 @@ function Event:set()
   end
 end
 
-function Event:clear() self._set = false end
-function Event:is_set() return self._set end
+function Event:clear()
+  if getmetatable(self) ~= Event then wrongself(self, Event, "Event:clear") end
+  self._set = false
+end
+
+function Event:is_set()
+  if getmetatable(self) ~= Event then wrongself(self, Event, "Event:is_set") end
+  return self._set
+end
 
 --- event:wait() -> true once the event is set.
 function Event:wait()
+  if getmetatable(self) ~= Event then wrongself(self, Event, "Event:wait") end
   if self._set then return true end
   local f = future()
   self._waiters[#self._waiters + 1] = f
@@ -137,8 +166,8 @@ local Semaphore = { __name = "weave.Semaphore" }
 Semaphore.__index = Semaphore
 
 local function semaphore(n, bounded, fname)
-  if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
-    error(("%s: expected a non-negative integer, got %s"):format(fname, tostring(n)), 3)
+  if type(n) ~= "number" or not (n >= 0) or n % 1 ~= 0 then
+    argerror("%s: expected a non-negative integer or nil, got %s", fname, tostring(n))
   end
   return setmetatable({ _value = n, _initial = n, _bounded = bounded, _line = line() }, Semaphore)
 end
@@ -151,6 +180,7 @@ function M.BoundedSemaphore(n) return semaphore(n == nil and 1 or n, true, "weav
 
 --- sem:acquire() -> sem (usable as a <close> variable that releases)
 function Semaphore:acquire()
+  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:acquire") end
   if self._value > 0 and self._line:empty() then
     self._value = self._value - 1
     return self
@@ -161,6 +191,7 @@ end
 
 --- sem:release(): hand a permit to the next waiter or return it.
 function Semaphore:release()
+  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:release") end
   local line = self._line
   if line.h <= line.t then -- someone may wait
     local f = line:pop()
@@ -170,13 +201,20 @@ function Semaphore:release()
     end
   end
   if self._bounded and self._value >= self._initial then
-    error("BoundedSemaphore:release: released more times than acquired", 2)
+    raise("invalid_state", "BoundedSemaphore:release: released more times than acquired")
   end
   self._value = self._value + 1
 end
 
-function Semaphore:locked() return self._value == 0 end
-function Semaphore:value() return self._value end
+function Semaphore:locked()
+  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:locked") end
+  return self._value == 0
+end
+
+function Semaphore:value()
+  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:value") end
+  return self._value
+end
 
 Semaphore.__close = function(self) self:release() end
 
@@ -189,23 +227,35 @@ Condition.__index = Condition
 --- Condition([lock]) -> a condition variable over lock (a new Lock by default).
 function M.Condition(lock)
   if lock ~= nil and getmetatable(lock) ~= Lock then
-    error("weave.Condition: expected a weave.Lock or nil", 2)
+    argerror("weave.Condition: expected a weave.Lock or nil, got %s", type(lock))
   end
   return setmetatable({ _lock = lock or M.Lock(), _line = line() }, Condition)
 end
 
 function Condition:acquire()
+  if getmetatable(self) ~= Condition then wrongself(self, Condition, "Condition:acquire") end
   self._lock:acquire()
   return self
 end
 
-function Condition:release() self._lock:release() end
-function Condition:locked() return self._lock:locked() end
+function Condition:release()
+  if getmetatable(self) ~= Condition then wrongself(self, Condition, "Condition:release") end
+  if not self._lock:locked() then
+    raise("invalid_state", "Condition:release: the lock is not held (release only after acquire)")
+  end
+  self._lock:release()
+end
+
+function Condition:locked()
+  if getmetatable(self) ~= Condition then wrongself(self, Condition, "Condition:locked") end
+  return self._lock:locked()
+end
 
 --- cond:wait(): release the lock, wait for a notify, re-acquire (also when
 -- cancelled, before the cancel propagates).
 function Condition:wait()
-  if not self._lock:locked() then error("Condition:wait: the lock is not held", 2) end
+  if getmetatable(self) ~= Condition then wrongself(self, Condition, "Condition:wait") end
+  if not self._lock:locked() then raise("invalid_state", "Condition:wait: the lock is not held (acquire it first)") end
   local f = future()
   self._line:push(f)
   self._lock:release()
@@ -221,6 +271,13 @@ end
 
 --- cond:wait_for(pred) -> pred()'s true value, waiting until it holds.
 function Condition:wait_for(pred)
+  if getmetatable(self) ~= Condition then wrongself(self, Condition, "Condition:wait_for") end
+  if type(pred) ~= "function" then
+    local mt = getmetatable(pred)
+    if type(mt) ~= "table" or mt.__call == nil then
+      argerror("Condition:wait_for: expected a predicate function, got %s", type(pred))
+    end
+  end
   local v = pred()
   while not v do
     self:wait()
@@ -231,7 +288,12 @@ end
 
 --- cond:notify([n]): wake up to n waiters (default 1).
 function Condition:notify(n)
+  if getmetatable(self) ~= Condition then wrongself(self, Condition, "Condition:notify") end
   n = n or 1
+  if type(n) ~= "number" or not (n >= 0) then
+    argerror("Condition:notify: expected a number of waiters (>= 0) or nil, got %s",
+      type(n) == "number" and tostring(n) or type(n))
+  end
   while n > 0 do
     local f = self._line:pop()
     if not f then return end
@@ -240,7 +302,10 @@ function Condition:notify(n)
   end
 end
 
-function Condition:notify_all() self:notify(math.huge) end
+function Condition:notify_all()
+  if getmetatable(self) ~= Condition then wrongself(self, Condition, "Condition:notify_all") end
+  self:notify(math.huge)
+end
 
 Condition.__close = function(self) self:release() end
 
@@ -255,18 +320,41 @@ local function qerror(kind, msg) return core.error(kind, msg) end
 --- Queue([maxsize]) -> FIFO queue; maxsize 0 or nil: unbounded.
 function M.Queue(maxsize)
   maxsize = maxsize or 0
-  if type(maxsize) ~= "number" or maxsize < 0 or maxsize % 1 ~= 0 then
-    error(("weave.Queue: maxsize must be a non-negative integer, got %s"):format(tostring(maxsize)), 2)
+  if type(maxsize) ~= "number" or not (maxsize >= 0) or maxsize % 1 ~= 0 then
+    argerror("weave.Queue: maxsize must be a non-negative integer or nil, got %s", tostring(maxsize))
   end
   return setmetatable({ _h = 1, _t = 0, _max = maxsize, _getters = line(), _putters = line(),
     _unfinished = 0, _joiners = {}, _closed = false }, Queue)
 end
 
-function Queue:qsize() return self._t - self._h + 1 end
-function Queue:empty() return self._t < self._h end
-function Queue:full() return self._max > 0 and self:qsize() >= self._max end
-function Queue:maxsize() return self._max end
-function Queue:closed() return self._closed end
+-- Unchecked, for the methods below (they have checked self already).
+local function isempty(q) return q._t < q._h end
+local function isfull(q) return q._max > 0 and q._t - q._h + 1 >= q._max end
+
+function Queue:qsize()
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:qsize") end
+  return self._t - self._h + 1
+end
+
+function Queue:empty()
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:empty") end
+  return isempty(self)
+end
+
+function Queue:full()
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:full") end
+  return isfull(self)
+end
+
+function Queue:maxsize()
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:maxsize") end
+  return self._max
+end
+
+function Queue:closed()
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:closed") end
+  return self._closed
+end
 
 local function wake(ln)
   local f = ln:pop()
@@ -275,8 +363,9 @@ end
 
 --- q:put_nowait(item): raises kind "full" or "closed".
 function Queue:put_nowait(item)
-  if self._closed then error(qerror("closed", "Queue:put: the queue is closed"), 2) end
-  if self:full() then error(qerror("full", "Queue:put_nowait: the queue is full"), 2) end
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:put_nowait") end
+  if self._closed then error(qerror("closed", "Queue:put_nowait: the queue is closed"), 2) end
+  if isfull(self) then error(qerror("full", "Queue:put_nowait: the queue is full"), 2) end
   self._t = self._t + 1
   self[self._t] = item
   self._unfinished = self._unfinished + 1
@@ -285,7 +374,8 @@ end
 
 --- q:put(item): waits while the queue is full.
 function Queue:put(item)
-  while self:full() and not self._closed do
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:put") end
+  while isfull(self) and not self._closed do
     wait_in(self._putters, self._putters, wake)
   end
   if self._closed then error(qerror("closed", "Queue:put: the queue is closed"), 2) end
@@ -294,8 +384,9 @@ end
 
 --- q:get_nowait() -> item; raises kind "empty" (or "closed" once closed and drained).
 function Queue:get_nowait()
-  if self:empty() then
-    if self._closed then error(qerror("closed", "Queue:get: the queue is closed and empty"), 2) end
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:get_nowait") end
+  if isempty(self) then
+    if self._closed then error(qerror("closed", "Queue:get_nowait: the queue is closed and empty"), 2) end
     error(qerror("empty", "Queue:get_nowait: the queue is empty"), 2)
   end
   local item = self[self._h]
@@ -307,7 +398,8 @@ end
 
 --- q:get() -> item; waits while the queue is empty.
 function Queue:get()
-  while self:empty() do
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:get") end
+  while isempty(self) do
     if self._closed then error(qerror("closed", "Queue:get: the queue is closed and empty"), 2) end
     wait_in(self._getters, self._getters, wake)
   end
@@ -317,6 +409,7 @@ end
 --- q:close(): pending and later gets on an empty queue raise kind "closed";
 -- later puts raise "closed". Items already queued can still be got.
 function Queue:close()
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:close") end
   self._closed = true
   local f = self._getters:pop()
   while f do
@@ -332,7 +425,10 @@ end
 
 --- q:task_done(): one fetched item is processed.
 function Queue:task_done()
-  if self._unfinished <= 0 then error("Queue:task_done: called more times than items were put", 2) end
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:task_done") end
+  if self._unfinished <= 0 then
+    raise("invalid_state", "Queue:task_done: called more times than items were put (call it once per item got)")
+  end
   self._unfinished = self._unfinished - 1
   if self._unfinished == 0 then
     local j = self._joiners
@@ -345,6 +441,7 @@ end
 
 --- q:join(): wait until every item put has been marked task_done.
 function Queue:join()
+  if getmetatable(self) ~= Queue then wrongself(self, Queue, "Queue:join") end
   if self._unfinished == 0 then return end
   local f = future()
   self._joiners[#self._joiners + 1] = f
