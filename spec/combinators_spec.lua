@@ -319,3 +319,15 @@ describe("weave.group", function()
     end)
   end)
 end)
+
+describe("weave.group outside any loop", function()
+  it("runs the body and its children to the end in one blocking run", function()
+    local weave = require "weave"
+    local n = 0
+    weave.group(function(g)
+      for i = 1, 3 do g:spawn(function() weave.sleep(0.01) n = n + i end) end
+    end)
+    assert.are.equal(6, n)
+    assert.are.equal(0, weave.ntasks())
+  end)
+end)

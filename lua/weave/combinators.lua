@@ -282,6 +282,9 @@ end
 
 function M.group(body, ...)
   if type(body) ~= "function" then argerror("weave.group: expected a function, got %s", type(body)) end
+  -- Outside any loop the whole group runs in one (its children would
+  -- otherwise be reaped when a blocking scope's own run ended).
+  if core.current() == nil and not core.running() then return require("weave").run(M.group, body, ...) end
   local g = setmetatable({ tasks = {}, errors = {}, _live = 0, _scope = core.newscope(nil, false) }, Group)
   local r = pack(pcall(core.runscope, g._scope, body, g, ...))
   local outer
