@@ -12,7 +12,7 @@ XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
 B        ?= build
 VERSION  := $(shell sed -n 's/.*WEAVE_VERSION_STRING "\(.*\)"/\1/p' csrc/weave.h)
 
-SRC      := capi.c curl.c error.c fs.c future.c http.c loop.c module.c process.c scope.c task.c timer.c work.c
+SRC      := buf.c capi.c curl.c error.c fs.c future.c http.c loop.c module.c options.c process.c response.c scope.c session.c task.c timer.c transfer.c work.c
 OBJ      := $(SRC:%.c=$(B)/obj/%.o)
 LUASRC   := $(sort $(wildcard lua/weave/*.lua))
 # lua/weave/init.lua -> weave, lua/weave/x.lua -> weave.x
@@ -25,7 +25,7 @@ TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 
 all: $(B)/weave.so $(B)/libweave.a $(B)/weave
 
-$(B)/obj/%.o: csrc/%.c csrc/internal.h csrc/weave.h csrc/wvcurl.h csrc/work.h
+$(B)/obj/%.o: csrc/%.c csrc/internal.h csrc/weave.h csrc/wvcurl.h csrc/work.h csrc/buf.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(XCFLAGS) -c $< -o $@
 

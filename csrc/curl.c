@@ -7,7 +7,7 @@
 **    turn, so curl is never called from inside its own callbacks;
 **  - curl_multi_info_read is drained after every socket_action;
 **  - poll errors are passed to curl as CURL_CSELECT_ERR.
-** No Lua runs here: finished transfers are handed to http.c, which only
+** No Lua runs here: finished transfers are handed to transfer.c, which only
 ** wakes the waiting task.
 */
 #include <stdlib.h>
@@ -131,12 +131,12 @@ int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, lon
 
 static void free_handle(uv_handle_t *h) { free(h); }
 
-/* Free the session's curl and uv resources (transfers already removed). */
 /* Free the share handle of a closed session once no easy handle uses it:
 ** transfers not yet released (a task still returning from one, a streamed
 ** Response left open) keep theirs, and the last one to go calls this. */
 void weave__session_unshare(wv_session *s) {
-  if (s->closed && s->share != NULL && curl_share_cleanup(s->share) == CURLSHE_OK) s->share = NULL;
+  if (s->closed && s->users == 0 && s->share != NULL && curl_share_cleanup(s->share) == CURLSHE_OK)
+    s->share = NULL;
 }
 
 void weave__session_close(wv_session *s) {

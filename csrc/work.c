@@ -103,28 +103,6 @@ int weave__job_await(lua_State *L, wv_rt *rt, wv_job *j, const char *fname) {
 ** copied once, and its identity is kept). */
 enum { C_NIL, C_FALSE, C_TRUE, C_INT, C_NUM, C_STR, C_TAB, C_END, C_REF };
 
-int weave__wbuf_add(wv_wbuf *b, const void *p, size_t n) {
-  if (b->len + n > b->cap) {
-    size_t ncap = b->cap ? b->cap * 2 : 256;
-    char *np;
-    while (ncap < b->len + n)
-      ncap *= 2;
-    np = realloc(b->p, ncap);
-    if (np == NULL) return -1;
-    b->p = np;
-    b->cap = ncap;
-  }
-  memcpy(b->p + b->len, p, n);
-  b->len += n;
-  return 0;
-}
-
-void weave__wbuf_free(wv_wbuf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
-
 static int put_tag(wv_wbuf *b, int tag) {
   unsigned char c = (unsigned char)tag;
   return weave__wbuf_add(b, &c, 1);

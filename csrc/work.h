@@ -4,12 +4,8 @@
 #ifndef WEAVE_WORK_H
 #define WEAVE_WORK_H
 
+#include "buf.h"
 #include "internal.h"
-
-typedef struct {
-  char *p;
-  size_t len, cap;
-} wv_wbuf;
 
 typedef struct wv_job wv_job;
 struct wv_job {
@@ -28,8 +24,6 @@ struct wv_job {
 #define WV_WORKER_KEY "weave.worker"
 
 int weave__job_await(lua_State *L, wv_rt *rt, wv_job *j, const char *fname);
-int weave__wbuf_add(wv_wbuf *b, const void *p, size_t n);
-void weave__wbuf_free(wv_wbuf *b);
 int weave__encode(lua_State *L, int first, int n, wv_wbuf *b, const char *what);
 int weave__decode(lua_State *L, const wv_wbuf *b);
 

@@ -29,9 +29,9 @@ build = {
   modules = {
     ["weave.core"] = {
       sources = {
-        "csrc/capi.c", "csrc/curl.c", "csrc/error.c", "csrc/fs.c", "csrc/future.c", "csrc/http.c",
-        "csrc/loop.c", "csrc/module.c", "csrc/process.c", "csrc/scope.c", "csrc/task.c", "csrc/timer.c",
-        "csrc/work.c",
+        "csrc/buf.c", "csrc/capi.c", "csrc/curl.c", "csrc/error.c", "csrc/fs.c", "csrc/future.c", "csrc/http.c",
+        "csrc/loop.c", "csrc/module.c", "csrc/options.c", "csrc/process.c", "csrc/response.c", "csrc/scope.c",
+        "csrc/session.c", "csrc/task.c", "csrc/timer.c", "csrc/transfer.c", "csrc/work.c",
       },
       libraries = { "uv", "curl", "pthread" },
       incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)" },

@@ -571,7 +571,7 @@ describe("weave.http", function()
         s:close()
         local ok, err = pcall(s.get, s, fault.url .. "/echo")
         assert.is_false(ok)
-        assert.are.equal("invalid_request", err.kind)
+        assert.are.equal("closed", err.kind)
       end)
     end)
 

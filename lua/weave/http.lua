@@ -1,13 +1,20 @@
 --- weave.http: HTTP on libcurl's multi interface, on the weave loop.
 -- Requests suspend the calling task; cancelling it (or a deadline) aborts the
 -- transfer at once. See docs/http.md.
+--
+-- One request pipeline: check the options (build), take a connection slot
+-- (admit), run one transfer per hop (C: weave.core.http_new), follow
+-- redirects here (RFC 9110's method and body rules, res.history), hand back
+-- a Response.  The common case (no options) is a branch of it that skips
+-- building a spec: the session's own is shared.
 local core = require "weave.core"
 local weave = require "weave"
 local sync = require "weave.sync"
 
-local type, tostring, pairs, ipairs, error, pcall, setmetatable, select =
-  type, tostring, pairs, ipairs, error, pcall, setmetatable, select
+local type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math_type =
+  type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math.type
 local concat, sort = table.concat, table.sort
+local new_transfer, running, now = core.http_new, core.running, core.now
 
 local M = {}
 
@@ -17,13 +24,20 @@ local function cjson()
   return cjson_mod
 end
 
-local function http_error(kind, message, fields)
+-- A URL without its user:password (never shown in messages or fields).
+local function safe_url(u)
+  if type(u) ~= "string" then return u end
+  return (u:gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1"))
+end
+
+local function http_error(kind, message, url, fields)
   fields = fields or {}
+  fields.url = safe_url(url)
   return core.error(kind, message, fields)
 end
 
 local function invalid(fname, message, url)
-  return http_error("invalid_request", fname .. ": " .. message, { url = url })
+  return http_error("invalid_request", fname .. ": " .. message, url)
 end
 
 ---------------------------------------------------------------------------
@@ -55,15 +69,22 @@ local function encode_pairs(t)
 end
 M.encode_query = encode_pairs
 
-local function host_of(url)
+-- Spaces, controls, non-ASCII bytes and the characters RFC 3986 never
+-- allows are percent-encoded (as requests, aiohttp and fetch do); '%' and
+-- the reserved characters are left as they are.
+local function normalize_url(url)
+  return (url:gsub("[\0-\32\127-\255\"<>\\^`{|}]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
+local function origin_of(url)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil end
-  local authority = rest:match("^([^/?#]*)") or ""
-  authority = authority:gsub("^.*@", ""):lower()
+  scheme = scheme:lower()
+  local authority = (rest:match("^([^/?#]*)") or ""):gsub("^.*@", ""):lower()
   if not authority:find(":%d+$") and not authority:find("^%[.*%]:%d+$") then
-    authority = authority .. (scheme:lower() == "https" and ":443" or ":80")
+    authority = authority .. (scheme == "https" and ":443" or ":80")
   end
-  return authority, scheme:lower()
+  return authority, scheme
 end
 
 -- base_url keeps its path: ".../v1" + "/users/42" -> ".../v1/users/42"
@@ -128,15 +149,23 @@ end
 ---------------------------------------------------------------------------
 -- Response
 
-local Response = { __name = "weave.http.Response" }
+local Response = { __name = "weave.http.Response", redirects = 0, attempts = 1 }
 Response.__index = Response
 Response.__tostring = function(r) return ("weave.http.Response %d %s"):format(r.status, r.url or "") end
+-- No redirects: one shared, read-only empty history.
+Response.history = setmetatable({}, { __newindex = function() error("Response.history is read-only", 2) end })
+
+-- The fields C made (headers as a raw block) become a Response.
+local function response_of(t)
+  t.headers = setmetatable({ _raw = t.headers }, Headers)
+  return setmetatable(t, Response)
+end
 
 --- res:json() -> the body decoded with lua-cjson.
 function Response:json()
   local ok, v = pcall(cjson().decode, self.body or "")
   if not ok then
-    error(http_error("protocol", "Response:json: the body is not valid JSON: " .. tostring(v), { url = self.url }), 2)
+    error(http_error("protocol", "Response:json: the body is not valid JSON: " .. tostring(v), self.url), 2)
   end
   return v
 end
@@ -144,23 +173,14 @@ end
 --- res:raise_for_status() -> res; raises kind "status" for 4xx/5xx.
 function Response:raise_for_status()
   if self.status >= 400 then
-    error(http_error("status", ("HTTP %d for %s"):format(self.status, self.url or "?"),
-      { url = self.url, status = self.status, response = self }), 2)
+    error(http_error("status", ("Response:raise_for_status: HTTP %d %s for %s"):format(self.status, self.reason or "",
+      self.url or "?"), self.url, { status = self.status, response = self }), 2)
   end
   return self
 end
 
-local function raise_error(e, url)
-  error(http_error(e.kind, e.message, { url = url, curl_code = e.curl_code }), 0)
-end
-
-local function raise_transfer(info, url) raise_error(info.error, info.url or url) end
-
--- The Response of a transfer (raises the transfer's error, if any).
-local function response(x, url)
-  local res, err = x:response()
-  if err then raise_error(err, res.url or url) end
-  return setmetatable(res, Response)
+local function report_progress(x, req)
+  req.on_progress(x:progress())
 end
 
 -- Run the transfer's events until `stop` (an event name) or "done".
@@ -170,37 +190,65 @@ local function pump(x, req, stop)
     if ev == "need_body" then
       local chunk = req.body_iter()
       if chunk ~= nil and type(chunk) ~= "string" then
-        error(invalid("weave.http", "a body function must return strings (or nil at the end), got "
+        error(invalid(req.fname, "a body function must return strings (or nil at the end), got "
           .. type(chunk), req.url), 0)
       end
       x:feed(chunk)
     elseif ev == "progress" then
-      local i = x:info()
-      req.on_progress(i.dlnow, i.dltotal > 0 and i.dltotal or nil, i.ulnow, i.ultotal > 0 and i.ultotal or nil)
+      report_progress(x, req)
     elseif ev == stop or ev == "done" then
       return ev
     end
   end
 end
 
+local release -- (sessions, below)
+
+--- res:close(): abort a streamed transfer that is still running; free it
+-- and give back its connection slot.
+function Response:close()
+  local x = rawget(self, "_x")
+  if x then
+    self._x = nil
+    x:close()
+    local g = self._guard
+    if g and g.x then
+      g.x = nil
+      g.session._streams = g.session._streams - 1
+      release(g.session, g.req)
+    end
+  end
+end
+
+Response.__close = function(self) self:close() end
+
 --- res:chunks() -> iterator over body pieces as they arrive (stream=true).
 -- The transfer pauses while the consumer is slow; memory stays bounded.
+-- Leaving the loop (break, error) closes the response, as fetch's stream
+-- iteration does.
 function Response:chunks()
-  local x, req = self._x, self._req
-  if not x then error("Response:chunks: only for requests made with stream=true", 2) end
-  return function()
+  local x, req = rawget(self, "_x"), self._req
+  if not x then
+    if self._req then return function() return nil end end -- already read or closed
+    error(invalid("Response:chunks", "only for requests made with stream=true", self.url), 2)
+  end
+  local function iter()
+    if not rawget(self, "_x") then return nil end
     while true do
-      local data = x:take()
+      local data, prog = x:take()
+      if prog and req.on_progress then report_progress(x, req) end
       if #data > 0 then return data end
       if x:done() then
-        local info = x:info()
+        if req.on_progress then report_progress(x, req) end
+        local ok, err = pcall(x.check, x)
         self:close()
-        if info.error then raise_transfer(info, req.url) end
+        if not ok then error(err, 0) end
         return nil
       end
       pump(x, req, "data")
     end
   end
+  return iter, nil, nil, self
 end
 
 --- res:read() -> the rest of a streamed body as one string.
@@ -210,20 +258,140 @@ function Response:read()
   return concat(parts)
 end
 
---- res:close(): abort a streamed transfer that is still running; free it.
-function Response:close()
-  local x = self._x
-  if x then
-    self._x = nil
-    x:close()
-    if self._release then self._release(self) end
+---------------------------------------------------------------------------
+-- Options: every name known, every type checked, before anything starts.
+
+local function edit_distance(a, b)
+  local prev, cur = {}, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    cur[0] = i
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev, cur = cur, prev
+  end
+  return prev[#b]
+end
+
+local function suggest(name, known)
+  local best, bestd = nil, 3
+  for k in pairs(known) do
+    local d = edit_distance(name, k)
+    if d < bestd or (d == bestd and best and k < best) then best, bestd = k, d end
+  end
+  return best
+end
+
+local function isnum(v) return type(v) == "number" and v == v end
+local CHECKS = {
+  seconds = function(v) return isnum(v) and v >= 0 and v < math.huge, "a number of seconds >= 0" end,
+  count = function(v) return math_type(v) == "integer" and v >= 0, "an integer >= 0" end,
+  positive = function(v) return math_type(v) == "integer" and v > 0, "an integer > 0" end,
+  bytes = function(v) return v == false or (isnum(v) and v >= 0 and v % 1 == 0), "a number of bytes or false" end,
+  boolean = function(v) return type(v) == "boolean", "true or false" end,
+  string = function(v) return type(v) == "string", "a string" end,
+  table = function(v) return type(v) == "table", "a table" end,
+  ["function"] = function(v) return type(v) == "function", "a function" end,
+  body = function(v)
+    local t = type(v)
+    return t == "string" or t == "table" or t == "function", "a string, a table of strings or a function"
+  end,
+  any = function() return true end,
+  version = function(v) return v == "1.0" or v == "1.1" or v == "2", '"1.0", "1.1" or "2"' end,
+  proxy = function(v) return type(v) == "string" or v == false, "a proxy URL or false" end,
+  auth = function(v) return type(v) == "table", '{user, password, type="basic"|"digest"|"any"}' end,
+  path = function(v) return type(v) == "string" and not v:find("\0", 1, true), "a path (string)" end,
+}
+
+-- Reserved by API.md §12 for the bulk-calls work (retries, rate limits,
+-- hooks); refused clearly until it lands.
+local LATER = { retry = true, rate_limit = true, per_host_rate = true, on_request = true, on_response = true }
+
+local REQUEST = {
+  method = "string", url = "string", headers = "table", query = "table", body = "body", json = "any",
+  form = "table", multipart = "table", timeout = "seconds", connect_timeout = "seconds",
+  read_timeout = "seconds", pool_timeout = "seconds", follow_redirects = "boolean", max_redirects = "count",
+  verify = "boolean", ca_file = "path", cert = "path", key = "path", key_password = "string", proxy = "proxy",
+  http_version = "version", max_body_size = "bytes", stream = "boolean", output = "path",
+  on_progress = "function", auth = "auth", decode = "boolean", buffer_size = "positive",
+}
+
+local SESSION = {
+  base_url = "string", headers = "table", max_connections = "positive", max_per_host = "positive",
+  cookies = "boolean", cookie_file = "path", http_version = "version", pool_timeout = "seconds",
+  verify = "boolean", ca_file = "path", cert = "path", key = "path", key_password = "string", proxy = "proxy",
+  buffer_size = "positive", timeout = "seconds", connect_timeout = "seconds", read_timeout = "seconds",
+  max_body_size = "bytes", follow_redirects = "boolean", max_redirects = "count", auth = "auth",
+  decode = "boolean",
+}
+
+local function check_options(fname, opts, known, url)
+  for k, v in pairs(opts) do
+    local kind = known[k]
+    if not kind then
+      if type(k) ~= "string" then
+        error(invalid(fname, ("option names are strings, got %s"):format(type(k)), url), 4)
+      elseif LATER[k] then
+        error(invalid(fname, ("%s= is not supported yet"):format(k), url), 4)
+      end
+      local s = suggest(k, known)
+      error(invalid(fname, ("unknown option '%s'%s"):format(k, s and (" (did you mean '" .. s .. "'?)") or ""), url), 4)
+    end
+    local ok, what = CHECKS[kind](v)
+    if not ok then
+      error(invalid(fname, ("option %s must be %s, got %s"):format(k, what,
+        type(v) == "string" and ("%q"):format(v) or tostring(v)), url), 4)
+    end
   end
 end
 
-Response.__close = function(self) self:close() end
+-- The path of the first value lua-cjson cannot encode ("json.a[2]").
+local function unencodable(v, path, seen)
+  local t = type(v)
+  if t == "function" or t == "thread" or (t == "userdata" and v ~= cjson().null) then
+    return path, "a " .. t .. " cannot be encoded as JSON"
+  elseif t == "number" and (v ~= v or v == math.huge or v == -math.huge) then
+    return path, tostring(v) .. " cannot be encoded as JSON"
+  elseif t == "table" then
+    if seen[v] then return path, "a table that contains itself cannot be encoded as JSON" end
+    seen[v] = true
+    for k, item in pairs(v) do
+      local kt = type(k)
+      if kt ~= "string" and kt ~= "number" then return path, "a " .. kt .. " key cannot be encoded as JSON" end
+      local p, why = unencodable(item, path .. (kt == "number" and ("[" .. k .. "]")
+        or (k:find("^[%a_][%w_]*$") and ("." .. k) or ("[%q]"):format(k))), seen)
+      if p then return p, why end
+    end
+    seen[v] = nil
+  end
+end
+
+local function encode_json(fname, v, url)
+  local ok, s = pcall(cjson().encode, v)
+  if ok then return s end
+  local path, why = unencodable(v, "json", {})
+  error(invalid(fname, path and (path .. ": " .. why) or ("json: " .. tostring(s)), url), 4)
+end
+
+local function check_multipart(fname, parts, url)
+  for i, p in ipairs(parts) do
+    local where = ("multipart[%d]"):format(i)
+    if type(p) ~= "table" then error(invalid(fname, where .. " must be a table", url), 4) end
+    if type(p.name) ~= "string" then error(invalid(fname, where .. ".name must be a string", url), 4) end
+    local n = (p.value ~= nil and 1 or 0) + (p.data ~= nil and 1 or 0) + (p.path ~= nil and 1 or 0)
+    if n ~= 1 then error(invalid(fname, where .. " needs exactly one of value=, data= or path=", url), 4) end
+    for _, k in ipairs { "value", "data", "path", "filename", "content_type" } do
+      if p[k] ~= nil and type(p[k]) ~= "string" then
+        error(invalid(fname, ("%s.%s must be a string"):format(where, k), url), 4)
+      end
+    end
+  end
+end
 
 ---------------------------------------------------------------------------
--- Sessions
+-- Building a request spec (the table weave.core.http_new reads)
 
 M.user_agent = "weave/" .. core.version
 
@@ -232,14 +400,6 @@ Session.__index = Session
 
 local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true, DELETE = true, OPTIONS = true }
 
-local function check_number(fname, opts, k)
-  local v = opts[k]
-  if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
-    error(invalid(fname, ("%s must be a non-negative number of seconds/bytes, got %s"):format(k, tostring(v))), 4)
-  end
-  return v
-end
-
 -- One request header line.  A value "" is sent empty ("Name;" is curl's way
 -- to send "Name:" with nothing), false removes a default header (and
 -- curl's own: "Name:" disables it).
@@ -247,20 +407,17 @@ local function header_line(fname, k, v, url)
   if v == false then return tostring(k) .. ":" end
   k, v = tostring(k), tostring(v)
   if v == "" then
-    if k:find("[%c:;]") or k == "" then error(invalid(fname, ("bad header name %q"):format(k), url), 4) end
+    if k:find("[%c:;]") or k == "" then error(invalid(fname, ("bad header name %q"):format(k), url), 5) end
     return k .. ";"
   end
   if k:find("[%c:]") or k == "" then
-    error(invalid(fname, ("bad header name %q"):format(k), url), 4)
+    error(invalid(fname, ("bad header name %q"):format(k), url), 5)
   end
   if v:find("[\0\r\n]") then
-    error(invalid(fname, ("header %s: the value contains a NUL byte or a line break"):format(k), url), 4)
+    error(invalid(fname, ("header %s: the value contains a NUL byte or a line break"):format(k), url), 5)
   end
   return k .. ": " .. v
 end
-
-local EMPTY = {}
-local NUMERIC = { "timeout", "connect_timeout", "read_timeout", "pool_timeout", "max_body_size" }
 
 local function has_name(h, name)
   for k in pairs(h) do
@@ -270,7 +427,6 @@ local function has_name(h, name)
 end
 
 local function header_lines(fname, lines, names, h, url)
-  if type(h) ~= "table" then error(invalid(fname, "headers must be a table", url), 4) end
   local keys = {}
   for k in pairs(h) do keys[#keys + 1] = k end
   sort(keys, function(a, b) return tostring(a) < tostring(b) end)
@@ -281,7 +437,9 @@ local function header_lines(fname, lines, names, h, url)
       if lk == "cookie" and h[k] ~= false then
         -- Sent by curl, merged with the session's jar into one Cookie line.
         local v = tostring(h[k])
-        if v:find("[\0\r\n]") then error(invalid(fname, "header Cookie: the value contains a NUL byte or a line break", url), 4) end
+        if v:find("[\0\r\n]") then
+          error(invalid(fname, "header Cookie: the value contains a NUL byte or a line break", url), 5)
+        end
         lines.cookie = v
       else
         lines[#lines + 1] = header_line(fname, k, h[k], url)
@@ -290,39 +448,63 @@ local function header_lines(fname, lines, names, h, url)
   end
 end
 
--- Turn request options into the spec core.http_new reads.
+local function set_auth(req, auth, fname, url)
+  local user = auth.user or auth[1]
+  local pass = auth.password or auth[2] or ""
+  local kind = auth.type or "basic"
+  if type(user) ~= "string" or type(pass) ~= "string" then
+    error(invalid(fname, "auth must be {user, password} (strings)", url), 4)
+  end
+  if kind ~= "basic" and kind ~= "digest" and kind ~= "any" then
+    error(invalid(fname, ('auth.type must be "basic", "digest" or "any", got %s'):format(tostring(kind)), url), 4)
+  end
+  req.username, req.password, req.auth_type = user, pass, kind
+end
+
+local EMPTY = {}
+local GIB = 1024 * 1024 * 1024
+
+local function pick(opts, self, k)
+  local v = opts[k]
+  if v == nil then v = self[k] end
+  return v
+end
+
+-- Turn request options into a spec.  Everything is checked here, before a
+-- slot is taken or a byte sent.
 local function build(self, opts, fname, url, method)
+  if opts ~= EMPTY then check_options(fname, opts, REQUEST, url) end
   url = url or opts.url
   if type(url) ~= "string" then
     error(invalid(fname, "expected a url string, got " .. type(url)), 3)
   end
   if url:find("\0", 1, true) then error(invalid(fname, "the url contains a NUL byte"), 3) end
   url = join_url(self.base_url, url)
+  local frag = url:find("#", 1, true)
+  if frag then url = url:sub(1, frag - 1) end -- never sent (fetch drops it too)
   if opts.query ~= nil then
-    if type(opts.query) ~= "table" then error(invalid(fname, "query must be a table", url), 3) end
     local q = encode_pairs(opts.query)
     if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
   end
-  local head = url:sub(1, 8):lower()
-  if head:sub(1, 7) ~= "http://" and head ~= "https://" then
-    error(invalid(fname, "the url must be http:// or https://, got " .. url, url), 3)
+  url = normalize_url(url)
+  local scheme = url:match("^(%a[%w+.-]*):")
+  if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
+    error(invalid(fname, "the url must be http:// or https://, got " .. safe_url(url), url), 3)
   end
-  local host = self.max_per_host and host_of(url) or nil
   method = method or (opts.method and opts.method:upper()) or "GET"
   if not METHODS[method] and not method:match("^[%w!#$%%&'*+.^_`|~-]+$") then
     error(invalid(fname, "bad method " .. method, url), 3)
   end
-  if opts ~= EMPTY then
-    for i = 1, #NUMERIC do
-      if opts[NUMERIC[i]] ~= nil then check_number(fname, opts, NUMERIC[i]) end
-    end
-  end
   local body, body_iter, ctype = opts.body, nil, nil
+  local nbody = (body ~= nil and 1 or 0) + (opts.json ~= nil and 1 or 0) + (opts.form ~= nil and 1 or 0)
+    + (opts.multipart ~= nil and 1 or 0)
+  if nbody > 1 then error(invalid(fname, "give one of body=, json=, form= or multipart=", url), 3) end
   if opts.json ~= nil then
-    body, ctype = cjson().encode(opts.json), "application/json"
+    body, ctype = encode_json(fname, opts.json, url), "application/json"
   elseif opts.form ~= nil then
-    if type(opts.form) ~= "table" then error(invalid(fname, "form must be a table", url), 3) end
     body, ctype = encode_pairs(opts.form), "application/x-www-form-urlencoded"
+  elseif opts.multipart ~= nil then
+    check_multipart(fname, opts.multipart, url)
   end
   if type(body) == "table" then
     for i, v in ipairs(body) do
@@ -331,8 +513,11 @@ local function build(self, opts, fname, url, method)
     body = concat(body)
   elseif type(body) == "function" then
     body_iter, body = body, nil
-  elseif body ~= nil and type(body) ~= "string" then
-    error(invalid(fname, "body must be a string, a table of strings or a function, got " .. type(body), url), 3)
+  end
+  local has_body = body or body_iter or opts.multipart
+  if has_body and (method == "GET" or method == "HEAD") then
+    -- A method is never changed by a body: GET and HEAD with one are refused.
+    error(invalid(fname, ("a %s request cannot have a body (use http.post or method=)"):format(method), url), 3)
   end
   -- Header lines: the request's, then the session's defaults not overridden.
   local lines = self._lines
@@ -346,50 +531,60 @@ local function build(self, opts, fname, url, method)
     end
     header_lines(fname, lines, names, self._defaults, url)
   end
-  if body or body_iter then
-    -- A method is never changed by a body: GET and HEAD with one are refused.
-    if method == "GET" or method == "HEAD" then
-      error(invalid(fname, ("a %s request cannot have a body (use http.post or method=)"):format(method), url), 3)
-    end
+  if (body or body_iter) and not ctype and not (opts.headers and has_name(opts.headers, "content-type"))
+    and not self._has_ctype then
     -- A raw body gets no invented Content-Type (curl would say it is a form).
-    if not ctype and not (opts.headers and has_name(opts.headers, "content-type"))
-      and not self._has_ctype then
-      if lines == self._lines then lines = { table.unpack(self._lines) } end
-      lines[#lines + 1] = "Content-Type:"
-    end
+    if lines == self._lines then lines = { table.unpack(self._lines) } end
+    lines[#lines + 1] = "Content-Type:"
   end
   -- Only the fields that are set: a constructor listing every option would
   -- build a large hash part on every request.
-  local req = { url = url, host = host, method = method, headers = lines, cookie = lines.cookie }
-  if opts == EMPTY then
-    if self.pool_timeout then req.pool_timeout = self.pool_timeout end
-    if self.verify == false then req.verify = false end
-    req.ca_file, req.proxy, req.http_version, req.buffer_size = self.ca_file, self.proxy, self.http_version, self.buffer_size
-    return req
-  end
+  local req = { url = url, method = method, headers = lines, cookie = lines.cookie, fname = fname }
+  if self.max_per_host then req.host = origin_of(url) end
   if body then req.body = body end
   if body_iter then req.body_iter, req.body_stream = body_iter, true end
+  if opts.multipart then req.multipart = opts.multipart end
+  local timeout = pick(opts, self, "timeout")
   if opts.stream then
-    req.stream, req.stream_timeout = true, opts.timeout
-  else
-    req.timeout = opts.timeout
+    req.stream, req.stream_timeout = true, timeout
+  elseif timeout then
+    req.timeout, req.total_timeout = timeout, timeout
   end
-  req.connect_timeout, req.read_timeout = opts.connect_timeout, opts.read_timeout
-  req.pool_timeout = opts.pool_timeout or self.pool_timeout
-  if opts.follow_redirects == false then req.follow = false end
-  req.max_redirects = opts.max_redirects
-  if opts.verify == false or self.verify == false then req.verify = false end
-  req.ca_file = opts.ca_file or self.ca_file
-  req.proxy = opts.proxy or self.proxy
-  req.http_version = opts.http_version or self.http_version
-  req.max_body_size, req.output = opts.max_body_size, opts.output
+  req.connect_timeout, req.read_timeout = pick(opts, self, "connect_timeout"), pick(opts, self, "read_timeout")
+  req.pool_timeout = pick(opts, self, "pool_timeout")
+  req.follow = pick(opts, self, "follow_redirects") ~= false
+  req.max_redirects = pick(opts, self, "max_redirects") or 10
+  if pick(opts, self, "verify") == false then req.verify = false end
+  req.ca_file, req.cert, req.key = pick(opts, self, "ca_file"), pick(opts, self, "cert"), pick(opts, self, "key")
+  req.key_password = pick(opts, self, "key_password")
+  local proxy = pick(opts, self, "proxy")
+  if proxy == false then req.noproxy = true else req.proxy = proxy end
+  req.http_version = pick(opts, self, "http_version")
+  local mb = pick(opts, self, "max_body_size")
+  if mb == nil then mb = GIB end
+  if mb ~= false and mb > 0 then req.max_body_size = mb end
+  if opts.output then req.output = opts.output end
   if opts.on_progress then req.progress, req.on_progress = true, opts.on_progress end
-  req.buffer_size = opts.buffer_size or self.buffer_size
+  req.buffer_size = pick(opts, self, "buffer_size")
+  if pick(opts, self, "decode") == false then req.decode = false end
+  local auth = pick(opts, self, "auth")
+  if auth then set_auth(req, auth, fname, url) end
   return req
 end
 
--- Take a connection slot (weave's own admission): per host, then total.
+---------------------------------------------------------------------------
+-- Admission: weave's own connection slots, per host, then total.
 -- pool_timeout bounds the wait; it is not part of `timeout`.
+
+local function host_slots(self, req)
+  local hs = self._hosts[req.host]
+  if not hs then
+    hs = sync.Semaphore(self.max_per_host)
+    self._hosts[req.host] = hs
+  end
+  return hs
+end
+
 local function acquire(self, req)
   local hs = req.hostslots
   if hs then hs:acquire() end
@@ -401,124 +596,228 @@ local function acquire(self, req)
 end
 
 local function admit(self, req)
-  if self.max_per_host then
-    local hs = self._hosts[req.host]
-    if not hs then
-      hs = sync.Semaphore(self.max_per_host)
-      self._hosts[req.host] = hs
-    end
-    req.hostslots = hs
+  if req.host then req.hostslots = host_slots(self, req) end
+  if not req.hostslots and not req.pool_timeout and self._slots:try_acquire() then
+    req.admitted = true
+    return
   end
+  -- Streamed responses dropped without close() give their slots back when
+  -- collected: collect them before waiting for one.
+  if self._streams > 0 then collectgarbage() end
   if req.pool_timeout then
     if not weave.move_on_after(req.pool_timeout, acquire, self, req) then
-      error(http_error("timeout", ("pool timeout: no connection slot within %g s"):format(req.pool_timeout),
-        { url = req.url }), 0)
+      error(http_error("timeout", ("%s: pool timeout: no connection slot within %g s"):format(req.fname,
+        req.pool_timeout), req.url), 0)
     end
-  elseif not req.hostslots and self._slots:value() > 0 then
-    self._slots._value = self._slots._value - 1 -- uncontended fast path
   else
     acquire(self, req)
   end
   req.admitted = true
 end
 
-local function release(self, req)
+function release(self, req)
   if not req.admitted then return end
   req.admitted = false
   self._slots:release()
   if req.hostslots then req.hostslots:release() end
 end
 
-local function finish_stream(res)
-  local req = res._req
-  release(req.session, req)
+---------------------------------------------------------------------------
+-- One hop: one transfer.
+
+-- A streamed Response dropped without close(): its guard, collected with it,
+-- closes the transfer and gives the slot back from a task of its own (never
+-- inside the finalizer: it may run anywhere).
+local function guard_close(g)
+  local x = g.x
+  if x then
+    g.x = nil
+    x:close()
+    release(g.session, g.req)
+  end
 end
 
-local function run(self, x, req)
-  x:start()
-  if req.stream then
-    local ev
-    if req.stream_timeout then
-      local done
-      done, ev = weave.move_on_after(req.stream_timeout, pump, x, req, "headers")
-      if not done then
-        error(http_error("timeout", ("no response headers within %g s"):format(req.stream_timeout),
-          { url = req.url }), 0)
-      end
-    else
-      ev = pump(x, req, "headers")
+local Guard = {
+  __gc = function(g)
+    if g.x then
+      g.session._streams = g.session._streams - 1
+      if not pcall(weave.spawn, guard_close, g) then pcall(g.x.close, g.x) end
     end
-    local res = response(x, req.url) -- no error unless already "done"
-    res._x, res._req, res._release = x, req, finish_stream
-    return res
+  end,
+}
+
+local function hop_stream(self, x, req)
+  if req.stream_timeout then
+    local done = weave.move_on_after(req.stream_timeout, pump, x, req, "headers")
+    if not done then
+      error(http_error("timeout", ("%s: no response headers within %g s"):format(req.fname, req.stream_timeout),
+        req.url), 0)
+    end
+  else
+    pump(x, req, "headers")
   end
-  pump(x, req, "done")
-  local res = response(x, req.url)
-  if not req.output then res.body = x:take() end
-  x:close()
-  release(self, req)
+  if x:done() then x:check() end
+  local res = response_of(x:response())
+  res._x, res._req = x, req
   return res
 end
 
-local new_transfer = core.http_new
-
-local function perform(self, opts, fname, url, method)
-  if self._closed then error(invalid(fname, "the session is closed"), 3) end
-  local req = build(self, opts, fname, url, method)
-  req.session = self
-  admit(self, req)
-  local x, msg = new_transfer(self._s, req)
-  if not x then
-    release(self, req)
-    error(invalid(fname, msg, req.url), 0)
+-- Run one transfer for req; its Response (raises its error).
+local function hop(self, req)
+  if req.deadline then -- one timeout for all the hops
+    local left = req.deadline - now()
+    if left <= 0 then
+      error(http_error("timeout", ("%s: timeout: no response within %g s"):format(req.fname, req.total_timeout),
+        req.url), 0)
+    end
+    req.timeout = left
   end
+  local x, msg = new_transfer(self._s, req)
+  if not x then error(invalid(req.fname, msg, req.url), 0) end
   if not (req.stream or req.body_iter or req.progress) then
-    -- A plain request: the transfer runs and builds its Response in C.
-    local ok2, res, err = pcall(x.fetch, x)
-    release(self, req)
-    if not ok2 then
+    local ok, res = pcall(x.fetch, x)
+    if not ok then
       x:close()
       error(res, 0)
     end
-    if err then raise_error(err, res.url or req.url) end
-    return res
+    return response_of(res)
   end
-  local ok2, r = pcall(run, self, x, req)
-  if not ok2 then
+  local ok, r = pcall(function()
+    x:start()
+    if req.stream then return hop_stream(self, x, req) end
+    pump(x, req, "done")
+    if req.on_progress then report_progress(x, req) end -- the final counts
+    x:check()
+    local res = response_of(x:response())
+    if not req.output or not res.ok then res.body = x:take() end
     x:close()
-    release(self, req)
+    return res
+  end)
+  if not ok then
+    x:close()
     error(r, 0)
   end
   return r
 end
 
-local running = core.running
+---------------------------------------------------------------------------
+-- Redirects (RFC 9110 §15.4, as fetch, requests and aiohttp follow them)
 
--- The common case, kept short: no options, a session without base_url,
--- max_per_host or pool_timeout, inside a task.  The session's settings are
--- in its shared spec table; the transfer builds the Response in C.
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+local BODY_HEADERS = { ["content-type"] = true, ["content-length"] = true, ["content-encoding"] = true,
+  ["content-language"] = true, ["content-location"] = true, ["transfer-encoding"] = true }
+
+local function filter_lines(lines, drop)
+  local out = {}
+  for _, l in ipairs(lines) do
+    local name = l:match("^([^:;]+)")
+    if not (name and drop[name:lower()]) then out[#out + 1] = l end
+  end
+  out.cookie = lines.cookie
+  return out
+end
+
+local CREDENTIALS = { authorization = true, cookie = true, ["proxy-authorization"] = true }
+
+-- The spec of the next hop (req is this request's own table: changed in place).
+local function next_hop(res, req)
+  local st, method = res.status, req.method
+  if (st == 303 and method ~= "HEAD") or ((st == 301 or st == 302) and method == "POST") then
+    req.method = "GET"
+    req.body, req.body_iter, req.body_stream, req.multipart = nil, nil, nil, nil
+    req.headers = filter_lines(req.headers, BODY_HEADERS)
+  elseif req.body_iter then
+    error(invalid(req.fname, ("the server redirected (%d) to %s, but the body is a function and cannot be sent "
+      .. "again; pass the body as a string or a table of strings, or set follow_redirects=false")
+      :format(st, safe_url(res.redirect_url)), req.url), 0)
+  end
+  local to = res.redirect_url
+  if origin_of(to) ~= origin_of(req.url) or select(2, origin_of(to)) ~= select(2, origin_of(req.url)) then
+    -- Another origin: credentials stay behind (as fetch, requests and curl).
+    req.headers = filter_lines(req.headers, CREDENTIALS)
+    req.cookie, req.headers.cookie = nil, nil
+    req.username, req.password, req.auth_type = nil, nil, nil
+  end
+  req.url = to
+end
+
+-- Drain and close a streamed redirect response (its body is small).
+local function discard(res)
+  local n = 0
+  for chunk in res:chunks() do
+    n = n + #chunk
+    if n > 65536 then break end
+  end
+  res:close()
+end
+
+local function follow(self, req, res)
+  local history = {}
+  while res.redirect_url and REDIRECT[res.status] and req.follow do
+    if #history >= req.max_redirects then
+      if res._x then res:close() end
+      error(http_error("too_many_redirects", ("%s: more than %d redirects"):format(req.fname, req.max_redirects),
+        res.url), 0)
+    end
+    history[#history + 1] = { url = res.url, status = res.status }
+    if res._x then discard(res) end
+    local scheme = res.redirect_url:match("^(%a[%w+.-]*):")
+    scheme = scheme and scheme:lower()
+    if scheme ~= "http" and scheme ~= "https" then
+      error(http_error("protocol", ("%s: redirect to a URL that is not http(s): %s"):format(req.fname,
+        safe_url(res.redirect_url)), res.url), 0)
+    end
+    next_hop(res, req)
+    if req.total_timeout and not req.deadline then req.deadline = now() + req.total_timeout - res.elapsed end
+    res = hop(self, req)
+  end
+  if #history > 0 then res.history, res.redirects = history, #history end
+  return res
+end
+
+---------------------------------------------------------------------------
+-- The pipeline
+
+local function perform(self, opts, fname, url, method)
+  if self._closed then error(core.error("closed", fname .. ": the session is closed"), 3) end
+  local req = build(self, opts, fname, url, method)
+  admit(self, req)
+  local ok, res = pcall(hop, self, req)
+  if ok and res.redirect_url and req.follow then ok, res = pcall(follow, self, req, res) end
+  if not ok then
+    release(self, req)
+    error(res, 0)
+  end
+  if res._x then
+    -- A streamed response keeps its slot until closed, or collected.
+    self._streams = self._streams + 1
+    res._guard = setmetatable({ x = res._x, session = self, req = req }, Guard)
+  else
+    release(self, req)
+  end
+  return res
+end
+
+-- The common case, a branch of the pipeline: no options, a session without
+-- base_url, max_per_host, pool_timeout or defaults beyond headers, inside a
+-- task.  The session's settings are in its shared spec table, the transfer
+-- runs and reads its response in C (xfer:fetch).  A redirect, an unusual
+-- URL or a busy pool takes the general path.
 local function plain(self, url, method, fname)
-  if self._closed then error(invalid(fname, "the session is closed"), 3) end
+  if self._closed or url:find("[\0-\32\127-\255\"<>\\^`{|}#]") or not self._slots:try_acquire() then
+    return perform(self, EMPTY, fname, url, method)
+  end
   -- Finished transfers are made anew (a few kept per session).
   local pool, n = self._xpool, self._xn
   local old = pool[n]
-  if n > 0 then
-    pool[n], self._xn = nil, n - 1
-  end
+  if n > 0 then pool[n], self._xn = nil, n - 1 end
   local x, msg = new_transfer(self._s, self._spec, url, method, self._lines, old)
-  if not x then error(invalid(fname, msg, url), 3) end
-  local slots = self._slots
-  if slots._value > 0 then
-    slots._value = slots._value - 1 -- uncontended
-  else
-    local ok, err = pcall(slots.acquire, slots)
-    if not ok then
-      x:close()
-      error(err, 0)
-    end
+  if not x then
+    self._slots:release()
+    return perform(self, EMPTY, fname, url, method) -- (raises the clear error)
   end
-  local ok, res, err = pcall(x.fetch, x)
-  slots:release()
+  local ok, res = pcall(x.fetch, x)
+  self._slots:release()
   if not ok then
     x:close()
     error(res, 0)
@@ -528,7 +827,14 @@ local function plain(self, url, method, fname)
     n = n + 1
     pool[n], self._xn = x, n
   end
-  if err then raise_error(err, res.url or url) end
+  res = response_of(res)
+  if res.redirect_url then
+    local req = build(self, EMPTY, fname, url, method)
+    admit(self, req)
+    ok, res = pcall(follow, self, req, res)
+    release(self, req)
+    if not ok then error(res, 0) end
+  end
   return res
 end
 
@@ -548,6 +854,9 @@ end
 local function verb(method)
   local fname = "http." .. method:lower()
   return function(self, url, opts)
+    if type(self) ~= "table" or not rawget(self, "_s") then
+      error(invalid(fname, "call it on a session with ':' (s:" .. method:lower() .. "(url))"), 2)
+    end
     if opts == nil then
       if self._plain and type(url) == "string" and running() then return plain(self, url, method, fname) end
       opts = EMPTY
@@ -558,25 +867,81 @@ local function verb(method)
   end
 end
 
-for _, m in ipairs { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE" } do Session[m:lower()] = verb(m) end
+for _, m in ipairs { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" } do Session[m:lower()] = verb(m) end
 
---- session:close(): abort its transfers and free its connections.
+--- session:close(): abort its transfers and free its connections (the
+-- cookie jar is saved to cookie_file first).
 function Session:close()
   if self._closed then return end
   self._closed = true
   self._s:close()
 end
 
+---------------------------------------------------------------------------
+-- The cookie jar
+
+local function jar_check(self, fname)
+  if self._closed then error(core.error("closed", fname .. ": the session is closed"), 3) end
+end
+
+--- session:cookies() -> { {name=, value=, domain=, path=, expires=,
+-- secure=, http_only=}, ... }
+function Session:cookies()
+  jar_check(self, "Session:cookies")
+  local out = {}
+  for _, line in ipairs(self._s:cookies()) do
+    local domain, _, path, secure, expires, name, value =
+      line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t?(.*)$")
+    if domain then
+      local http_only = domain:find("^#HttpOnly_") ~= nil
+      if http_only then domain = domain:sub(11) end
+      expires = tonumber(expires)
+      out[#out + 1] = { name = name, value = value, domain = domain:gsub("^%.", ""), path = path,
+        expires = expires and expires > 0 and expires or nil, secure = secure == "TRUE", http_only = http_only }
+    end
+  end
+  return out
+end
+
+--- session:set_cookie{name=, value=, domain=, path="/", expires=, secure=,
+-- http_only=}
+function Session:set_cookie(c)
+  jar_check(self, "Session:set_cookie")
+  if type(c) ~= "table" then error(invalid("Session:set_cookie", "expected a cookie table"), 2) end
+  for _, k in ipairs { "name", "value", "domain" } do
+    if type(c[k]) ~= "string" or c[k]:find("[%c;]") then
+      error(invalid("Session:set_cookie", k .. " must be a string without control characters or ';'"), 2)
+    end
+  end
+  if c.path ~= nil and (type(c.path) ~= "string" or c.path:find("[%c;]")) then
+    error(invalid("Session:set_cookie", "path must be a string"), 2)
+  end
+  if c.expires ~= nil and not isnum(c.expires) then
+    error(invalid("Session:set_cookie", "expires must be a number (seconds since the epoch)"), 2)
+  end
+  local domain = c.domain
+  self._s:cookie_command(concat({ (c.http_only and "#HttpOnly_" or "") .. domain,
+    domain:sub(1, 1) == "." and "TRUE" or "FALSE", c.path or "/", c.secure and "TRUE" or "FALSE",
+    ("%d"):format(c.expires or 0), c.name, c.value }, "\t"))
+end
+
+--- session:clear_cookies()
+function Session:clear_cookies()
+  jar_check(self, "Session:clear_cookies")
+  self._s:cookie_command("ALL")
+end
+
+---------------------------------------------------------------------------
+-- Sessions
+
 -- A session's options are taken when it is made (its requests share what was
 -- computed from them): they live in a read-only view behind the session, and
 -- assigning one raises instead of being silently ignored. Other fields are
 -- the caller's to use.
-local OPTIONS = { base_url = true, headers = true, max_connections = true, max_per_host = true, cookies = true,
-  http_version = true, pool_timeout = true, verify = true, ca_file = true, proxy = true, buffer_size = true }
-
 local function fixed(self, k, v)
-  if OPTIONS[k] then
-    error(("http.session: %s is fixed when the session is made; make a new session"):format(k), 2)
+  if SESSION[k] then
+    error(core.error("invalid_state",
+      ("http.session: %s is fixed when the session is made; make a new session"):format(k)), 2)
   end
   rawset(self, k, v)
 end
@@ -584,19 +949,27 @@ end
 local function finalize(self) self:close() end
 
 --- http.session{base_url=, headers=, max_connections=, max_per_host=,
--- cookies=true, http_version=, pool_timeout=, verify=, ca_file=, proxy=}
+-- cookies=true, cookie_file=, http_version=, pool_timeout=, verify=, ...}
 function M.session(opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error("http.session: expected an options table, got " .. type(opts), 2) end
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then error(invalid("http.session", "expected an options table, got " .. type(opts)), 2) end
+  check_options("http.session", opts, SESSION)
+  if opts.base_url then
+    local scheme = opts.base_url:match("^(%a[%w+.-]*)://")
+    if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
+      error(invalid("http.session", "base_url must be an http:// or https:// URL, got " .. safe_url(opts.base_url)), 2)
+    end
+  end
+  if opts.auth then set_auth({}, opts.auth, "http.session") end
   local maxc = opts.max_connections or 100
   -- session -> its options (read-only view) -> Session's methods
-  local view = setmetatable({
-    base_url = opts.base_url, headers = opts.headers, max_connections = maxc,
-    max_per_host = opts.max_per_host, cookies = opts.cookies ~= false, http_version = opts.http_version,
-    pool_timeout = opts.pool_timeout, verify = opts.verify, ca_file = opts.ca_file, proxy = opts.proxy,
-    buffer_size = opts.buffer_size,
-  }, Session)
-  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0, _closed = false }, {
+  local o = { max_connections = maxc, cookies = opts.cookies ~= false }
+  for k, v in pairs(opts) do
+    if o[k] == nil then o[k] = v end
+  end
+  local view = setmetatable(o, Session)
+  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0, _closed = false,
+    _streams = 0 }, {
     __name = Session.__name, __index = view, __newindex = fixed, __close = finalize, __gc = finalize,
   })
   -- Default header lines, computed once: the session's headers and User-Agent.
@@ -613,11 +986,12 @@ function M.session(opts)
   s._lines = {}
   header_lines("http.session", s._lines, {}, s._defaults, nil)
   s._has_ctype = has["content-type"]
-  -- The session's own settings, shared by its requests without options.
-  s._spec = { ca_file = s.ca_file, proxy = s.proxy, http_version = s.http_version, buffer_size = s.buffer_size }
-  if s.verify == false then s._spec.verify = false end
-  s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie)
-  s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host }
+  -- The spec of a request without options, shared by them all.
+  s._spec = build(s, EMPTY, "http.get", "http://localhost/", "GET")
+  s._spec.url, s._spec.method, s._spec.headers, s._spec.fname = nil, nil, nil, nil
+  s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout)
+  s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host,
+    cookie_file = opts.cookie_file }
   s._s:set_lines(s._lines)
   return s
 end
@@ -631,13 +1005,12 @@ local function default_session()
 end
 M.default_session = default_session
 
---- http.request{...}, http.get/head/post/put/patch/delete(url, opts)
+--- http.request{...}, http.get/head/post/put/patch/delete/options(url, opts)
 function M.request(opts) return default_session():request(opts) end
-for _, m in ipairs { "get", "head", "post", "put", "patch", "delete" } do
+for _, m in ipairs { "get", "head", "post", "put", "patch", "delete", "options" } do
   M[m] = function(url, opts) return default_session()[m](default_session(), url, opts) end
 end
 
 M.Response, M.Session, M.Headers = Response, Session, Headers
-core.http_classes(Response, Headers)
 
 return M

@@ -189,6 +189,18 @@ function Semaphore:acquire()
   return self
 end
 
+--- sem:try_acquire() -> true if a permit was free (taken at once, never
+-- ahead of a waiter), else false; never suspends.
+function Semaphore:try_acquire()
+  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:try_acquire") end
+  local line = self._line
+  if self._value > 0 and (line.h > line.t or line:empty()) then
+    self._value = self._value - 1
+    return true
+  end
+  return false
+end
+
 --- sem:release(): hand a permit to the next waiter or return it.
 function Semaphore:release()
   if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:release") end

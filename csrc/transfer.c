@@ -1,0 +1,739 @@
+/*
+** transfer.c - one request (userdata "weave.Transfer"): one curl easy
+** handle, driven by its session's multi handle on the weave loop, awaited
+** by a task.
+**
+** A transfer collects what curl delivers in C buffers and raises *events*
+** for the task that waits on it:
+**   headers   the response's headers are complete
+**   data      body bytes are buffered (streaming mode only)
+**   need_body the upload wants its next chunk (streamed request body)
+**   progress  counters moved (when asked for, at most every 100 ms)
+**   done      the transfer finished (successfully or not)
+** The façade (lua/weave/http.lua) loops on xfer:wait() and reacts; a plain
+** request does it all in xfer:fetch().  curl callbacks never run Lua and
+** never call curl; cancelling the waiting task removes the easy handle at
+** once, which closes its connection.  One transfer is one HTTP exchange:
+** the façade follows redirects with a new one per hop.
+*/
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "wvcurl.h"
+
+const char weave__XFER_MT = 'x'; /* registry: the Transfer metatable */
+
+#define WV_STREAM_HIGHWATER (256 * 1024)
+#define WV_PRESIZE_MAX ((curl_off_t)256 * 1024 * 1024) /* trust Content-Length up to this */
+#define WV_DIRECT_MIN ((curl_off_t)256 * 1024)         /* bodies received into their string */
+
+/* --- bodies received into their Lua string ------------------------------------
+** lua_pushlstring needs source bytes, so a big body's string is made from a
+** read-only anonymous mapping (every page the kernel's shared zero page:
+** nothing allocated, cache-hot) and on_write then fills it in place, before
+** any Lua code can see it.  This relies on Lua 5.4's long strings: never
+** shared or interned, hashed only lazily when used as a table key.  The one
+** copy left is curl's buffer -> the string, as in any client that keeps
+** the body. */
+#if LUA_VERSION_NUM == 504 && defined(MAP_ANONYMOUS)
+static const char *direct_src;
+static pthread_once_t direct_once = PTHREAD_ONCE_INIT;
+
+static void direct_init(void) {
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+#ifdef MAP_NORESERVE
+  flags |= MAP_NORESERVE;
+#endif
+  void *p = mmap(NULL, (size_t)WV_PRESIZE_MAX, PROT_READ, flags, -1, 0);
+  direct_src = p == MAP_FAILED ? NULL : p;
+}
+
+static const char *direct_source(void) {
+  pthread_once(&direct_once, direct_init);
+  return direct_src;
+}
+static int direct_ok(void) { return 1; }
+#else
+static const char *direct_source(void) { return NULL; }
+static int direct_ok(void) { return 0; }
+#endif
+
+/* --- events -------------------------------------------------------------- */
+
+static void event(wv_xfer *x, int ev) {
+  x->events |= ev;
+  if (x->waiter != NULL) {
+    wv_task *t = x->waiter;
+    x->waiter = NULL;
+    weave__wake(x->s->rt, t, WV_WAKE_OK);
+  }
+}
+
+static void rearm(wv_xfer *x) {
+  if (x->read_ns > 0 && x->state == XS_RUNNING)
+    weave__timer_start(x->s->rt, &x->rtm, uv_hrtime() + x->read_ns);
+}
+
+static void unlink_active(wv_xfer *x) {
+  wv_session *s = x->s;
+  if (x->prev)
+    x->prev->next = x->next;
+  else if (s->active == x)
+    s->active = x->next;
+  if (x->next) x->next->prev = x->prev;
+  x->next = x->prev = NULL;
+}
+
+/* --- output= --------------------------------------------------------------- */
+
+/* Drop the temporary file (failure, cancel, a non-2xx answer). */
+static void out_discard(wv_xfer *x) {
+  if (x->out != NULL) fclose(x->out);
+  x->out = NULL;
+  if (x->tmppath != NULL) unlink(x->tmppath);
+  free(x->tmppath);
+  x->tmppath = NULL;
+}
+
+/* The transfer succeeded: the temporary file becomes the target. */
+static void out_commit(wv_xfer *x) {
+  int fail = fclose(x->out) != 0;
+  x->out = NULL;
+  if (fail || rename(x->tmppath, x->outpath) != 0) {
+    x->out_errno = errno;
+    x->write_failed = 1;
+    x->result = CURLE_WRITE_ERROR;
+    out_discard(x);
+    return;
+  }
+  free(x->tmppath);
+  x->tmppath = NULL;
+}
+
+/* Open a temporary file beside path (same directory: rename is atomic). */
+static int out_open(wv_xfer *x, const char *path) {
+  const char *slash = strrchr(path, '/');
+  size_t dir = slash ? (size_t)(slash - path) + 1 : 0, n = strlen(path);
+  int fd;
+  x->outpath = strdup(path);
+  x->tmppath = malloc(n + 16);
+  if (x->outpath == NULL || x->tmppath == NULL) return ENOMEM;
+  memcpy(x->tmppath, path, dir);
+  x->tmppath[dir] = '.';
+  memcpy(x->tmppath + dir + 1, path + dir, n - dir);
+  memcpy(x->tmppath + n + 1, ".wv-XXXXXX", 11);
+  if ((fd = mkstemp(x->tmppath)) < 0 || (x->out = fdopen(fd, "wb")) == NULL) {
+    int e = errno;
+    if (fd >= 0) close(fd), unlink(x->tmppath);
+    free(x->tmppath);
+    x->tmppath = NULL;
+    return e;
+  }
+  /* Unbuffered: each piece curl hands over (up to buffer_size) is one
+  ** write(2); stdio's 4 KiB buffer would split it into 4-12 KiB writes. */
+  setvbuf(x->out, NULL, _IONBF, 0);
+  return 0;
+}
+
+/* Take the easy handle off the multi (never from inside a curl callback). */
+static void finish(wv_xfer *x, CURLcode rc) {
+  if (x->state != XS_RUNNING) return;
+  x->state = XS_DONE;
+  x->result = rc;
+  weave__timer_stop(x->s->rt, &x->rtm);
+  unlink_active(x);
+  if (!x->s->closed) curl_multi_remove_handle(x->s->multi, x->easy);
+  if (x->out != NULL) {
+    if (rc == CURLE_OK && !x->write_failed)
+      out_commit(x);
+    else
+      out_discard(x);
+  }
+  if (x->progress) { /* the final counts: the whole transfer */
+    curl_off_t v = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_SIZE_DOWNLOAD_T, &v);
+    x->dlnow = v;
+    if (curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &v) == CURLE_OK && v >= 0)
+      x->dltotal = v;
+    curl_easy_getinfo(x->easy, CURLINFO_SIZE_UPLOAD_T, &v);
+    x->ulnow = v;
+    if (curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &v) == CURLE_OK && v >= 0)
+      x->ultotal = v;
+  }
+  event(x, EV_DONE);
+}
+
+void weave__xfer_done(wv_xfer *x, CURLcode rc) { finish(x, rc); }
+
+/* The read timeout fired: no byte for read_timeout seconds. */
+static void xfer_timer(wv_rt *rt, wv_timer *tm) {
+  wv_xfer *x = (wv_xfer *)((char *)tm - offsetof(wv_xfer, rtm));
+  (void)rt;
+  x->timed_out = 1;
+  finish(x, CURLE_OPERATION_TIMEDOUT);
+}
+
+/* Abort: take the handle off at once (the connection is closed). */
+void weave__xfer_abort(wv_xfer *x) {
+  if (x->state == XS_RUNNING) {
+    x->aborted = 1;
+    finish(x, CURLE_ABORTED_BY_CALLBACK);
+  }
+}
+
+/* --- curl callbacks (no Lua, no curl calls but getinfo) --------------------- */
+
+static void headers_complete(wv_xfer *x) {
+  if (!x->headers_done) {
+    x->headers_done = 1;
+    if (x->stream) event(x, EV_HEADERS); /* only a streaming reader waits for headers */
+  }
+}
+
+/* The first body bytes: where they go (file or memory) and, for memory,
+** the buffer sized once from Content-Length (bounded). */
+static int first_write(wv_xfer *x) {
+  curl_off_t cl = -1;
+  x->sized = 1;
+  if (x->out != NULL) {
+    long code = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    if (code >= 200 && code < 300) return 0;
+    /* Not the resource: the target is left alone, res.body has the answer. */
+    out_discard(x);
+    x->to_file = 0;
+  }
+  if (x->stream) return 0;
+  curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+  if (cl > 0 && cl <= WV_PRESIZE_MAX && (x->max_body == 0 || cl <= x->max_body)) {
+    /* A big body is received straight into its Lua string, made by the
+    ** task (EV_RESERVE) while curl holds this data back. */
+    if (cl >= WV_DIRECT_MIN && !x->encoded && direct_ok()) {
+      x->want = cl;
+      x->paused_recv = 1;
+      weave__timer_stop(x->s->rt, &x->rtm);
+      event(x, EV_RESERVE);
+      return 1;
+    }
+    if ((size_t)cl > x->body.cap) {
+      char *p2 = realloc(x->body.p, (size_t)cl);
+      if (p2 != NULL) x->body.p = p2, x->body.cap = (size_t)cl;
+    }
+  }
+  return 0;
+}
+
+static size_t on_write(char *p, size_t size, size_t n, void *ud) {
+  wv_xfer *x = ud;
+  size_t len = size * n;
+  headers_complete(x);
+  if (!x->sized && first_write(x)) return CURL_WRITEFUNC_PAUSE;
+  if (x->stream && x->out == NULL && x->body.len >= WV_STREAM_HIGHWATER) {
+    /* The consumer is behind: pause; curl re-delivers this data later. */
+    x->paused_recv = 1;
+    weave__timer_stop(x->s->rt, &x->rtm);
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  rearm(x);
+  /* Counted after decoding: a small compressed reply cannot grow past it. */
+  if (x->max_body > 0 && x->total + (curl_off_t)len > x->max_body) {
+    x->too_large = 1;
+    return 0;
+  }
+  x->total += (curl_off_t)len;
+  if (x->out != NULL) {
+    if (fwrite(p, 1, len, x->out) != len) {
+      x->out_errno = errno;
+      x->write_failed = 1;
+      return 0;
+    }
+    return len;
+  }
+  if (x->direct && x->body.len + len > x->body.cap) {
+    /* More than Content-Length said: carry on in a malloc'd buffer. */
+    wv_wbuf b = {NULL, 0, 0};
+    if (weave__wbuf_add(&b, x->body.p, x->body.len) != 0) return 0;
+    x->body = b;
+    x->direct = 0;
+  }
+  if (x->direct) {
+    memcpy(x->body.p + x->body.len, p, len);
+    x->body.len += len;
+    return len;
+  }
+  if (weave__wbuf_add(&x->body, p, len) != 0) return 0;
+  if (x->stream) event(x, EV_DATA);
+  return len;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  wv_xfer *x = ud;
+  size_t len = size * n;
+  rearm(x);
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+    /* A new response (after a 1xx): keep only the last. */
+    x->hdr.len = 0;
+    x->hdrbytes = 0;
+    x->encoded = 0;
+    weave__status_reason(x, p, len);
+    return len;
+  }
+  /* A header section (or trailers) that never ends: too large. */
+  if ((x->hdrbytes += len) > WV_MAX_HEADER_BYTES) {
+    x->too_large_hdr = 1;
+    return 0;
+  }
+  if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) {
+    long code = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    if (code < 100 || code >= 200) headers_complete(x);
+    return len;
+  }
+  if ((p[0] | 0x20) == 'c' && len > 17 && strncasecmp(p, "content-encoding:", 17) == 0) x->encoded = 1;
+  while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
+    len--;
+  if (len == size * n) { /* no line end (cannot happen with curl): add one */
+    if (weave__wbuf_add(&x->hdr, p, len) != 0 || weave__wbuf_add(&x->hdr, "\n", 1) != 0) return 0;
+  } else { /* the line and one byte of its end, made a "\n" */
+    if (weave__wbuf_add(&x->hdr, p, len + 1) != 0) return 0;
+    x->hdr.p[x->hdr.len - 1] = '\n';
+  }
+  return size * n;
+}
+
+static size_t on_read(char *p, size_t size, size_t n, void *ud) {
+  wv_xfer *x = ud;
+  size_t room = size * n, avail = x->up.len - x->upoff;
+  if (avail > 0) {
+    if (avail > room) avail = room;
+    memcpy(p, x->up.p + x->upoff, avail);
+    x->upoff += avail;
+    return avail;
+  }
+  if (x->ueof) return 0;
+  x->paused_send = 1;
+  event(x, EV_NEEDBODY);
+  return CURL_READFUNC_PAUSE;
+}
+
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+  wv_xfer *x = ud;
+  uint64_t now;
+  if (dlnow == x->dlnow && ulnow == x->ulnow && dltotal == x->dltotal && ultotal == x->ultotal) return 0;
+  x->dlnow = dlnow, x->dltotal = dltotal, x->ulnow = ulnow, x->ultotal = ultotal;
+  now = uv_hrtime();
+  if (now - x->last_progress >= 100000000u) {
+    x->last_progress = now;
+    event(x, EV_PROGRESS);
+  }
+  return 0;
+}
+
+/* --- making a transfer ----------------------------------------------------- */
+
+static int refuse(lua_State *L, const char *msg) {
+  luaL_pushfail(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+wv_xfer *weave__checkxfer(lua_State *L, int idx) {
+  return weave__checkud(L, idx, weave__rt(L)->xfermt, WV_XFER_MT);
+}
+
+/* A finished, released transfer of session s that can be made anew. */
+static wv_xfer *reusable(lua_State *L, int idx, wv_session *s) {
+  wv_xfer *x;
+  if (lua_isnoneornil(L, idx)) return NULL;
+  x = weave__checkxfer(L, idx);
+  if (x->s != s || x->easy != NULL || x->state == XS_RUNNING || x->waiter != NULL || x->rtm.idx >= 0 ||
+      x->direct || x->out != NULL || x->hdrs != NULL || x->mime != NULL || x->outpath != NULL)
+    return NULL;
+  return x;
+}
+
+/* core.http_new(session, spec [, url, method, headers [, old]]) -> Transfer
+** (not started) | nil, message.  url, method and headers, when given, stand
+** for those fields of spec (which a session can then share between
+** requests).  old, a finished transfer of the session, is reused if it can
+** be: no new userdata, and no finalizer for the GC to run. */
+static int l_http_new(lua_State *L) {
+  wv_session *s = weave__checksession(L, 1);
+  wv_xfer *x;
+  wv_spec sp;
+  const char *err;
+  long bufsize;
+  int tuned;
+  weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
+  lua_settop(L, 6);
+  weave__read_spec(L, 2, &sp);
+  if (lua_type(L, 3) == LUA_TSTRING) sp.url = lua_tostring(L, 3);
+  if (lua_type(L, 4) == LUA_TSTRING) sp.method = lua_tostring(L, 4);
+  if (lua_type(L, 5) == LUA_TTABLE)
+    sp.headers = 5;
+  else if (sp.headers) {
+    lua_getfield(L, 2, "headers");
+    lua_replace(L, 5);
+    sp.headers = 5;
+  }
+  if (sp.url == NULL) return refuse(L, "expected a url string");
+  if (strncasecmp(sp.url, "http://", 7) != 0 && strncasecmp(sp.url, "https://", 8) != 0)
+    return refuse(L, "the url must be http:// or https://");
+  bufsize = sp.buffer_size > 0 ? (long)sp.buffer_size : 65536L;
+  if ((x = reusable(L, 6, s)) != NULL) {
+    lua_pushvalue(L, 6);
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, 2);
+    memset(x, 0, sizeof *x);
+  } else {
+    x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
+    memset(x, 0, sizeof *x);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &weave__XFER_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
+  }
+  x->s = s;
+  x->rtm.idx = -1;
+  x->rtm.cb = xfer_timer;
+  x->dirty = weave__spec_dirty(&sp);
+  x->plain = weave__spec_plain(&sp);
+  x->stream = sp.stream;
+  x->upload = sp.body_stream;
+  x->progress = sp.progress;
+  x->max_body = (curl_off_t)sp.max_body;
+  if (sp.read_timeout > 0) x->read_ns = (uint64_t)(sp.read_timeout * 1e9);
+  if ((x->easy = weave__easy_take(s, x, bufsize, &tuned)) == NULL)
+    return weave__raise(L, "resource", "weave.http: out of memory");
+  weave__spare_take(s, 0, &x->hdr);
+  weave__spare_take(s, 1, &x->body);
+  if (lua_getfield(L, 2, "fname") == LUA_TSTRING) {
+    size_t n;
+    const char *f = lua_tolstring(L, -1, &n);
+    if (n >= sizeof x->fname) n = sizeof x->fname - 1;
+    memcpy(x->fname, f, n);
+    x->fname[n] = '\0';
+  }
+  lua_pop(L, 1);
+  curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
+  if (x->upload) curl_easy_setopt(x->easy, CURLOPT_READFUNCTION, on_read);
+  if (x->progress) curl_easy_setopt(x->easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+  if ((err = weave__apply(L, x, &sp, tuned, sp.headers ? 5 : 0)) != NULL) {
+    lua_pushstring(L, err);
+    weave__xfer_release(x);
+    return refuse(L, lua_tostring(L, -1));
+  }
+  if (sp.output != NULL) {
+    int e = out_open(x, sp.output);
+    x->to_file = 1;
+    if (e != 0) {
+      weave__xfer_release(x);
+      lua_pushfstring(L, "cannot write output file %s: %s (%s)", sp.output, strerror(e), uv_err_name(-e));
+      return refuse(L, lua_tostring(L, -1));
+    }
+  }
+  return 1;
+}
+
+/* --- running it ------------------------------------------------------------ */
+
+static int xfer_start(lua_State *L, wv_xfer *x) {
+  wv_session *s = x->s;
+  CURLMcode mc;
+  if (x->state != XS_NEW) return weave__raise(L, "invalid_state", "weave.http: transfer already started");
+  if (s->closed) return weave__raise(L, "closed", "weave.http: the session is closed");
+  x->errbuf[0] = '\0';
+  curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
+  x->state = XS_RUNNING;
+  x->next = s->active;
+  if (s->active) s->active->prev = x;
+  s->active = x;
+  rearm(x);
+  mc = curl_multi_add_handle(s->multi, x->easy);
+  if (mc != CURLM_OK) {
+    x->state = XS_DONE;
+    unlink_active(x);
+    weave__timer_stop(s->rt, &x->rtm);
+    return weave__raise(L, "invalid_request", "weave.http: %s", curl_multi_strerror(mc));
+  }
+  return 0;
+}
+
+/* xfer:start() */
+static int x_start(lua_State *L) { return xfer_start(L, weave__checkxfer(L, 1)); }
+
+static void wait_unblock(wv_rt *rt, wv_task *t) {
+  wv_xfer *x = t->wdata;
+  (void)rt;
+  if (x != NULL) {
+    x->waiter = NULL;
+    weave__xfer_abort(x);
+  }
+}
+
+static int pop_event(lua_State *L, wv_xfer *x) {
+  static const struct {
+    int bit;
+    const char *name;
+  } order[] = {{EV_NEEDBODY, "need_body"},
+               {EV_HEADERS, "headers"},
+               {EV_DATA, "data"},
+               {EV_PROGRESS, "progress"},
+               {EV_DONE, "done"}};
+  size_t i;
+  for (i = 0; i < sizeof order / sizeof order[0]; i++) {
+    if (x->events & order[i].bit) {
+      if (order[i].bit != EV_DONE) x->events &= ~order[i].bit;
+      lua_pushstring(L, order[i].name);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* EV_RESERVE: make the body's string (Content-Length bytes, filled by
+** on_write in place) and let curl go on.  Runs in the task, never in a curl
+** callback. */
+static void reserve(lua_State *L, wv_xfer *x) {
+  const char *z = direct_source();
+  if (!(x->events & EV_RESERVE)) return;
+  x->events &= ~EV_RESERVE;
+  if (x->state != XS_RUNNING || !x->paused_recv) return;
+  if (z != NULL) {
+    weave__spare_give(x->s, 1, &x->body); /* (empty: nothing was written yet) */
+    lua_pushlstring(L, z, (size_t)x->want);
+    x->body.p = (char *)lua_tostring(L, -1);
+    x->body.cap = (size_t)x->want;
+    x->direct = 1;
+    lua_setiuservalue(L, 1, 2);
+  }
+  x->paused_recv = 0;
+  rearm(x);
+  curl_easy_pause(x->easy, x->paused_send ? CURLPAUSE_SEND : CURLPAUSE_CONT);
+}
+
+/* Suspend task t until x raises an event; k continues. */
+static int park(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t, lua_KFunction k) {
+  x->waiter = t;
+  return weave__park(L, rt, wait_unblock, x, k, (lua_KContext)rt);
+}
+
+static int wait_k(lua_State *L, int status, lua_KContext ctx) {
+  wv_rt *rt = (wv_rt *)ctx;
+  wv_xfer *x = lua_touserdata(L, 1);
+  wv_task *t = weave__woken(L, rt);
+  (void)status;
+  reserve(L, x);
+  if (pop_event(L, x)) return 1;
+  return park(L, rt, x, t, wait_k);
+}
+
+/* xfer:wait() -> "headers" | "data" | "need_body" | "progress" | "done" */
+static int x_wait(lua_State *L) {
+  wv_rt *rt = weave__rt(L);
+  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_task *t;
+  lua_settop(L, 1);
+  if ((t = weave__enter(L, rt, "weave.http")) == NULL)
+    return weave__raise(L, "invalid_state", "weave.http: transfers need a task");
+  if (x->state == XS_NEW) return weave__raise(L, "invalid_state", "weave.http: transfer not started");
+  reserve(L, x);
+  if (pop_event(L, x)) return 1;
+  return park(L, rt, x, t, wait_k);
+}
+
+/* Push the body buffered so far (the transfer is at index 1) and empty the
+** buffer. */
+void weave__push_body(lua_State *L, wv_xfer *x) {
+  if (x->direct) {
+    if (x->body.len == x->body.cap && x->state == XS_DONE)
+      lua_getiuservalue(L, 1, 2); /* complete: the string itself */
+    else
+      lua_pushlstring(L, x->body.p, x->body.len);
+    x->direct = 0;
+    x->body.p = NULL;
+    x->body.cap = 0;
+    lua_pushnil(L);
+    lua_setiuservalue(L, 1, 2);
+  } else
+    lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
+  x->body.len = 0;
+}
+
+/* xfer:take() -> the body bytes buffered so far ("" when none), and true
+** when progress is to be reported; resumes a transfer paused by a slow
+** consumer. */
+static int x_take(lua_State *L) {
+  wv_xfer *x = weave__checkxfer(L, 1);
+  weave__push_body(L, x);
+  x->events &= ~EV_DATA;
+  lua_pushboolean(L, (x->events & EV_PROGRESS) != 0);
+  x->events &= ~EV_PROGRESS;
+  if (x->paused_recv && x->state == XS_RUNNING) {
+    x->paused_recv = 0;
+    rearm(x);
+    curl_easy_pause(x->easy, x->paused_send ? CURLPAUSE_SEND : CURLPAUSE_CONT);
+  }
+  return 2;
+}
+
+/* xfer:feed(chunk | nil): the next piece of a streamed request body. */
+static int x_feed(lua_State *L) {
+  wv_xfer *x = weave__checkxfer(L, 1);
+  size_t n = 0;
+  const char *p = luaL_optlstring(L, 2, NULL, &n);
+  if (x->upoff > 0 && x->upoff == x->up.len) x->up.len = x->upoff = 0;
+  if (p == NULL)
+    x->ueof = 1;
+  else if (weave__wbuf_add(&x->up, p, n) != 0)
+    return weave__raise(L, "resource", "weave.http: out of memory");
+  if (x->paused_send && x->state == XS_RUNNING) {
+    x->paused_send = 0;
+    curl_easy_pause(x->easy, x->paused_recv ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+  }
+  return 0;
+}
+
+/* xfer:progress() -> dlnow, dltotal|nil, ulnow, ultotal|nil */
+static int x_progress(lua_State *L) {
+  wv_xfer *x = weave__checkxfer(L, 1);
+  lua_pushinteger(L, (lua_Integer)x->dlnow);
+  if (x->dltotal > 0)
+    lua_pushinteger(L, (lua_Integer)x->dltotal);
+  else
+    lua_pushnil(L);
+  lua_pushinteger(L, (lua_Integer)x->ulnow);
+  if (x->ultotal > 0)
+    lua_pushinteger(L, (lua_Integer)x->ultotal);
+  else
+    lua_pushnil(L);
+  return 4;
+}
+
+/* xfer:response() -> a new table with the response fields (no body) */
+static int x_response(lua_State *L) {
+  wv_xfer *x = weave__checkxfer(L, 1);
+  lua_settop(L, 1);
+  lua_createtable(L, 0, 10);
+  weave__fill_response(L, x, 2);
+  return 1;
+}
+
+/* xfer:check(): raise the transfer's error object if it failed. */
+static int x_check(lua_State *L) {
+  wv_xfer *x = weave__checkxfer(L, 1);
+  if (weave__xfer_failed(x)) {
+    weave__push_xfer_error(L, x);
+    return lua_error(L);
+  }
+  return 0;
+}
+
+/* The transfer is done: its response fields and body, or its error raised;
+** the transfer is released either way. */
+static int fetch_done(lua_State *L, wv_xfer *x) {
+  lua_settop(L, 1);
+  if (weave__xfer_failed(x)) {
+    weave__push_xfer_error(L, x);
+    weave__xfer_release(x);
+    return lua_error(L);
+  }
+  lua_createtable(L, 0, 8); /* the fields of a plain Response */
+  weave__fill_response(L, x, 2);
+  if (!x->to_file) {
+    weave__push_body(L, x);
+    lua_setfield(L, 2, "body");
+  }
+  weave__xfer_release(x);
+  return 1;
+}
+
+static int fetch_k(lua_State *L, int status, lua_KContext ctx);
+
+static int fetch_wait(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t) {
+  reserve(L, x);
+  if (x->events & EV_DONE) return fetch_done(L, x);
+  return park(L, rt, x, t, fetch_k);
+}
+
+static int fetch_k(lua_State *L, int status, lua_KContext ctx) {
+  wv_rt *rt = (wv_rt *)ctx;
+  wv_task *t = weave__woken(L, rt);
+  (void)status;
+  return fetch_wait(L, rt, lua_touserdata(L, 1), t);
+}
+
+/* xfer:fetch() -> response fields with body (raises the transfer's error):
+** start a plain transfer (not streamed, no upload function, no progress),
+** wait for it to finish and read it, in one call. */
+static int x_fetch(lua_State *L) {
+  wv_rt *rt = weave__rt(L);
+  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_task *t;
+  lua_settop(L, 1);
+  if ((t = weave__enter(L, rt, "weave.http")) == NULL)
+    return weave__raise(L, "invalid_state", "weave.http: transfers need a task");
+  if (x->stream || x->progress || x->upload)
+    return weave__raise(L, "invalid_state", "weave.http: fetch is for plain transfers");
+  if (x->state == XS_NEW) xfer_start(L, x);
+  return fetch_wait(L, rt, x, t);
+}
+
+/* Release everything; the easy handle goes back to the session's pool. */
+void weave__xfer_release(wv_xfer *x) {
+  weave__xfer_abort(x);
+  if (x->mime != NULL) { /* (before the handle is reused or cleaned up) */
+    if (x->easy != NULL) curl_easy_setopt(x->easy, CURLOPT_MIMEPOST, (curl_mime *)NULL);
+    curl_mime_free(x->mime);
+    x->mime = NULL;
+  }
+  weave__easy_give(x->s, x);
+  if (!x->shared_hdrs) curl_slist_free_all(x->hdrs);
+  x->hdrs = NULL;
+  x->shared_hdrs = 0;
+  if (x->direct) { /* the string is Lua's; it goes with the userdata */
+    x->direct = 0;
+    x->body.p = NULL;
+    x->body.len = x->body.cap = 0;
+  }
+  weave__spare_give(x->s, 1, &x->body);
+  weave__spare_give(x->s, 0, &x->hdr);
+  weave__wbuf_free(&x->up);
+  out_discard(x);
+  free(x->outpath);
+  x->outpath = NULL;
+}
+
+/* xfer:close() / __close / __gc: abort if running and free. */
+static int x_close(lua_State *L) {
+  wv_xfer *x = weave__checkudata(L, 1, WV_XFER_MT, "weave.http"); /* no upvalues: also __gc */
+  if (x->s != NULL) weave__xfer_release(x);
+  return 0;
+}
+
+static int x_done(lua_State *L) {
+  lua_pushboolean(L, weave__checkxfer(L, 1)->state == XS_DONE);
+  return 1;
+}
+
+void weave__xferlib(lua_State *L, wv_rt *rt) {
+  static const luaL_Reg meths[] = {
+      {"start", x_start},       {"wait", x_wait},   {"take", x_take},         {"feed", x_feed},
+      {"progress", x_progress}, {"check", x_check}, {"response", x_response}, {"done", x_done},
+      {"fetch", x_fetch},       {NULL, NULL}};
+  weave__class(L, rt, WV_XFER_MT, meths, x_close);
+  luaL_getmetatable(L, WV_XFER_MT);
+  rt->xfermt = lua_topointer(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &weave__XFER_MT);
+  lua_pushcfunction(L, l_http_new);
+  lua_setfield(L, -2, "http_new");
+}
