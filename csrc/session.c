@@ -114,7 +114,7 @@ static CURL *jar(lua_State *L, wv_session *s, const char *fname) {
   if (s->jar == NULL) {
     if ((s->jar = curl_easy_init()) == NULL) weave__raise(L, "resource", "%s: out of memory", fname);
     s->users++;
-    cookie_engine(s, s->jar);
+    curl_easy_setopt(s->jar, CURLOPT_SHARE, s->share); /* its cookies are the share's */
   }
   return s->jar;
 }

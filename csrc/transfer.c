@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "wvcurl.h"
@@ -134,6 +135,11 @@ static int out_open(wv_xfer *x, const char *path) {
     free(x->tmppath);
     x->tmppath = NULL;
     return e;
+  }
+  {
+    mode_t m = umask(0); /* mkstemp made it 0600: as fopen would, 0666 less the umask */
+    umask(m);
+    fchmod(fd, 0666 & ~m);
   }
   /* Unbuffered: each piece curl hands over (up to buffer_size) is one
   ** write(2); stdio's 4 KiB buffer would split it into 4-12 KiB writes. */

@@ -7,7 +7,21 @@ local http = require "weave.http"
 local servers = require "support.servers"
 
 local run = weave.run
+local spawn, sleep = weave.spawn, weave.sleep
 local fault
+
+local function fails(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  return err
+end
+
+local function lines_of(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  return out
+end
 
 describe("http semantics", function()
   setup(function() fault = servers.fault() end)
@@ -122,6 +136,378 @@ describe("http semantics", function()
         local e = http.get(fault.url .. "/echo", { headers = { ["X-Empty"] = "", ["User-Agent"] = false } }):json()
         assert.are.equal("", e.headers["x-empty"])
         assert.is_nil(e.headers["user-agent"])
+      end)
+    end)
+  end)
+
+  describe("redirects, round two", function()
+    it("after 303 every method but HEAD becomes a GET without body or body headers", function()
+      run(function()
+        for _, m in ipairs { "post", "put", "patch", "delete" } do
+          local r = http[m](fault.url .. "/redirect-to?code=303&location=/echo", { body = "secret",
+            headers = { ["Content-Type"] = "text/plain" } })
+          local e = r:json()
+          assert.are.equal("GET", e.method, m)
+          assert.are.equal(0, e.body_len, m)
+          assert.is_nil(e.headers["content-type"], m)
+          assert.is_nil(e.headers["content-length"], m)
+        end
+        local r = http.head(fault.url .. "/redirect-to?code=303&location=/echo")
+        assert.are.equal(200, r.status)
+        assert.are.equal(1, r.redirects)
+      end)
+    end)
+
+    it("301/302 keep methods other than POST, with their body", function()
+      run(function()
+        for _, code in ipairs { 301, 302 } do
+          for _, m in ipairs { "put", "patch", "delete" } do
+            local e = http[m](fault.url .. "/redirect-to?code=" .. code .. "&location=/echo", { body = "b" }):json()
+            assert.are.equal(m:upper(), e.method)
+            assert.are.equal("b", e.body)
+          end
+        end
+      end)
+    end)
+
+    it("a body function that cannot be replayed raises invalid_request naming it (not network)", function()
+      run(function()
+        for _, code in ipairs { 307, 308 } do
+          local n = 0
+          local err = fails(http.post, fault.url .. "/redirect-to?code=" .. code .. "&location=/echo", {
+            body = function()
+              n = n + 1
+              if n == 1 then return "once" end
+            end,
+          })
+          assert.are.equal("invalid_request", err.kind)
+          assert.matches("^http%.post: the server redirected %(" .. code .. "%)", err.message)
+          assert.matches("body is a function", err.message)
+        end
+        -- 303 drops the body: nothing to replay, it just works
+        local r = http.post(fault.url .. "/redirect-to?code=303&location=/echo", { body = coroutine.wrap(function()
+          coroutine.yield("x")
+        end) })
+        assert.are.equal("GET", r:json().method)
+      end)
+    end)
+
+    it("res.history lists each hop; follow_redirects=false returns the 3xx with redirect_url", function()
+      run(function()
+        local r = http.get(fault.url .. "/redirect?n=3")
+        assert.are.equal(200, r.status)
+        assert.are.equal(3, r.redirects)
+        assert.are.equal(3, #r.history)
+        for _, h in ipairs(r.history) do
+          assert.are.equal(302, h.status)
+          assert.matches("^" .. fault.url:gsub("%p", "%%%0") .. "/", h.url)
+        end
+        assert.are.equal(0, #http.get(fault.url .. "/echo").history)
+        local r3 = http.get(fault.url .. "/redirect-to?code=307&location=/echo%3Fa%3D1", { follow_redirects = false })
+        assert.are.equal(307, r3.status)
+        assert.are.equal(fault.url .. "/echo?a=1", r3.redirect_url)
+        local err = fails(http.get, fault.url .. "/redirect?n=5", { max_redirects = 2 })
+        assert.are.equal("too_many_redirects", err.kind)
+        assert.matches("^http%.get: ", err.message)
+      end)
+    end)
+
+    it("credentials stay with their origin: Authorization, Cookie and auth= are not sent to another host", function()
+      local other = servers.fault()
+      finally(other.stop)
+      run(function()
+        local to = ("/redirect-to?code=302&location=%s/echo"):format(other.url:gsub(":", "%%3A"):gsub("/", "%%2F"))
+        local e = http.get(fault.url .. to, { headers = { Authorization = "Bearer t", Cookie = "c=1" } }):json()
+        assert.is_nil(e.headers.authorization)
+        assert.is_nil(e.headers.cookie)
+        e = http.get(fault.url .. to, { auth = { "u", "p" } }):json()
+        assert.is_nil(e.headers.authorization)
+        -- same origin: kept
+        e = http.get(fault.url .. "/redirect-to?code=302&location=/echo", { headers = { Authorization = "Bearer t" } })
+          :json()
+        assert.are.equal("Bearer t", e.headers.authorization)
+      end)
+    end)
+  end)
+
+  describe("urls, round two", function()
+    it("spaces and non-ASCII are percent-encoded; query= works with a #fragment", function()
+      run(function()
+        local e = http.get(fault.url .. "/echo/a b/é", { query = { q = "x y" } }):json()
+        assert.are.equal("/echo/a%20b/%C3%A9", e.path)
+        e = http.get(fault.url .. "/echo?a=1#frag", { query = { b = 2 } }):json()
+        assert.are.equal("1", e.query.a)
+        assert.are.equal("2", e.query.b)
+        local s <close> = http.session()
+        e = s:get(fault.url .. "/echo/x y"):json()
+        assert.are.equal("/echo/x%20y", e.path)
+      end)
+    end)
+
+    it("credentials in a URL never appear in res.url, err.url or tostring(err)", function()
+      run(function()
+        local url = fault.url:gsub("^http://", "http://alice:s3cret@") .. "/echo"
+        local r = http.get(url)
+        assert.are.equal(fault.url .. "/echo", r.url)
+        assert.matches("^Basic ", r:json().headers.authorization) -- still used
+        local err = fails(http.get, "http://alice:s3cret@127.0.0.1:1/x")
+        assert.are.equal("connect", err.kind)
+        assert.is_nil(err.url:find("s3cret"))
+        assert.is_nil(tostring(err):find("s3cret"))
+        err = fails(http.get, "ftp://alice:s3cret@host/x")
+        assert.is_nil(tostring(err):find("s3cret"))
+        err = fails(http.get, url, { timout = 1 })
+        assert.is_nil(tostring(err):find("s3cret"))
+      end)
+    end)
+  end)
+
+  describe("strict options", function()
+    it("unknown names raise invalid_request with a suggestion; wrong types name the option", function()
+      run(function()
+        local err = fails(http.get, fault.url .. "/echo", { timout = 1 })
+        assert.are.equal("invalid_request", err.kind)
+        assert.are.equal("http.get: unknown option 'timout' (did you mean 'timeout'?)", err.message)
+        err = fails(http.post, fault.url .. "/echo", { jsn = {} })
+        assert.matches("did you mean 'json'", err.message)
+        err = fails(http.get, fault.url .. "/echo", { timeout = "1" })
+        assert.matches("^http%.get: option timeout must be a number of seconds", err.message)
+        err = fails(http.get, fault.url .. "/echo", { follow_redirects = "no" })
+        assert.matches("^http%.get: option follow_redirects must be true or false", err.message)
+        err = fails(http.session, { max_conections = 3 })
+        assert.matches("^http%.session: unknown option 'max_conections' %(did you mean 'max_connections'%?%)",
+          err.message)
+        for _, bad in ipairs { 0, -1, 1.5, "4" } do
+          err = fails(http.session, { max_connections = bad })
+          assert.are.equal("invalid_request", err.kind)
+          assert.matches("^http%.session: option max_connections must be an integer > 0", err.message)
+        end
+        err = fails(http.request, { url = fault.url, methd = "GET" })
+        assert.matches("^http%.request: unknown option 'methd' %(did you mean 'method'%?%)", err.message)
+      end)
+    end)
+
+    it("json= values that cannot be encoded name their path", function()
+      run(function()
+        local err = fails(http.post, fault.url .. "/echo", { json = { a = { 1, 2, print } } })
+        assert.are.equal("invalid_request", err.kind)
+        assert.are.equal("http.post: json.a[3]: a function cannot be encoded as JSON", err.message)
+        err = fails(http.post, fault.url .. "/echo", { json = { x = { ["a b"] = 0 / 0 } } })
+        assert.matches('^http%.post: json%.x%["a b"%]: ', err.message)
+      end)
+    end)
+
+    it("every message starts with the function name, URL errors from curl too", function()
+      run(function()
+        for _, case in ipairs {
+          { http.get, "http://" }, { http.get, "http://[::1" }, { http.post, "https://:0/" },
+          { http.delete, "ftp://x/" }, { http.head, 42 },
+        } do
+          local fn, url = case[1], case[2]
+          local err = fails(fn, url)
+          assert.matches("^http%.%a+: ", err.message)
+        end
+      end)
+    end)
+  end)
+
+  describe("memory bounds", function()
+    it("max_body_size counts the decoded body: a gzip bomb raises too_large", function()
+      run(function()
+        local err = fails(http.get, fault.url .. "/gzip-bomb?mb=64", { max_body_size = 4 * 1024 * 1024 })
+        assert.are.equal("too_large", err.kind)
+        assert.matches("^http%.get: response body larger than max_body_size", err.message)
+        err = fails(http.get, fault.url .. "/gzip-bomb?mb=64&cl=1", { max_body_size = 4 * 1024 * 1024 })
+        assert.are.equal("too_large", err.kind)
+        -- false: no limit
+        assert.are.equal(8 * 1024 * 1024, #http.get(fault.url .. "/gzip-bomb?mb=8", { max_body_size = false }).body)
+      end)
+    end)
+
+    it("endless headers and endless trailers raise too_large, not network, and stop reading", function()
+      run(function()
+        for _, path in ipairs { "/header-flood", "/trailer-flood" } do
+          local err = fails(http.get, fault.url .. path)
+          assert.are.equal("too_large", err.kind, path)
+          assert.matches("^http%.get: response headers larger than", err.message)
+          sleep(0.1)
+          local st = http.get(fault.url .. "/stats"):json()
+          assert.is_true(st.flood_bytes < 64 * 1024 * 1024, path .. " read " .. st.flood_bytes)
+          assert.is_false(st.flood_capped)
+        end
+      end)
+    end)
+  end)
+
+  describe("safe resources", function()
+    it("streamed responses dropped without close() give back their slots (no deadlock)", function()
+      run(function()
+        local s <close> = http.session { max_connections = 2 }
+        for _ = 1, 8 do
+          local r = s:get(fault.url .. "/huge", { stream = true }) -- dropped, never read
+          assert.are.equal(200, r.status)
+        end
+        -- and a chunks() loop left by break closes its response at once
+        for _ = 1, 8 do
+          local r = s:get(fault.url .. "/huge", { stream = true })
+          for _ in r:chunks() do break end
+          assert.is_nil(rawget(r, "_x"))
+        end
+        assert.are.equal(200, s:get(fault.url .. "/echo").status)
+      end)
+    end)
+
+    it("a session collected without close() closes (its connections go)", function()
+      run(function()
+        do
+          local s = http.session()
+          for _ = 1, 3 do spawn(function() s:get(fault.url .. "/echo") end) end
+          sleep(0.2)
+        end
+        collectgarbage()
+        collectgarbage()
+        sleep(0.2)
+        local st = http.get(fault.url .. "/stats"):json()
+        assert.is_true(st.open <= 2, "open connections: " .. tostring(st.open)) -- the default session's
+      end)
+    end)
+
+    it("on_progress ends with the whole transfer's counts, also for a stream read slowly", function()
+      run(function()
+        local calls = {}
+        local r = http.get(fault.url .. "/huge?bytes=300000", { on_progress = function(dl, total, ul)
+          calls[#calls + 1] = { dl, total, ul }
+        end })
+        assert.are.equal(300000, #r.body)
+        assert.are.same({ 300000, 300000, 0 }, calls[#calls])
+        -- a 1.5 s drip read by a slow consumer: progress arrives while it reads
+        local seen = {}
+        local s = http.get(fault.url .. "/drip?chunks=15&ms=100&size=1000", { stream = true,
+          on_progress = function(dl) seen[#seen + 1] = dl end })
+        local got = 0
+        for chunk in s:chunks() do
+          got = got + #chunk
+          sleep(0.05)
+        end
+        assert.are.equal(15000, got)
+        assert.is_true(#seen >= 3, "progress calls: " .. #seen)
+        assert.are.equal(15000, seen[#seen])
+      end)
+    end)
+
+    it("output= is written to a temporary file and renamed; nothing is left on failure, cancel or timeout", function()
+      local dir = lines_of("mktemp -d /tmp/weave-out.XXXXXX"):gsub("%s+$", "")
+      finally(function() os.execute("rm -rf " .. dir) end)
+      local function listing() return lines_of("ls -A " .. dir) end
+      run(function()
+        local r = http.get(fault.url .. "/huge?bytes=100000", { output = dir .. "/ok.bin" })
+        assert.are.equal(200, r.status)
+        assert.is_nil(r.body)
+        assert.are.equal("ok.bin\n", listing())
+        local f = assert(io.open(dir .. "/ok.bin", "rb"))
+        assert.are.equal(100000, #f:read("a"))
+        f:close()
+        -- failure (truncated), timeout, cancel: the target is not created, no temporary is left
+        fails(http.get, fault.url .. "/truncated?len=1000&send=10", { output = dir .. "/t.bin" })
+        fails(http.get, fault.url .. "/drip?chunks=50&ms=100", { output = dir .. "/slow.bin", timeout = 0.3 })
+        local t = spawn(function() http.get(fault.url .. "/drip?chunks=50&ms=100", { output = dir .. "/c.bin" }) end)
+        sleep(0.3)
+        t:cancel()
+        pcall(t.await, t)
+        assert.are.equal("ok.bin\n", listing())
+        -- a non-2xx answer leaves the target alone and gives its body in res.body
+        r = http.get(fault.url .. "/status?code=404", { output = dir .. "/ok.bin" })
+        assert.are.equal(404, r.status)
+        assert.are.equal("status 404", r.body)
+        assert.are.equal("ok.bin\n", listing())
+        -- an unopenable path raises with the errno
+        local err = fails(http.get, fault.url .. "/echo", { output = dir .. "/no/such/dir/x" })
+        assert.are.equal("invalid_request", err.kind)
+        assert.matches("^http%.get: cannot write output file .*ENOENT", err.message)
+      end)
+    end)
+  end)
+
+  describe("features", function()
+    it("http.options, res.reason, decode=false", function()
+      run(function()
+        assert.are.equal("OPTIONS", http.options(fault.url .. "/echo"):json().method)
+        local r = http.get(fault.url .. "/status-line?code=418&reason=Short%20and%20stout")
+        assert.are.equal(418, r.status)
+        assert.are.equal("Short and stout", r.reason)
+        assert.are.equal("OK", http.get(fault.url .. "/echo").reason)
+        local raw = http.get(fault.url .. "/gzip", { decode = false })
+        assert.are.equal("\31\139", raw.body:sub(1, 2)) -- the gzip magic: not decoded
+        assert.are_not.equal("\31\139", http.get(fault.url .. "/gzip").body:sub(1, 2))
+      end)
+    end)
+
+    it("the cookie jar: cookies(), set_cookie, clear_cookies, cookie_file loaded and saved", function()
+      local file = os.tmpname()
+      finally(function() os.remove(file) end)
+      run(function()
+        local s = http.session { cookie_file = file }
+        s:get(fault.url .. "/set-cookies?a=1&b=2")
+        local names = {}
+        for _, c in ipairs(s:cookies()) do names[c.name] = c end
+        assert.are.equal("1", names.a.value)
+        assert.are.equal("127.0.0.1", names.a.domain)
+        assert.are.equal("/", names.a.path)
+        s:set_cookie { name = "c", value = "3", domain = "127.0.0.1" }
+        assert.are.same({ a = "1", b = "2", c = "3" }, s:get(fault.url .. "/cookies"):json())
+        s:close()
+        local s2 <close> = http.session { cookie_file = file }
+        assert.are.same({ a = "1", b = "2", c = "3" }, s2:get(fault.url .. "/cookies"):json())
+        s2:clear_cookies()
+        assert.are.same({}, s2:cookies())
+        local s3 <close> = http.session { cookies = false }
+        local err = fails(s3.cookies, s3)
+        assert.are.equal("invalid_state", err.kind)
+      end)
+    end)
+  end)
+
+  describe("TLS and HTTP/2 (nginx)", function()
+    local ngx
+    setup(function() ngx = servers.nginx() end)
+    teardown(function() if ngx then ngx.stop() end end)
+
+    it("concurrent requests on a new session share one multiplexed connection", function()
+      run(function()
+        local s <close> = http.session { ca_file = ngx.ca_file, max_connections = 50 }
+        local conns, versions = {}, {}
+        local tasks = {}
+        for i = 1, 40 do
+          tasks[i] = spawn(function()
+            local r = s:get(ngx.https .. "/conn")
+            conns[r.body] = true
+            versions[r.http_version] = true
+          end)
+        end
+        for _, t in ipairs(tasks) do t:await() end
+        local n = 0
+        for _ in pairs(conns) do n = n + 1 end
+        assert.are.same({ ["2"] = true }, versions)
+        assert.are.equal(1, n)
+        -- HTTP/2 has no reason phrase: the registered one is given
+        assert.are.equal("OK", s:get(ngx.https .. "/hello").reason)
+      end)
+    end)
+
+    it("a client certificate is sent with cert= and key=", function()
+      local dir = lines_of("mktemp -d /tmp/weave-cc.XXXXXX"):gsub("%s+$", "")
+      finally(function() os.execute("rm -rf " .. dir) end)
+      assert(os.execute(("env -u LD_PRELOAD openssl req -x509 -newkey rsa:2048 -keyout %s/k.pem -out %s/c.pem "
+        .. "-days 1 -subj /CN=weave-client -passout pass:pw >/dev/null 2>&1"):format(dir, dir)))
+      run(function()
+        local r = http.get(ngx.https .. "/clientcert", { ca_file = ngx.ca_file, cert = dir .. "/c.pem",
+          key = dir .. "/k.pem", key_password = "pw" })
+        assert.are.equal("CN=weave-client", r.body)
+        assert.are.equal("", http.get(ngx.https .. "/clientcert", { ca_file = ngx.ca_file }).body)
+        local s <close> = http.session() -- (a new connection)
+        local err = fails(s.get, s, ngx.https .. "/clientcert", { ca_file = ngx.ca_file, cert = dir .. "/c.pem",
+          key = dir .. "/k.pem", key_password = "wrong" })
+        assert.are.equal("tls", err.kind)
       end)
     end)
   end)

@@ -963,9 +963,10 @@ function M.session(opts)
   if opts.auth then set_auth({}, opts.auth, "http.session") end
   local maxc = opts.max_connections or 100
   -- session -> its options (read-only view) -> Session's methods
-  local o = { max_connections = maxc, cookies = opts.cookies ~= false }
+  -- (s:cookies() is the jar's method: the option is not in the view.)
+  local o = { max_connections = maxc }
   for k, v in pairs(opts) do
-    if o[k] == nil then o[k] = v end
+    if o[k] == nil and k ~= "cookies" then o[k] = v end
   end
   local view = setmetatable(o, Session)
   local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0, _closed = false,
@@ -990,7 +991,7 @@ function M.session(opts)
   s._spec = build(s, EMPTY, "http.get", "http://localhost/", "GET")
   s._spec.url, s._spec.method, s._spec.headers, s._spec.fname = nil, nil, nil, nil
   s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout)
-  s._s = core.http_session { cookies = s.cookies, max_connections = maxc, max_per_host = opts.max_per_host,
+  s._s = core.http_session { cookies = opts.cookies ~= false, max_connections = maxc, max_per_host = opts.max_per_host,
     cookie_file = opts.cookie_file }
   s._s:set_lines(s._lines)
   return s
