@@ -4,9 +4,12 @@ cd "$(dirname "$0")/.." || exit 1
 PY=/usr/bin/python3
 W="lua5.4 bench/tasks.lua"
 P="$PY bench/tasks.py"
+# BENCH_ONLY=key[,key...]: only those sections; this file's are tasks, offload.
+want() { [ -z "$BENCH_ONLY" ] || case ",$BENCH_ONLY," in *",$1,"*) true ;; *) false ;; esac; }
 best() { # best-of-5 "<seconds> <rss>" of a command (lowest seconds)
   for _ in 1 2 3 4 5; do $1; done | sort -n | head -n 1
 }
+if want tasks; then
 echo "== bench/tasks: weave vs CPython asyncio ($($PY --version 2>&1))"
 ws=$(best "$W spawn 200000"); ps=$(best "$P spawn 200000")
 wl=$(best "$W sleep 100000"); pl=$(best "$P sleep 100000")
@@ -19,7 +22,9 @@ echo "$ws $ps $wl $pl $w1 $p1" | awk '{
   wb = ($6 - $10) * 1024 / 99000; pb = ($8 - $12) * 1024 / 99000
   printf "%-34s %10.0f B %10.0f B %9.2fx less\n", "RSS per sleeping task (100k - 1k)", wb, pb, pb / wb
 }'
+fi
 
+want offload || exit 0
 echo
 echo "== bench/offload: weave.to_thread vs CPython asyncio.to_thread"
 best1() { for _ in 1 2 3; do $1; done | sort -n | head -n 1; }

@@ -78,6 +78,7 @@ static void field(lua_State *L, wv_spec *sp, const char *key) {
   switch (FIELDS[i].type) {
   case F_STR:
     if (t == LUA_TSTRING) *(const char **)at = lua_tostring(L, -1);
+    if (at == (char *)&sp->url) sp->urllen = lua_rawlen(L, -1);
     break;
   case F_NUM:
     if (t == LUA_TNUMBER) *(double *)at = lua_tonumber(L, -1);
@@ -122,8 +123,8 @@ int weave__spec_dirty(const wv_spec *sp) {
 /* The tunables at their defaults: a handle whose last request was the same
 ** needs none of them set again. */
 int weave__spec_plain(const wv_spec *sp) {
-  return sp->timeout <= 0 && sp->connect_timeout <= 0 && sp->max_body <= 0 && sp->verify &&
-         sp->http_version == NULL;
+  return sp->timeout <= 0 && sp->connect_timeout <= 0 && sp->max_body == WV_DEFAULT_MAX_BODY && sp->verify &&
+         sp->http_version == NULL && strncasecmp(sp->url, "https:", 6) != 0; /* (PIPEWAIT off) */
 }
 
 static long ms(double secs) { return secs > 0 ? (long)(secs * 1000 + 0.5) : 0L; }
@@ -202,6 +203,7 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
   wv_session *s = x->s;
   CURL *e = x->easy;
   size_t i;
+  long https = strncasecmp(sp->url, "https:", 6) == 0;
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
   curl_easy_setopt(e, CURLOPT_URL, sp->url);
   if (!tuned) {
@@ -216,15 +218,12 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
           : strcmp(sp->http_version, "1.0") == 0 ? CURL_HTTP_VERSION_1_0
                                                  : CURL_HTTP_VERSION_1_1;
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, v);
+    /* HTTP/2 (negotiated over TLS): a request for an origin whose connection
+    ** is still being made waits to multiplex on it instead of opening one of
+    ** its own.  Cleartext http:// is HTTP/1.1 and never waits. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                     https && (v == CURL_HTTP_VERSION_NONE || v == CURL_HTTP_VERSION_2TLS));
   }
-  /* HTTP/2 (negotiated over TLS): a request for an origin whose connection
-  ** is still being made waits to multiplex on it instead of opening one of
-  ** its own.  Cleartext http:// is HTTP/1.1 and never waits. */
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT,
-                   (strncasecmp(sp->url, "https:", 6) == 0 &&
-                    (sp->http_version == NULL || strcmp(sp->http_version, "2") == 0))
-                       ? 1L
-                       : 0L);
   for (i = 0; i < NSTROPTS; i++)
     if (sp->strs[i] != NULL) curl_easy_setopt(e, STROPTS[i].opt, sp->strs[i]);
   if (sp->auth_type != NULL) {

@@ -22,6 +22,8 @@ static const char SESSIONS = 's'; /* registry: weak set of sessions */
 void weave__base_options(wv_session *s, CURL *e, long bufsize) {
   curl_easy_setopt(e, CURLOPT_SHARE, s->share);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, weave__on_write);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, weave__on_header);
   curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, bufsize);

@@ -235,7 +235,7 @@ static int first_write(wv_xfer *x) {
   return 0;
 }
 
-static size_t on_write(char *p, size_t size, size_t n, void *ud) {
+size_t weave__on_write(char *p, size_t size, size_t n, void *ud) {
   wv_xfer *x = ud;
   size_t len = size * n;
   headers_complete(x);
@@ -278,7 +278,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
-static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+size_t weave__on_header(char *p, size_t size, size_t n, void *ud) {
   wv_xfer *x = ud;
   size_t len = size * n;
   rearm(x);
@@ -364,6 +364,39 @@ static wv_xfer *reusable(lua_State *L, int idx, wv_session *s) {
   return x;
 }
 
+/* Bytes a URL never carries as they are: controls, space, non-ASCII and
+** the characters RFC 3986 excludes; '#' starts the fragment. */
+static const unsigned char URLBAD[256] = {
+    ['\0' ... ' '] = 1, ['"'] = 1, ['<'] = 1, ['>'] = 1, ['\\'] = 1,        ['^'] = 1,
+    ['`'] = 1,          ['{'] = 1, ['|'] = 1, ['}'] = 1, [127 ... 255] = 1, ['#'] = 2};
+
+/* The URL as sent: those bytes percent-encoded (as requests, aiohttp and
+** fetch do), the fragment dropped (never sent).  Usually the URL itself;
+** else a new string, left on the stack for the rest of the call (curl
+** copies it). */
+static const char *clean_url(lua_State *L, const char *url, size_t len) {
+  const unsigned char *p = (const unsigned char *)url;
+  luaL_Buffer b;
+  while (*p != '\0' && !URLBAD[*p])
+    p++;
+  if ((size_t)((const char *)p - url) < len && *p == '\0') return NULL; /* a NUL inside */
+  if (*p == '\0') return url;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, url, (size_t)((const char *)p - url));
+  for (; *p != '\0' && URLBAD[*p] != 2; p++) {
+    if (URLBAD[*p]) {
+      char esc[4];
+      esc[0] = '%';
+      esc[1] = "0123456789ABCDEF"[*p >> 4];
+      esc[2] = "0123456789ABCDEF"[*p & 15];
+      luaL_addlstring(&b, esc, 3);
+    } else
+      luaL_addchar(&b, (char)*p);
+  }
+  luaL_pushresult(&b);
+  return lua_tostring(L, -1);
+}
+
 /* core.http_new(session, spec [, url, method, headers [, old]]) -> Transfer
 ** (not started) | nil, message.  url, method and headers, when given, stand
 ** for those fields of spec (which a session can then share between
@@ -379,7 +412,7 @@ static int l_http_new(lua_State *L) {
   weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
   lua_settop(L, 6);
   weave__read_spec(L, 2, &sp);
-  if (lua_type(L, 3) == LUA_TSTRING) sp.url = lua_tostring(L, 3);
+  if (lua_type(L, 3) == LUA_TSTRING) sp.url = lua_tolstring(L, 3, &sp.urllen);
   if (lua_type(L, 4) == LUA_TSTRING) sp.method = lua_tostring(L, 4);
   if (lua_type(L, 5) == LUA_TTABLE)
     sp.headers = 5;
@@ -389,6 +422,7 @@ static int l_http_new(lua_State *L) {
     sp.headers = 5;
   }
   if (sp.url == NULL) return refuse(L, "expected a url string");
+  if ((sp.url = clean_url(L, sp.url, sp.urllen)) == NULL) return refuse(L, "the url contains a NUL byte");
   if (strncasecmp(sp.url, "http://", 7) != 0 && strncasecmp(sp.url, "https://", 8) != 0)
     return refuse(L, "the url must be http:// or https://");
   bufsize = sp.buffer_size > 0 ? (long)sp.buffer_size : 65536L;
@@ -427,8 +461,6 @@ static int l_http_new(lua_State *L) {
     x->fname[n] = '\0';
   }
   lua_pop(L, 1);
-  curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, on_write);
-  curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
   curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
   if (x->upload) curl_easy_setopt(x->easy, CURLOPT_READFUNCTION, on_read);

@@ -28,6 +28,10 @@
 ** beyond this abort the transfer with kind "too_large". */
 #define WV_MAX_HEADER_BYTES (256 * 1024)
 
+/* The façade's default max_body_size (1 GiB): a handle left at it needs no
+** CURLOPT_MAXFILESIZE again. */
+#define WV_DEFAULT_MAX_BODY (1024.0 * 1024 * 1024)
+
 /* A pooled easy handle: its tunables (timeouts, size limit, verification,
 ** HTTP version) at their defaults; set to something else; or other options
 ** changed (curl_easy_reset before reuse). */
@@ -62,7 +66,7 @@ struct wv_session {
 typedef struct {
   const char *url, *method, *output, *http_version, *body, *auth_type, *proxy;
   const char *strs[8]; /* the plain string options of options.c's STROPTS */
-  size_t blen;
+  size_t blen, urllen;
   int verify, stream, progress, body_stream, headers, multipart, decode, noproxy;
   double timeout, connect_timeout, read_timeout, max_body, buffer_size;
 } wv_spec;
@@ -133,6 +137,8 @@ int weave__spec_plain(const wv_spec *sp);
 
 /* transfer.c */
 void weave__xfer_done(wv_xfer *x, CURLcode rc);
+size_t weave__on_write(char *p, size_t size, size_t n, void *ud);
+size_t weave__on_header(char *p, size_t size, size_t n, void *ud);
 void weave__xfer_abort(wv_xfer *x);
 void weave__xfer_release(wv_xfer *x);
 wv_xfer *weave__checkxfer(lua_State *L, int idx);

@@ -3,7 +3,7 @@
 ** multi_socket API and libuv, with nothing on top.  Keeps `inflight`
 ** transfers of `url` running until `total` are done; prints
 ** "<seconds> <bytes> <failures>".
-**     floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave]]
+**     floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave|h2 CAFILE]]
 ** With "keep" each body is kept in memory until its transfer ends (a buffer
 ** sized from Content-Length, else grown by doubling), as a client that hands
 ** bodies to its caller must; without it the bytes are counted and dropped.
@@ -11,6 +11,10 @@
 ** cookie jar and DNS cache, Accept-Encoding negotiation, User-Agent and
 ** Accept-Encoding header lines, and the response headers kept (for
 ** `make bench-instr`: the cost of those features without weave).
+** "h2 CAFILE" asks for HTTP/2 over TLS and multiplexes: CURLPIPE_MULTIPLEX on
+** the multi handle, CURLOPT_PIPEWAIT (wait for a connection that can
+** multiplex rather than open another), CURL_HTTP_VERSION_2TLS, CAFILE as the
+** CA; a response that is not HTTP/2 counts as a failure.
 */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -28,7 +32,8 @@ static uv_timer_t timer;
 static CURLM *multi;
 static const char *url;
 static long total, started, finished, failures, bufsize;
-static int keep, like_weave;
+static int keep, like_weave, h2;
+static const char *cafile;
 static CURLSH *share;
 static struct curl_slist *lines;
 
@@ -89,6 +94,11 @@ static void start_one(CURL *e) {
       curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
       curl_easy_setopt(e, CURLOPT_HEADERDATA, b);
     }
+    if (h2) {
+      curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+      curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+      curl_easy_setopt(e, CURLOPT_CAINFO, cafile);
+    }
   }
   started++;
   curl_multi_add_handle(multi, e);
@@ -100,7 +110,13 @@ static void drain(void) {
   while ((m = curl_multi_info_read(multi, &left)) != NULL) {
     if (m->msg != CURLMSG_DONE) continue;
     CURL *e = m->easy_handle;
-    if (m->data.result != CURLE_OK) failures++;
+    if (m->data.result != CURLE_OK) {
+      failures++;
+    } else if (h2) {
+      long v = 0;
+      curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &v);
+      if (v != CURL_HTTP_VERSION_2_0) failures++;
+    }
     finished++;
     curl_multi_remove_handle(multi, e);
     {
@@ -177,7 +193,7 @@ int main(int argc, char **argv) {
   long inflight, i;
   uint64_t t0;
   if (argc < 4) {
-    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave]]\n");
+    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave|h2 CAFILE]]\n");
     return 2;
   }
   url = argv[1];
@@ -186,6 +202,8 @@ int main(int argc, char **argv) {
   bufsize = argc > 4 ? atol(argv[4]) : 65536;
   keep = argc > 5 && (strcmp(argv[5], "keep") == 0 || strcmp(argv[5], "weave") == 0);
   like_weave = argc > 5 && strcmp(argv[5], "weave") == 0;
+  h2 = argc > 6 && strcmp(argv[5], "h2") == 0;
+  cafile = h2 ? argv[6] : NULL;
   share = curl_share_init();
   curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_COOKIE);
   curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
@@ -198,6 +216,7 @@ int main(int argc, char **argv) {
   curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
   curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
   curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, inflight);
+  if (h2) curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   t0 = uv_hrtime();
   for (i = 0; i < inflight && started < total; i++) start_one(NULL);
   while (finished < total) uv_run(loop, UV_RUN_ONCE);

@@ -46,11 +46,13 @@ end
 
 -- A 4th argument "stream" reads bodies with res:chunks() and drops them
 -- (stream=true); "devnull" writes them to /dev/null (output=, as the curl CLI
--- run does); otherwise each is res.body.
+-- run does); otherwise each is res.body. "h2 CAFILE": HTTP/2 over TLS
+-- (http_version="2", ca_file=CAFILE); a response that is not HTTP/2 fails.
 local url, total, inflight, mode = arg[1], tonumber(arg[2]), tonumber(arg[3]), arg[4]
-local stream, devnull = mode == "stream", mode == "devnull"
+local stream, devnull, h2 = mode == "stream", mode == "devnull", mode == "h2"
 weave.run(function()
-  local s <close> = http.session { max_connections = inflight }
+  local s <close> = http.session { max_connections = inflight, ca_file = h2 and arg[5] or nil,
+    http_version = h2 and "2" or nil }
   local started, bytes, failures = 0, 0, 0
   local t0 = weave.now()
   weave.group(function(g)
@@ -73,7 +75,11 @@ weave.run(function()
             if not ok then failures = failures + 1 end
           else
             local ok, r = pcall(s.get, s, url)
-            if ok and r.status == 200 then bytes = bytes + #r.body else failures = failures + 1 end
+            if ok and r.status == 200 and (not h2 or r.http_version == "2") then
+              bytes = bytes + #r.body
+            else
+              failures = failures + 1
+            end
           end
         end
       end)

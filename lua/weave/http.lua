@@ -69,13 +69,6 @@ local function encode_pairs(t)
 end
 M.encode_query = encode_pairs
 
--- Spaces, controls, non-ASCII bytes and the characters RFC 3986 never
--- allows are percent-encoded (as requests, aiohttp and fetch do); '%' and
--- the reserved characters are left as they are.
-local function normalize_url(url)
-  return (url:gsub("[\0-\32\127-\255\"<>\\^`{|}]", function(c) return ("%%%02X"):format(c:byte()) end))
-end
-
 local function origin_of(url)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil end
@@ -486,7 +479,8 @@ local function build(self, opts, fname, url, method)
     local q = encode_pairs(opts.query)
     if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
   end
-  url = normalize_url(url)
+  -- (Spaces, non-ASCII bytes and the characters RFC 3986 never allows are
+  -- percent-encoded by weave.core.http_new, for every path.)
   local scheme = url:match("^(%a[%w+.-]*):")
   if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
     error(invalid(fname, "the url must be http:// or https://, got " .. safe_url(url), url), 3)
@@ -804,7 +798,7 @@ end
 -- runs and reads its response in C (xfer:fetch).  A redirect, an unusual
 -- URL or a busy pool takes the general path.
 local function plain(self, url, method, fname)
-  if self._closed or url:find("[\0-\32\127-\255\"<>\\^`{|}#]") or not self._slots:try_acquire() then
+  if self._closed or not self._slots:try_acquire() then
     return perform(self, EMPTY, fname, url, method)
   end
   -- Finished transfers are made anew (a few kept per session).
@@ -854,11 +848,13 @@ end
 local function verb(method)
   local fname = "http." .. method:lower()
   return function(self, url, opts)
+    if opts == nil and type(self) == "table" and self._plain and type(url) == "string" and running() then
+      return plain(self, url, method, fname)
+    end
     if type(self) ~= "table" or not rawget(self, "_s") then
       error(invalid(fname, "call it on a session with ':' (s:" .. method:lower() .. "(url))"), 2)
     end
     if opts == nil then
-      if self._plain and type(url) == "string" and running() then return plain(self, url, method, fname) end
       opts = EMPTY
     elseif type(opts) ~= "table" then
       error(invalid(fname, "options must be a table, got " .. type(opts), url), 2)
@@ -988,8 +984,12 @@ function M.session(opts)
   header_lines("http.session", s._lines, {}, s._defaults, nil)
   s._has_ctype = has["content-type"]
   -- The spec of a request without options, shared by them all.
-  s._spec = build(s, EMPTY, "http.get", "http://localhost/", "GET")
-  s._spec.url, s._spec.method, s._spec.headers, s._spec.fname = nil, nil, nil, nil
+  -- Only what C reads (each field a request's spec carries costs a lookup).
+  local spec = build(s, EMPTY, "http.get", "http://localhost/", "GET")
+  for _, k in ipairs { "url", "method", "headers", "fname", "follow", "max_redirects", "pool_timeout", "host" } do
+    spec[k] = nil
+  end
+  s._spec = spec
   s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout)
   s._s = core.http_session { cookies = opts.cookies ~= false, max_connections = maxc, max_per_host = opts.max_per_host,
     cookie_file = opts.cookie_file }

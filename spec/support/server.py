@@ -3,7 +3,9 @@
 
 Everything nginx cannot do: echo, delays, redirects and loops, cookies, gzip,
 slow drip, a stall that never answers, a reset mid-body, a truncated body, a
-garbage reply, a huge body, and /stats: what happened on the wire.
+garbage reply, a huge body, a gzip bomb, endless headers or trailers, any
+status line, and /stats: what happened on the wire.  Every method is answered
+and a request body (Content-Length or chunked) is always read first.
 
     server.py --port-file FILE     (writes the chosen port, then serves)
 """
@@ -17,9 +19,11 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATS = {"open": 0, "total": 0, "peak": 0, "requests": 0, "peers": {}}
+STATS = {"open": 0, "total": 0, "peak": 0, "requests": 0, "peers": {},
+         "flood_bytes": 0, "flood_capped": False}  # the last /header-flood or /trailer-flood
 LOCK = threading.Lock()
 
 
@@ -73,12 +77,12 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def send(self, code, body=b"", ctype="text/plain", headers=()):
+    def send(self, code, body=b"", ctype="text/plain", headers=(), reason=None):
         if isinstance(body, str):
             body = body.encode()
         if code in (204, 304) or code < 200:
             body = b""  # these responses have no body
-        self.send_response(code)
+        self.send_response(code, reason)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         for k, v in headers:
@@ -101,13 +105,43 @@ class Handler(BaseHTTPRequestHandler):
                 except OSError:
                     return
 
+    def flood(self, head, line, max_mb):
+        """Write `head`, then `line % n` for n = 0, 1, ... until the client
+        goes (or stops reading for 30 s).  A safety cap: after `max_mb` MiB
+        the connection is closed (a client that keeps it all in memory must
+        not take the machine down).  /stats tells how much was written."""
+        self.connection.settimeout(30)
+        sent, cap, capped = 0, max_mb << 20, False
+        try:
+            self.wfile.write(head)
+            sent = len(head)
+            n = 0
+            while True:
+                if cap and sent >= cap:
+                    capped = True
+                    break
+                block = b"".join(line % (n + i) for i in range(8))
+                self.wfile.write(block)
+                sent += len(block)
+                n += 8
+        except OSError:  # BrokenPipe, ConnectionReset, timeout
+            pass
+        with LOCK:
+            STATS["flood_bytes"] = sent
+            STATS["flood_capped"] = capped
+        self.close_connection = True
+
+    def chunk(self, data):
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
     def handle_any(self):
         path, q = self.args()
         with LOCK:
             STATS["requests"] += 1
             peer = "%s:%d" % self.client_address
             STATS["peers"][peer] = STATS["peers"].get(peer, 0) + 1
-        body = self.body_in() if self.command in ("POST", "PUT", "PATCH", "DELETE") else b""
+        body = self.body_in()  # any method: empty unless Content-Length or chunked
         if path == "/echo" or path.startswith("/echo/"):
             out = {
                 "method": self.command,
@@ -128,6 +162,68 @@ class Handler(BaseHTTPRequestHandler):
             n = int(q.get("n", "1"))
             target = "/echo" if n <= 1 else "/redirect?n=%d" % (n - 1)
             return self.send(int(q.get("code", "302")), "", headers=[("Location", target)])
+        if path == "/redirect-to":
+            return self.send(int(q.get("code", "302")), "", headers=[("Location", q.get("location", "/echo"))])
+        if path == "/status-line":
+            code = int(q.get("code", "200"))
+            reason = q.get("reason")
+            if reason is not None:  # sent as its UTF-8 bytes, exactly
+                reason = reason.encode("utf-8", "surrogateescape").decode("latin-1")
+            return self.send(code, "status %d" % code, reason=reason)
+        if path == "/set-cookies":
+            return self.send(200, json.dumps(q), "application/json",
+                             headers=[("Set-Cookie", "%s=%s; Path=/" % (k, v)) for k, v in q.items()])
+        if path == "/cookies":
+            jar = {}
+            for h in self.headers.get_all("Cookie") or []:
+                for part in h.split(";"):
+                    k, eq, v = part.strip().partition("=")
+                    if k or eq:
+                        jar[k] = v
+            return self.send(200, json.dumps(jar), "application/json")
+        if path == "/gzip-bomb":
+            # N MiB of zeros, gzip-compressed a MiB at a time (~1 KiB on the
+            # wire per MiB); chunked, or with Content-Length when cl=1.
+            mb = int(q.get("mb", "10"))
+            zeros = bytes(1 << 20)
+            z = zlib.compressobj(9, zlib.DEFLATED, 31)
+
+            def parts():
+                for _ in range(mb):
+                    yield z.compress(zeros)
+                yield z.flush()
+
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Encoding", "gzip")
+            if q.get("cl") == "1":
+                data = b"".join(parts())
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                return
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            try:
+                for data in parts():
+                    self.chunk(data)
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                self.close_connection = True
+            return
+        if path == "/header-flood":
+            # A 200 whose header section never ends (max_mb=0: no cap).
+            return self.flood(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n",
+                              b"X-Flood-%d: " + b"f" * 1024 + b"\r\n", int(q.get("max_mb", "256")))
+        if path == "/trailer-flood":
+            # A chunked body, then the last chunk and trailers that never end
+            # (max_mb=0: no cap).
+            head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + b"".join(b"8\r\nchunk %d\n\r\n" % i for i in range(3)) + b"0\r\n")
+            return self.flood(head, b"X-T-%d: " + b"t" * 1024 + b"\r\n", int(q.get("max_mb", "256")))
         if path == "/loop":
             return self.send(302, "", headers=[("Location", "/loop")])
         if path == "/cookie/set":
@@ -218,6 +314,8 @@ class Handler(BaseHTTPRequestHandler):
                 STATS["peak"] = STATS["open"]
                 STATS["requests"] = 0
                 STATS["peers"] = {}
+                STATS["flood_bytes"] = 0
+                STATS["flood_capped"] = False
             return self.send(200, "ok")
         return self.send(404, "not found: " + path)
 

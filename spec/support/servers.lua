@@ -1,5 +1,6 @@
 -- Start and stop the test servers (by pid, on 127.0.0.1): the stdlib-python
--- fault server and a private nginx. Used by specs, examples and benchmarks.
+-- fault server, a private nginx, httpbin (gunicorn), tinyproxy and a
+-- stdlib-python SOCKS5 server. Used by specs, examples and benchmarks.
 local M = {}
 
 -- The repository root: from WEAVE_ROOT, or from where this file lives.
@@ -35,6 +36,46 @@ local function can_connect(port)
   return os.execute(("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null"):format(port)) == true
 end
 
+-- The number a server wrote to its port file, once it is there.
+local function read_port(pf)
+  local f = io.open(pf)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return tonumber(s)
+end
+
+-- Whether pid is a live process (not gone, not a zombie waiting to be reaped).
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local stat = f:read("a") or ""
+  f:close()
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
+end
+M.alive = alive
+
+-- The pids of pid's children.
+local function children(pid)
+  local out = {}
+  for c in sh("ps -o pid= --ppid " .. pid .. " 2>/dev/null"):gmatch("%d+") do out[#out + 1] = c end
+  return out
+end
+
+-- SIGTERM pid (and the extra pids), wait up to secs for all of them to end,
+-- then SIGKILL what is left.
+local function kill_all(pids, secs)
+  os.execute("kill " .. table.concat(pids, " ", 1, 1) .. " 2>/dev/null")
+  local function any_alive()
+    for _, p in ipairs(pids) do if alive(p) then return true end end
+  end
+  if not wait_for(function() return not any_alive() end, secs) then
+    os.execute("kill -9 " .. table.concat(pids, " ") .. " 2>/dev/null")
+    wait_for(function() return not any_alive() end, 2)
+  end
+end
+
 function M.free_port()
   return tonumber(sh([[env -u LD_PRELOAD /usr/bin/python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]]))
 end
@@ -45,17 +86,11 @@ function M.fault()
   local pf = dir .. "/port"
   local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/server.py --port-file %s >%s/log 2>&1 & echo $!")
     :format(root, pf, dir)):gsub("%s+$", "")
-  local port = wait_for(function()
-    local f = io.open(pf)
-    if not f then return nil end
-    local s = f:read("a")
-    f:close()
-    return tonumber(s)
-  end, 15)
+  local port = wait_for(function() return read_port(pf) end, 15)
   assert(port, "the fault server did not start: " .. sh("cat " .. dir .. "/log"))
   local srv = { url = "http://127.0.0.1:" .. port, port = port, pid = pid, dir = dir }
   function srv.stop()
-    os.execute("kill " .. pid .. " 2>/dev/null")
+    kill_all({ pid }, 5)
     os.execute("rm -rf " .. dir)
   end
   return srv
@@ -93,6 +128,113 @@ function M.nginx()
   function srv.stop()
     os.execute("kill " .. pid .. " 2>/dev/null")
     wait_for(function() return not can_connect(http) end, 5)
+    os.execute("rm -rf " .. dir)
+  end
+  return srv
+end
+
+--- httpbin (Debian's python3-httpbin) under gunicorn, 2 workers x 4 threads:
+-- returns {url=, port=, pid=, dir=, stop=}. stop() ends the master and its
+-- workers.
+function M.httpbin()
+  local dir = tmpdir("httpbin")
+  local port = M.free_port()
+  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 -m gunicorn -b 127.0.0.1:%d -w 2 --threads 4 "
+    .. "--graceful-timeout 2 --chdir %s --worker-tmp-dir %s httpbin:app >%s/log 2>&1 & echo $!")
+    :format(port, dir, dir, dir)):gsub("%s+$", "")
+  local url = "http://127.0.0.1:" .. port
+  -- The master listens before its workers can answer: wait for an answer.
+  local up = wait_for(function()
+    if not alive(pid) then return "exited" end
+    return os.execute(("env -u LD_PRELOAD curl -sf -o /dev/null -m 2 %s/get"):format(url)) == true
+  end, 30)
+  if up ~= true then
+    local log = sh("cat " .. dir .. "/log")
+    kill_all({ pid, table.unpack(children(pid)) }, 5)
+    os.execute("rm -rf " .. dir)
+    error("httpbin (gunicorn) did not start: " .. log)
+  end
+  local srv = { url = url, port = port, pid = pid, dir = dir }
+  function srv.stop()
+    -- SIGTERM to the master ends its workers (~1 s: they poll once a second);
+    -- any worker or master still there after 5 s is killed.
+    kill_all({ pid, table.unpack(children(pid)) }, 5)
+    os.execute("rm -rf " .. dir)
+  end
+  return srv
+end
+
+--- tinyproxy (Debian's), in the foreground with its own config: returns
+-- {url=, port=, pid=, dir=, log=, stop=}. opts.user and opts.password turn
+-- on Basic proxy authentication (no credentials: 407; wrong ones: 401).
+-- log is tinyproxy's log (LogLevel Connect: one "Request ..." line per
+-- proxied request).
+function M.tinyproxy(opts)
+  opts = opts or {}
+  assert((opts.user == nil) == (opts.password == nil), "tinyproxy: user and password go together")
+  local dir = tmpdir("tinyproxy")
+  local port = M.free_port()
+  local conf = {
+    "Port " .. port,
+    "Listen 127.0.0.1",
+    "Allow 127.0.0.1",
+    "Timeout 60",
+    "MaxClients 200",
+    "LogLevel Connect",
+    ('LogFile "%s/tinyproxy.log"'):format(dir),
+    ('PidFile "%s/tinyproxy.pid"'):format(dir),
+    -- No ConnectPort line: CONNECT may go to any port (one line would allow
+    -- only the ports listed). No Filter, no Upstream: 127.0.0.1 is reachable.
+  }
+  if opts.user then conf[#conf + 1] = ("BasicAuth %s %s"):format(opts.user, opts.password) end
+  local f = assert(io.open(dir .. "/tinyproxy.conf", "w"))
+  f:write(table.concat(conf, "\n"), "\n")
+  f:close()
+  local pid = sh(("env -u LD_PRELOAD tinyproxy -d -c %s/tinyproxy.conf >%s/out.log 2>&1 & echo $!")
+    :format(dir, dir)):gsub("%s+$", "")
+  if wait_for(function() return not alive(pid) and "exited" or can_connect(port) end, 15) ~= true then
+    local log = sh(("cat %s/out.log %s/tinyproxy.log 2>/dev/null"):format(dir, dir))
+    kill_all({ pid }, 2)
+    os.execute("rm -rf " .. dir)
+    error("tinyproxy did not start: " .. log)
+  end
+  local srv = {
+    url = "http://127.0.0.1:" .. port, port = port, pid = pid, dir = dir, log = dir .. "/tinyproxy.log",
+    user = opts.user, password = opts.password,
+  }
+  function srv.stop()
+    kill_all({ pid }, 5)
+    os.execute("rm -rf " .. dir)
+  end
+  return srv
+end
+
+--- The SOCKS5 server (spec/support/socks5.py): returns {url="socks5://...",
+-- port=, pid=, dir=, log=, stop=}. opts.user and opts.password require
+-- username/password authentication (RFC 1929). log gets one line per
+-- CONNECT: "CONNECT host:port atyp=ipv4|domain|ipv6 user=name|- ok|refused|failed".
+function M.socks5(opts)
+  opts = opts or {}
+  assert((opts.user == nil) == (opts.password == nil), "socks5: user and password go together")
+  local dir = tmpdir("socks5")
+  local pf, log = dir .. "/port", dir .. "/connects.log"
+  local auth = ""
+  if opts.user then auth = (" --user '%s' --password '%s'"):format(opts.user, opts.password) end
+  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/socks5.py --port-file %s --log %s%s >%s/out.log 2>&1 & echo $!")
+    :format(root, pf, log, auth, dir)):gsub("%s+$", "")
+  local port = wait_for(function() return read_port(pf) end, 15)
+  if not port then
+    local out = sh("cat " .. dir .. "/out.log")
+    kill_all({ pid }, 2)
+    os.execute("rm -rf " .. dir)
+    error("the socks5 server did not start: " .. out)
+  end
+  local srv = {
+    url = "socks5://127.0.0.1:" .. port, port = port, pid = pid, dir = dir, log = log,
+    user = opts.user, password = opts.password,
+  }
+  function srv.stop()
+    kill_all({ pid }, 5)
     os.execute("rm -rf " .. dir)
   end
   return srv
