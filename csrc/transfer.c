@@ -423,8 +423,12 @@ static int l_http_new(lua_State *L) {
   }
   if (sp.url == NULL) return refuse(L, "expected a url string");
   if ((sp.url = clean_url(L, sp.url, sp.urllen)) == NULL) return refuse(L, "the url contains a NUL byte");
-  if (strncasecmp(sp.url, "http://", 7) != 0 && strncasecmp(sp.url, "https://", 8) != 0)
-    return refuse(L, "the url must be http:// or https://");
+  if (strncasecmp(sp.url, "http://", 7) != 0 && strncasecmp(sp.url, "https://", 8) != 0) {
+    lua_pushliteral(L, "the url must be http:// or https://, got ");
+    weave__push_safe_url(L, sp.url);
+    lua_concat(L, 2);
+    return refuse(L, lua_tostring(L, -1));
+  }
   bufsize = sp.buffer_size > 0 ? (long)sp.buffer_size : 65536L;
   if ((x = reusable(L, 6, s)) != NULL) {
     lua_pushvalue(L, 6);

@@ -471,7 +471,6 @@ local function build(self, opts, fname, url, method)
   if type(url) ~= "string" then
     error(invalid(fname, "expected a url string, got " .. type(url)), 3)
   end
-  if url:find("\0", 1, true) then error(invalid(fname, "the url contains a NUL byte"), 3) end
   url = join_url(self.base_url, url)
   local frag = url:find("#", 1, true)
   if frag then url = url:sub(1, frag - 1) end -- never sent (fetch drops it too)
@@ -479,12 +478,9 @@ local function build(self, opts, fname, url, method)
     local q = encode_pairs(opts.query)
     if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
   end
-  -- (Spaces, non-ASCII bytes and the characters RFC 3986 never allows are
-  -- percent-encoded by weave.core.http_new, for every path.)
-  local scheme = url:match("^(%a[%w+.-]*):")
-  if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
-    error(invalid(fname, "the url must be http:// or https://, got " .. safe_url(url), url), 3)
-  end
+  -- (The scheme is checked, and spaces, non-ASCII bytes and the characters
+  -- RFC 3986 never allows are percent-encoded, by weave.core.http_new: one
+  -- place for every path.)
   method = method or (opts.method and opts.method:upper()) or "GET"
   if not METHODS[method] and not method:match("^[%w!#$%%&'*+.^_`|~-]+$") then
     error(invalid(fname, "bad method " .. method, url), 3)
@@ -656,8 +652,15 @@ local function hop_stream(self, x, req)
   return res
 end
 
--- Run one transfer for req; its Response (raises its error).
-local function hop(self, req)
+-- A transfer for req (not started); raises what http_new refuses.
+local function transfer(self, req)
+  local x, msg = new_transfer(self._s, req)
+  if not x then error(invalid(req.fname, msg, req.url), 0) end
+  return x
+end
+
+-- Run one transfer for req (x, or a new one); its Response (raises its error).
+local function hop(self, req, x)
   if req.deadline then -- one timeout for all the hops
     local left = req.deadline - now()
     if left <= 0 then
@@ -666,8 +669,7 @@ local function hop(self, req)
     end
     req.timeout = left
   end
-  local x, msg = new_transfer(self._s, req)
-  if not x then error(invalid(req.fname, msg, req.url), 0) end
+  x = x or transfer(self, req)
   if not (req.stream or req.body_iter or req.progress) then
     local ok, res = pcall(x.fetch, x)
     if not ok then
@@ -775,8 +777,14 @@ end
 local function perform(self, opts, fname, url, method)
   if self._closed then error(core.error("closed", fname .. ": the session is closed"), 3) end
   local req = build(self, opts, fname, url, method)
-  admit(self, req)
-  local ok, res = pcall(hop, self, req)
+  local x = transfer(self, req) -- (everything is checked before a slot is taken)
+  local ok, err = pcall(admit, self, req)
+  if not ok then
+    x:close()
+    error(err, 0)
+  end
+  local res
+  ok, res = pcall(hop, self, req, x)
   if ok and res.redirect_url and req.follow then ok, res = pcall(follow, self, req, res) end
   if not ok then
     release(self, req)

@@ -59,7 +59,7 @@ M.alive = alive
 -- The pids of pid's children.
 local function children(pid)
   local out = {}
-  for c in sh("ps -o pid= --ppid " .. pid .. " 2>/dev/null"):gmatch("%d+") do out[#out + 1] = c end
+  for c in sh("env -u LD_PRELOAD ps -o pid= --ppid " .. pid .. " 2>/dev/null"):gmatch("%d+") do out[#out + 1] = c end
   return out
 end
 

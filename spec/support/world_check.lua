@@ -189,15 +189,18 @@ local pids = {}
 for _, s in ipairs(started) do
   pids[#pids + 1] = s.srv.pid
   if s.name == "httpbin" then
-    for c in sh("ps -o pid= --ppid " .. s.srv.pid):gmatch("%d+") do pids[#pids + 1] = c end
+    for c in sh("env -u LD_PRELOAD ps -o pid= --ppid " .. s.srv.pid):gmatch("%d+") do pids[#pids + 1] = c end
   end
 end
 for i = #started, 1, -1 do started[i].srv.stop() end
 local left = {}
 for _, p in ipairs(pids) do if S.alive(p) then left[#left + 1] = p end end
 check(("all servers stopped (%d processes)"):format(#pids), #left == 0, table.concat(left, " "))
-local ps = sh("ps -eo pid,stat,args | grep -E 'weave-(httpbin|tinyproxy|socks5|fault)\\.' | grep -v grep | grep -v ' Z'")
-check("no process of a server tmpdir left (ps)", ps == "", ps)
+-- Other runs may have servers of their own: look for this run's tmpdirs only.
+local dirs = {}
+for _, s in ipairs(started) do dirs[#dirs + 1] = s.srv.dir end
+local ps = sh(("env -u LD_PRELOAD ps -eo pid,stat,args | grep -F -e %s | grep -v grep"):format(table.concat(dirs, " -e ")))
+check("no process of this run's servers left (ps)", ps == "", ps)
 for _, s in ipairs(started) do
   if s.srv.dir then check("tmpdir removed: " .. s.name, not io.open(s.srv.dir)) end
 end
