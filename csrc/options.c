@@ -101,6 +101,7 @@ static void field(lua_State *L, wv_spec *sp, const char *key) {
 void weave__read_spec(lua_State *L, int idx, wv_spec *sp) {
   memset(sp, 0, sizeof *sp);
   sp->verify = sp->decode = 1;
+  sp->max_body = -1; /* none (max_body_size=false); 0 allows an empty body only */
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
     if (lua_type(L, -2) == LUA_TSTRING) field(L, sp, lua_tostring(L, -2));
@@ -127,7 +128,16 @@ int weave__spec_plain(const wv_spec *sp) {
          sp->http_version == NULL && strncasecmp(sp->url, "https:", 6) != 0; /* (PIPEWAIT off) */
 }
 
-static long ms(double secs) { return secs > 0 ? (long)(secs * 1000 + 0.5) : 0L; }
+/* Seconds as curl's milliseconds, rounded up: a positive time never
+** becomes 0, which curl reads as "no limit". */
+static long ms(double secs) {
+  if (secs <= 0) return 0L;
+  if (secs > 1e9) return 1000000000L * 1000L;
+  {
+    long v = (long)(secs * 1000);
+    return (double)v < secs * 1000 ? v + 1 : v;
+  }
+}
 
 /* The strings of the array at idx as a curl list. */
 static struct curl_slist *slist_of(lua_State *L, int idx) {
@@ -210,6 +220,7 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
     long v = CURL_HTTP_VERSION_NONE;
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(sp->timeout));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms(sp->connect_timeout));
+    /* (0 would mean "none" to curl: an empty-body limit is on_write's alone) */
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body > 0 ? x->max_body : (curl_off_t)0);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)sp->verify);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, sp->verify ? 2L : 0L);

@@ -95,7 +95,11 @@ void weave__push_safe_url(lua_State *L, const char *url) {
     return;
   }
   auth = strstr(url, "://");
-  auth = auth ? auth + 3 : url;
+  if (auth != NULL && auth < url + strcspn(url, "/?#@")) /* a scheme, not "://" further on */
+    auth += 3;
+  else
+    for (auth = url; *auth == '/';) /* "//host" or "host" */
+      auth++;
   end = auth + strcspn(auth, "/?#");
   at = memchr(auth, '@', (size_t)(end - auth));
   if (at == NULL) {
@@ -184,7 +188,7 @@ void weave__push_xfer_error(lua_State *L, wv_xfer *x) {
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   push_fname(L, x);
   e = lua_gettop(L);
-  if (x->too_large)
+  if (x->too_large || x->result == CURLE_FILESIZE_EXCEEDED)
     lua_pushfstring(L, "%s: response body larger than max_body_size (%I bytes)", lua_tostring(L, e),
                     (lua_Integer)x->max_body);
   else if (x->too_large_hdr)

@@ -156,7 +156,11 @@ static void finish(wv_xfer *x, CURLcode rc) {
   unlink_active(x);
   if (!x->s->closed) curl_multi_remove_handle(x->s->multi, x->easy);
   if (x->out != NULL) {
-    if (rc == CURLE_OK && !x->write_failed)
+    long code = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    /* Only the resource itself replaces the target (a 3xx, 304 or bare 401
+    ** has no body to write, and is not the file). */
+    if (rc == CURLE_OK && !x->write_failed && code >= 200 && code < 300)
       out_commit(x);
     else
       out_discard(x);
@@ -217,7 +221,7 @@ static int first_write(wv_xfer *x) {
   }
   if (x->stream) return 0;
   curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-  if (cl > 0 && cl <= WV_PRESIZE_MAX && (x->max_body == 0 || cl <= x->max_body)) {
+  if (cl > 0 && cl <= WV_PRESIZE_MAX && (x->max_body < 0 || cl <= x->max_body)) {
     /* A big body is received straight into its Lua string, made by the
     ** task (EV_RESERVE) while curl holds this data back. */
     if (cl >= WV_DIRECT_MIN && !x->encoded && direct_ok()) {
@@ -248,7 +252,7 @@ size_t weave__on_write(char *p, size_t size, size_t n, void *ud) {
   }
   rearm(x);
   /* Counted after decoding: a small compressed reply cannot grow past it. */
-  if (x->max_body > 0 && x->total + (curl_off_t)len > x->max_body) {
+  if (x->max_body >= 0 && x->total + (curl_off_t)len > x->max_body) {
     x->too_large = 1;
     return 0;
   }
@@ -452,7 +456,8 @@ static int l_http_new(lua_State *L) {
   x->upload = sp.body_stream;
   x->progress = sp.progress;
   x->max_body = (curl_off_t)sp.max_body;
-  if (sp.read_timeout > 0) x->read_ns = (uint64_t)(sp.read_timeout * 1e9);
+  if (sp.read_timeout > 0)
+    x->read_ns = sp.read_timeout > 1e9 ? (uint64_t)1e18 : (uint64_t)(sp.read_timeout * 1e9) + 1;
   if ((x->easy = weave__easy_take(s, x, bufsize, &tuned)) == NULL)
     return weave__raise(L, "resource", "weave.http: out of memory");
   weave__spare_take(s, 0, &x->hdr);

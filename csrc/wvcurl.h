@@ -24,8 +24,8 @@
 #define WV_XFER_MT "weave.Transfer"
 #define WV_EASYPOOL 64
 
-/* Response header bytes (one response's header section, or its trailers)
-** beyond this abort the transfer with kind "too_large". */
+/* Response header bytes (one response's header section and its trailers,
+** together) beyond this abort the transfer with kind "too_large". */
 #define WV_MAX_HEADER_BYTES (256 * 1024)
 
 /* The façade's default max_body_size (1 GiB): a handle left at it needs no

@@ -27,7 +27,9 @@ end
 -- A URL without its user:password (never shown in messages or fields).
 local function safe_url(u)
   if type(u) ~= "string" then return u end
-  return (u:gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1"))
+  local s, n = u:gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1")
+  if n == 0 then s = u:gsub("^(/*)[^/?#]*@", "%1") end
+  return s
 end
 
 local function http_error(kind, message, url, fields)
@@ -456,6 +458,9 @@ end
 
 local EMPTY = {}
 local GIB = 1024 * 1024 * 1024
+-- Methods sent with "Content-Length: 0" when they have no body (curl would
+-- also invent a form Content-Type for them).
+local NOBODY_CL = { POST = true, PUT = true, PATCH = true, DELETE = true }
 
 local function pick(opts, self, k)
   local v = opts[k]
@@ -466,7 +471,13 @@ end
 -- Turn request options into a spec.  Everything is checked here, before a
 -- slot is taken or a byte sent.
 local function build(self, opts, fname, url, method)
-  if opts ~= EMPTY then check_options(fname, opts, REQUEST, url) end
+  if opts ~= EMPTY then
+    check_options(fname, opts, REQUEST, url)
+    if method and opts.method ~= nil and opts.method:upper() ~= method then
+      error(invalid(fname, ("method=%s conflicts with %s (use http.request or http.%s)"):format(opts.method, fname,
+        opts.method:lower()), url), 3)
+    end
+  end
   url = url or opts.url
   if type(url) ~= "string" then
     error(invalid(fname, "expected a url string, got " .. type(url)), 3)
@@ -521,8 +532,8 @@ local function build(self, opts, fname, url, method)
     end
     header_lines(fname, lines, names, self._defaults, url)
   end
-  if (body or body_iter) and not ctype and not (opts.headers and has_name(opts.headers, "content-type"))
-    and not self._has_ctype then
+  if (body or body_iter or (NOBODY_CL[method] and not opts.multipart)) and not ctype
+    and not (opts.headers and has_name(opts.headers, "content-type")) and not self._has_ctype then
     -- A raw body gets no invented Content-Type (curl would say it is a form).
     if lines == self._lines then lines = { table.unpack(self._lines) } end
     lines[#lines + 1] = "Content-Type:"
@@ -535,12 +546,15 @@ local function build(self, opts, fname, url, method)
   if body_iter then req.body_iter, req.body_stream = body_iter, true end
   if opts.multipart then req.multipart = opts.multipart end
   local timeout = pick(opts, self, "timeout")
+  if timeout == 0 then timeout = 1e-9 end -- no time at all (curl would read 0 as "none")
   if opts.stream then
     req.stream, req.stream_timeout = true, timeout
   elseif timeout then
     req.timeout, req.total_timeout = timeout, timeout
   end
   req.connect_timeout, req.read_timeout = pick(opts, self, "connect_timeout"), pick(opts, self, "read_timeout")
+  if req.connect_timeout == 0 then req.connect_timeout = 1e-9 end
+  if req.read_timeout == 0 then req.read_timeout = 1e-9 end
   req.pool_timeout = pick(opts, self, "pool_timeout")
   req.follow = pick(opts, self, "follow_redirects") ~= false
   req.max_redirects = pick(opts, self, "max_redirects") or 10
@@ -552,7 +566,7 @@ local function build(self, opts, fname, url, method)
   req.http_version = pick(opts, self, "http_version")
   local mb = pick(opts, self, "max_body_size")
   if mb == nil then mb = GIB end
-  if mb ~= false and mb > 0 then req.max_body_size = mb end
+  if mb ~= false then req.max_body_size = mb end
   if opts.output then req.output = opts.output end
   if opts.on_progress then req.progress, req.on_progress = true, opts.on_progress end
   req.buffer_size = pick(opts, self, "buffer_size")
@@ -591,16 +605,29 @@ local function admit(self, req)
     req.admitted = true
     return
   end
-  -- Streamed responses dropped without close() give their slots back when
-  -- collected: collect them before waiting for one.
-  if self._streams > 0 then collectgarbage() end
-  if req.pool_timeout then
-    if not weave.move_on_after(req.pool_timeout, acquire, self, req) then
+  local deadline = req.pool_timeout and now() + req.pool_timeout
+  while true do
+    local wait = deadline and deadline - now()
+    if wait and wait <= 0 then
       error(http_error("timeout", ("%s: pool timeout: no connection slot within %g s"):format(req.fname,
         req.pool_timeout), req.url), 0)
     end
-  else
-    acquire(self, req)
+    if self._streams >= self.max_connections then
+      -- Streamed responses dropped without close() give their slots back
+      -- when collected: when streams hold every slot, collect (at most every
+      -- 0.1 s: they may be open on purpose) and look again soon.
+      if now() - self._gc_at >= 0.1 then
+        self._gc_at = now()
+        collectgarbage()
+      end
+      wait = math.min(wait or 0.1, 0.1)
+    end
+    if not wait then
+      acquire(self, req)
+      break
+    elseif weave.move_on_after(wait, acquire, self, req) then
+      break
+    end
   end
   req.admitted = true
 end
@@ -777,14 +804,9 @@ end
 local function perform(self, opts, fname, url, method)
   if self._closed then error(core.error("closed", fname .. ": the session is closed"), 3) end
   local req = build(self, opts, fname, url, method)
-  local x = transfer(self, req) -- (everything is checked before a slot is taken)
-  local ok, err = pcall(admit, self, req)
-  if not ok then
-    x:close()
-    error(err, 0)
-  end
-  local res
-  ok, res = pcall(hop, self, req, x)
+  -- A slot first: a queued request holds no handle, file or buffer.
+  admit(self, req)
+  local ok, res = pcall(hop, self, req)
   if ok and res.redirect_url and req.follow then ok, res = pcall(follow, self, req, res) end
   if not ok then
     release(self, req)
@@ -813,7 +835,8 @@ local function plain(self, url, method, fname)
   local pool, n = self._xpool, self._xn
   local old = pool[n]
   if n > 0 then pool[n], self._xn = nil, n - 1 end
-  local x, msg = new_transfer(self._s, self._spec, url, method, self._lines, old)
+  local x, msg = new_transfer(self._s, self._spec, url, method, NOBODY_CL[method] and self._lines_cl or self._lines,
+    old)
   if not x then
     self._slots:release()
     return perform(self, EMPTY, fname, url, method) -- (raises the clear error)
@@ -965,6 +988,9 @@ function M.session(opts)
     end
   end
   if opts.auth then set_auth({}, opts.auth, "http.session") end
+  if opts.cookie_file and opts.cookies == false then
+    error(invalid("http.session", "cookie_file= needs the cookie jar (cookies=false was given)"), 2)
+  end
   local maxc = opts.max_connections or 100
   -- session -> its options (read-only view) -> Session's methods
   -- (s:cookies() is the jar's method: the option is not in the view.)
@@ -974,7 +1000,7 @@ function M.session(opts)
   end
   local view = setmetatable(o, Session)
   local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0, _closed = false,
-    _streams = 0 }, {
+    _streams = 0, _gc_at = -math.huge }, {
     __name = Session.__name, __index = view, __newindex = fixed, __close = finalize, __gc = finalize,
   })
   -- Default header lines, computed once: the session's headers and User-Agent.
@@ -991,6 +1017,10 @@ function M.session(opts)
   s._lines = {}
   header_lines("http.session", s._lines, {}, s._defaults, nil)
   s._has_ctype = has["content-type"]
+  -- (post, put, patch, delete without a body: no invented Content-Type)
+  s._lines_cl = { table.unpack(s._lines) }
+  s._lines_cl.cookie = s._lines.cookie
+  if not s._has_ctype then s._lines_cl[#s._lines_cl + 1] = "Content-Type:" end
   -- The spec of a request without options, shared by them all.
   -- Only what C reads (each field a request's spec carries costs a lookup).
   local spec = build(s, EMPTY, "http.get", "http://localhost/", "GET")
