@@ -122,6 +122,7 @@ static int l_await(lua_State *L) {
   if ((t = weave__enter(L, rt, "weave.await")) == NULL) return weave__blocking(L, l_await);
   if (f->state != WV_PENDING) return outcome(L, f, 1);
   if (f == &t->f) return weave__argerror(L, "weave.await", "a task cannot await itself");
+  t->wfut = 1; /* (what it waits on, for a deadlock's message) */
   return weave__park_on(L, rt, &f->waiters, await_k, (lua_KContext)rt);
 }
 

@@ -112,6 +112,7 @@ struct wv_task {
   unsigned char cancelled; /* root scope cancelled (level-triggered) */
   unsigned char interrupt; /* cancelled by SIGINT */
   unsigned char hard;      /* reaped at shutdown: shields no longer protect it */
+  unsigned char wfut;      /* parked on a Future's (or Task's) waiters: wq is inside it */
 };
 
 struct wv_rt {

@@ -119,6 +119,26 @@ void weave__report(wv_rt *rt, int errindex, int taskindex) {
   lua_settop(L, top);
 }
 
+/* core.report(err [, task]): report an error nobody else will see (a
+** sibling failing while a combinator cancels it), as an unhandled one. */
+static int l_report(lua_State *L) {
+  lua_settop(L, 2);
+  if (weave__testtask(L, 2) == NULL) {
+    lua_pushnil(L);
+    lua_replace(L, 2);
+  }
+  lua_pushcfunction(L, report_body);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HANDLERKEY);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    fprintf(stderr, "weave: unhandled error (and it could not be printed: %s)\n",
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    fflush(stderr);
+  }
+  return 0;
+}
+
 /* A failed task: unobserved failures are reported when the task is
 ** collected (nobody can look at it any more) or at the end of run, whichever
 ** comes first.  The task gets the failed-task metatable, whose finalizer
@@ -323,6 +343,63 @@ static void reap(wv_rt *rt) {
   }
 }
 
+static const char DEADMSG = 'd'; /* registry: the message of the run's deadlock */
+
+/* Push the name of the Task whose wv_task is t. */
+static void pushname(lua_State *L, wv_task *t) {
+  if (t->f.ref != LUA_NOREF && t->f.ref != 0 && lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref) != LUA_TNIL) {
+    lua_getfield(L, -1, "name");
+    lua_remove(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING) return;
+    lua_pop(L, 1);
+  } else
+    lua_pop(L, 1);
+  lua_pushfstring(L, "task-%d", (int)t->id);
+}
+
+/* "weave.run: deadlock: ...": what each blocked task waits on (at most 20
+** of them), kept for the run's error. */
+static void note_deadlock(wv_rt *rt) {
+  lua_State *L = rt->L;
+  wv_task *blocked[20];
+  int top = lua_gettop(L), n = 0, more = 0, i;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {
+    wv_task *t = weave__testtask(L, -1);
+    lua_pop(L, 1);
+    if (t == NULL || t->status != WV_TBLOCKED) continue;
+    if (n < 20)
+      blocked[n++] = t;
+    else
+      more++;
+  }
+  lua_pushliteral(L, "weave.run: deadlock: nothing can wake the root task; blocked: ");
+  for (i = 0; i < n; i++) {
+    wv_task *t = blocked[i];
+    pushname(L, t);
+    lua_pushfstring(L, "%s%s '%s' awaits ", i > 0 ? "; " : "", t == rt->root ? "the root task" : "task",
+                    lua_tostring(L, -1));
+    lua_remove(L, -2);
+    if (t->wfut && t->wq != NULL) {
+      wv_fut *f = (wv_fut *)((char *)t->wq - offsetof(wv_fut, waiters));
+      if (f->kind == WV_KTASK) {
+        pushname(L, (wv_task *)f);
+        lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
+        lua_remove(L, -2);
+      } else
+        lua_pushliteral(L, "a future nothing will settle");
+    } else
+      lua_pushliteral(L, "an operation nothing will finish");
+    lua_concat(L, 3);
+  }
+  if (more > 0) {
+    lua_pushfstring(L, "; and %d more", more);
+    lua_concat(L, 2);
+  }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &DEADMSG);
+  lua_settop(L, top);
+}
+
 /* Turn the loop until `until` settles.  When nothing can ever settle it, the
 ** root is cancelled (flagging a deadlock) so that its cleanup runs. */
 static void rununtil(wv_rt *rt, wv_task *root) {
@@ -330,6 +407,7 @@ static void rununtil(wv_rt *rt, wv_task *root) {
     if (!turn(rt)) {
       if (rt->deadlock || root->f.state != WV_PENDING) break;
       rt->deadlock = 1;
+      note_deadlock(rt);
       weave__cancel(rt->L, rt, root, 0);
     }
   }
@@ -352,14 +430,21 @@ static void on_sigint(uv_signal_t *h, int signum) {
 static int outcome(lua_State *L, wv_rt *rt, int rootidx, int plain) {
   wv_task *root = lua_touserdata(L, rootidx);
   root->f.observed = 1;
+  if (rt->deadlock && !root->interrupt) {
+    /* Also when the root caught the cancel that ended the deadlock: the
+    ** run did not do what it was asked. */
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DEADMSG) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "weave.run: deadlock: the root task waits for something nothing can settle");
+    }
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &DEADMSG);
+    weave__newerror(L, "deadlock", lua_tostring(L, -1));
+    return lua_error(L);
+  }
   if (root->f.state == WV_RESOLVED) return weave__pushvalues(L, &root->f, rootidx);
   if (root->interrupt) {
     weave__newerror(L, "interrupted", "interrupted (SIGINT)");
-    return lua_error(L);
-  }
-  if (rt->deadlock && root->f.state == WV_CANCELLED) {
-    weave__newerror(L, "deadlock",
-                    "weave.run: deadlock: the root task waits for something nothing can settle");
     return lua_error(L);
   }
   weave__pusherror(L, &root->f, rootidx);
@@ -708,8 +793,11 @@ static void guard_coroutines(lua_State *L) {
 }
 
 void weave__looplib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg fns[] = {
-      {"run", l_run}, {"on_unhandled", l_on_unhandled}, {"running", l_running}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"run", l_run},
+                                 {"on_unhandled", l_on_unhandled},
+                                 {"running", l_running},
+                                 {"report", l_report},
+                                 {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
   guard_coroutines(L);

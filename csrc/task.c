@@ -245,6 +245,7 @@ wv_task *weave__woken(lua_State *L, wv_rt *rt) {
   if (t == NULL || t->co != L)
     weave__raise(L, "invalid_state", "weave: a task's coroutine was resumed from outside weave");
   t->wdata = NULL;
+  t->wfut = 0;
   if (t->wake == WV_WAKE_CANCEL) weave__checkcancel(L, t);
   return t;
 }
@@ -271,21 +272,30 @@ static int build_traceback(lua_State *L) {
 ** close it (running its pending <close> variables) and finish the task. */
 static void fail(wv_rt *rt, wv_task *t) {
   lua_State *L = rt->L, *co = t->co;
-  int cancelled = weave__iserror(co, -1, "cancelled");
-  if (cancelled) {
+  int cancelled;
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1); /* [raised] */
+  if (weave__iserror(L, -1, "cancelled")) {
     lua_pushnil(L);
-  } else {
+  } else { /* the traceback where it was raised, before <close> handlers unwind */
     lua_pushcfunction(L, build_traceback);
-    lua_pushvalue(co, -1);
-    lua_xmove(co, L, 1);
+    lua_pushvalue(L, -2);
     lua_pushlightuserdata(L, co);
     if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
       lua_pop(L, 1);
-      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
     }
   }
   wv_closethread(co, L); /* runs <close> handlers; leaves [error] on co */
-  lua_xmove(co, L, 1);
+  lua_xmove(co, L, 1);   /* [raised, traceback, error] */
+  if (!lua_rawequal(L, -1, -3)) {
+    /* A <close> handler raised: its error is the task's outcome (a cleanup
+    ** that fails while a cancel unwinds is a real failure, not a cancel). */
+    lua_pushnil(L);
+    lua_replace(L, -3);
+  }
+  lua_remove(L, -3);
+  cancelled = weave__iserror(L, -1, "cancelled");
   lua_insert(L, -2); /* [error, traceback] */
   release(rt, t);
   finish(rt, t, cancelled ? WV_CANCELLED : WV_REJECTED);

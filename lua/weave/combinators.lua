@@ -3,7 +3,8 @@
 -- started or was given: no orphan task outlives it. See docs/concurrency.md.
 local core = require "weave.core"
 
-local select, type, error, pcall, setmetatable, getmetatable = select, type, error, pcall, setmetatable, getmetatable
+local select, type, error, pcall, setmetatable, getmetatable, pairs =
+  select, type, error, pcall, setmetatable, getmetatable, pairs
 local tostring = tostring
 local unpack = table.unpack
 local state, spawn, await, future = core.state, core.spawn, core.await, core.future
@@ -68,10 +69,18 @@ local function reap(items, n)
 end
 M._reap = reap
 
--- Cancel what is still running, wait for it, then raise err.
+-- Cancel what is still running, wait for it, then raise err.  A sibling
+-- that failed for real (not by the cancel), e.g. in its cleanup, is
+-- reported as unhandled, never dropped silently.
 local function abort(items, n, err)
   cancel_all(items, n)
   reap(items, n)
+  for i = 1, n do
+    local x = items[i]
+    if state(x) == "failed" and x:error() ~= err then
+      core.report(x:error(), x)
+    end
+  end
   error(err, 0)
 end
 
@@ -149,12 +158,13 @@ function M.wait(list, opts)
   local ndone = 0
   local function satisfied(x)
     ndone = ndone + 1
-    return ndone == n or when == "first" or (when == "first_error" and failed(x))
+    return ndone == n or when == "first" or (when == "first_error" and state(x) == "failed")
   end
+  -- (first_error, as asyncio's FIRST_EXCEPTION: a cancelled member is not an error)
   local already = false
   for i = 1, n do
     local x = items[i]
-    if x:done() and (when == "first" or (when == "first_error" and failed(x))) then already = true end
+    if x:done() and (when == "first" or (when == "first_error" and state(x) == "failed")) then already = true end
   end
   if n > 0 and not already then
     local trig = trigger(items, n, function(_, x) return satisfied(x) end)
@@ -256,6 +266,9 @@ function Group:spawn(fn, ...)
   local t = spawn(fn, ...)
   self.tasks[#self.tasks + 1] = t
   self._live = self._live + 1
+  -- A child of a cancelled or failed group is cancelled at once (it ends
+  -- "cancelled": it adds no error of its own).
+  if self._stopped then t:cancel() end
   t:on_done(function(x)
     self._live = self._live - 1
     if state(x) == "failed" then
@@ -268,6 +281,7 @@ function Group:spawn(fn, ...)
 end
 
 function Group:_stop()
+  self._stopped = true
   self._scope:cancel()
   cancel_all(self.tasks, #self.tasks)
 end
@@ -292,21 +306,36 @@ function M.group(body, ...)
     if core.iserror(r[2], "cancelled") and core.cancelpending() then
       outer = r[2]
     else
-      table.insert(g.errors, 1, r[2])
+      g.errors[#g.errors + 1] = r[2] -- (in the order failures happened)
     end
     g:_stop()
   end
   while g._live > 0 do
     g._signal = future()
-    local ok, err = pcall(await, g._signal)
-    if not ok then
-      outer = outer or err
-      g:_stop()
-      reap(g.tasks, #g.tasks)
+    if outer then
+      -- Cancelled from outside: the children are cancelled; wait for them
+      -- (and their on_done bookkeeping) shielded, so their failures count.
+      pcall(core.runscope, core.newscope(nil, true), await, g._signal)
+    else
+      local ok, err = pcall(await, g._signal)
+      if not ok then
+        outer = err
+        g:_stop()
+      end
     end
   end
   g._closed = true
-  if outer then error(outer, 0) end
+  if outer then
+    -- An outer cancel never loses a child's real failure: it rides on the
+    -- raised "cancelled" error (a copy: the original may be shared).
+    if #g.errors > 0 and type(outer) == "table" then
+      local e = setmetatable({}, getmetatable(outer))
+      for k, v in pairs(outer) do e[k] = v end
+      e.errors = g.errors
+      outer = e
+    end
+    error(outer, 0)
+  end
   if #g.errors > 0 then
     local first = g.errors[1]
     error(core.error("group", ("weave.group: %d failure(s); first: %s"):format(#g.errors, tostring(first)),

@@ -87,13 +87,16 @@ end
 --- Await x with a deadline; on expiry cancel x, wait for it to finish
 -- cancelling, raise kind "timeout".
 function M.wait_for(x, s)
-  check_seconds("weave.wait_for", s) -- first: a bad call spawns nothing
+  if s ~= nil then check_seconds("weave.wait_for", s) end -- first: a bad call spawns nothing
   x = awaitable("weave.wait_for", x)
   local r = pack(pcall(core.runscope, core.newscope(s, false), core.await, x))
   if r[1] and r[2] then return unpack(r, 3, r.n) end
   -- Expired (r[2] == false) or interrupted by an outer cancel: x is ours to stop.
   x:cancel()
   M.shield(function() pcall(core.await, x) end)
+  -- An error x raised while being cancelled (its cleanup failed) is not
+  -- lost: it wins over the timeout and the cancel, as in weave.timeout.
+  if core.state(x) == "failed" and x:error() ~= r[2] then error(x:error(), 0) end
   if not r[1] then error(r[2], 0) end
   error(timeout_error("weave.wait_for", s), 2)
 end
@@ -101,8 +104,9 @@ end
 -- Combinators (weave.combinators) and synchronisation (weave.sync).
 local combinators = require "weave.combinators"
 for _, k in ipairs { "gather", "wait", "as_completed", "race", "any", "group" } do M[k] = combinators[k] end
+for _, k in ipairs { "map", "imap", "progress" } do M[k] = require("weave.map")[k] end
 local sync = require "weave.sync"
-for _, k in ipairs { "Lock", "Event", "Semaphore", "BoundedSemaphore", "Condition", "Queue" } do M[k] = sync[k] end
+for _, k in ipairs { "Lock", "Event", "Semaphore", "BoundedSemaphore", "Condition", "Queue", "LifoQueue", "PriorityQueue", "Barrier", "CapacityLimiter", "RateLimiter" } do M[k] = sync[k] end
 
 --- x's lifecycle: "pending", "resolved", "failed" or "cancelled".
 M.state = core.state
