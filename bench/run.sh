@@ -4,7 +4,7 @@ cd "$(dirname "$0")/.." || exit 1
 PY=/usr/bin/python3
 W="lua5.4 bench/tasks.lua"
 P="$PY bench/tasks.py"
-# BENCH_ONLY=key[,key...]: only those sections; this file's are tasks, offload.
+# BENCH_ONLY=key[,key...]: only those sections; this file's are tasks, offload, map.
 want() { [ -z "$BENCH_ONLY" ] || case ",$BENCH_ONLY," in *",$1,"*) true ;; *) false ;; esac; }
 best() { # best-of-5 "<seconds> <rss>" of a command (lowest seconds)
   for _ in 1 2 3 4 5; do $1; done | sort -n | head -n 1
@@ -24,7 +24,7 @@ echo "$ws $ps $wl $pl $w1 $p1" | awk '{
 }'
 fi
 
-want offload || exit 0
+if want offload; then
 echo
 echo "== bench/offload: weave.to_thread vs CPython asyncio.to_thread"
 best1() { for _ in 1 2 3; do $1; done | sort -n | head -n 1; }
@@ -35,3 +35,38 @@ echo "$wsm $psm $wcpu $pcpu" | awk '{
   printf "%-40s %8.1fus %8.1fus %9.1fx faster\n", "10,000 small to_thread calls (per call)", $1 * 100, $2 * 100, $2 / $1
   printf "%-40s %9.3fs %9.3fs %9.1fx faster\n", "8 CPU-bound jobs on 2 workers", $3, $4, $4 / $3
 }'
+fi
+
+if want map; then
+echo
+echo "== bench/map: weave.map vs CPython asyncio, calls of sleep(0) at concurrency 100"
+WM="lua5.4 bench/map.lua"
+PM="$PY bench/map.py"
+best3() { for _ in 1 2 3; do $1; done | sort -n | head -n 1; }
+# weave: best of 5 (100k) and of 3 (1M); asyncio: best of 3 (100k) and one
+# run (1M: gather alone takes ~20 s and 1.5 GB).
+m1=$(best "$WM map 100000");  i1=$(best "$WM imap 100000");  t1=$(best "$WM pertask 100000")
+g1=$(best3 "$PM gather 100000"); k1=$(best3 "$PM taskgroup 100000")
+o1=$(best3 "$PM pool 100000");  s1=$(best3 "$PM stream 100000")
+m2=$(best3 "$WM map 1000000"); i2=$(best3 "$WM imap 1000000"); g2=$($PM gather 1000000)
+o2=$($PM pool 1000000); s2=$($PM stream 1000000)
+echo "$m1 $i1 $t1 $g1 $k1 $o1 $s1 $m2 $i2 $g2 $o2 $s2" | awk '{
+  # $1,$2 map 100k  $3,$4 imap 100k  $5,$6 pertask 100k  $7,$8 gather 100k
+  # $9,$10 taskgroup 100k  $11,$12 pool 100k  $13,$14 stream 100k
+  # $15,$16 map 1M  $17,$18 imap 1M  $19,$20 gather 1M  $21,$22 pool 1M  $23,$24 stream 1M
+  printf "%-44s %10s %10s %10s\n", "workload", "weave", "asyncio", "ratio"
+  printf "%-44s %9.3fs %9.3fs %9.1fx faster\n", "100k: map vs gather + Semaphore", $1, $7, $7 / $1
+  printf "%-44s %9.3fs %9.3fs %9.1fx faster\n", "100k: map vs TaskGroup + Semaphore", $1, $9, $9 / $1
+  printf "%-44s %9.3fs %9.3fs %9.1fx faster\n", "100k: map vs 100 worker coroutines", $1, $11, $11 / $1
+  printf "%-44s %9.3fs %9.3fs %9.1fx faster\n", "100k: imap vs 100 workers keeping nothing", $3, $13, $13 / $3
+  printf "%-44s %9.3fs %9.3fs %9.1fx faster\n", "1M: map vs gather + Semaphore", $15, $19, $19 / $15
+  printf "%-44s %9.3fs %9.3fs %9.1fx faster\n", "1M: map vs 100 worker coroutines", $15, $21, $21 / $15
+  printf "%-44s %8.1fMB %8.1fMB %9.1fx less\n", "peak RSS 100k: map vs gather + Semaphore", $2/1024, $8/1024, $8 / $2
+  printf "%-44s %8.1fMB %8.1fMB %9.1fx less\n", "peak RSS 100k: map vs TaskGroup + Semaphore", $2/1024, $10/1024, $10 / $2
+  printf "%-44s %8.1fMB %8.1fMB %9.1fx less\n", "peak RSS 1M: map vs gather + Semaphore", $16/1024, $20/1024, $20 / $16
+  printf "%-44s %8.1fMB %8.1fMB %9.1fx less\n", "peak RSS 1M: map vs 100 worker coroutines", $16/1024, $22/1024, $22 / $16
+  printf "%-44s %8.1fMB %8.1fMB\n", "RSS 1M - 100k, map (its results table)", ($16-$2)/1024, ($22-$12)/1024
+  printf "%-44s %8.1fMB %8.1fMB\n", "RSS 1M - 100k, imap / workers keeping nothing", ($18-$4)/1024, ($24-$14)/1024
+  printf "(design check: a task per item under a Semaphore, 100k: %.3fs, %.1fx the worker pool map uses)\n", $5, $5 / $1
+}'
+fi

@@ -7,6 +7,7 @@
 #include "buf.h"
 
 int weave__wbuf_add(wv_wbuf *b, const void *p, size_t n) {
+  if (n == 0) return 0;
   if (b->len + n > b->cap) {
     size_t ncap = b->cap ? b->cap * 2 : 256;
     char *np;

@@ -37,8 +37,12 @@ static void drain_info(wv_session *s) {
 static void on_poll(uv_poll_t *h, int status, int events) {
   wv_sock *c = h->data;
   int flags = 0, running;
+  /* A poll error (libuv reports POLLERR/POLLHUP as one) is handed to curl
+  ** as readable+writable: curl then reads the reset itself and applies its
+  ** own logic (a dead keep-alive connection is retried on a fresh one),
+  ** where CURL_CSELECT_ERR would fail the transfer at once. */
   if (status < 0)
-    flags = CURL_CSELECT_ERR;
+    flags = CURL_CSELECT_IN | CURL_CSELECT_OUT;
   else {
     if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;

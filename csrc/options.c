@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "wvcurl.h"
@@ -182,9 +183,14 @@ static const char *build_mime(lua_State *L, wv_xfer *x, int t) {
     ctype = strfield(L, p, "content_type");
     curl_mime_name(part, name);
     if (path != NULL) {
-      if (access(path, R_OK) != 0) {
+      struct stat st;
+      if (access(path, R_OK) != 0 || stat(path, &st) != 0) {
         lua_pushfstring(L, "multipart part '%s': cannot read %s: %s", name ? name : "?", path,
                         strerror(errno));
+        return lua_tostring(L, -1);
+      }
+      if (!S_ISREG(st.st_mode)) { /* (curl would read a FIFO on the loop thread) */
+        lua_pushfstring(L, "multipart part '%s': %s is not a regular file", name ? name : "?", path);
         return lua_tostring(L, -1);
       }
       curl_mime_filedata(part, path);
@@ -215,7 +221,6 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
   size_t i;
   long https = strncasecmp(sp->url, "https:", 6) == 0;
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
-  curl_easy_setopt(e, CURLOPT_URL, sp->url);
   if (!tuned) {
     long v = CURL_HTTP_VERSION_NONE;
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms(sp->timeout));
@@ -236,7 +241,11 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
                      https && (v == CURL_HTTP_VERSION_NONE || v == CURL_HTTP_VERSION_2TLS));
   }
   for (i = 0; i < NSTROPTS; i++)
-    if (sp->strs[i] != NULL) curl_easy_setopt(e, STROPTS[i].opt, sp->strs[i]);
+    if (sp->strs[i] != NULL && curl_easy_setopt(e, STROPTS[i].opt, sp->strs[i]) != CURLE_OK) {
+      lua_pushfstring(L, "option %s is not usable (too long?)", STROPTS[i].name);
+      return lua_tostring(L, -1);
+    }
+  if (curl_easy_setopt(e, CURLOPT_URL, sp->url) != CURLE_OK) return "the url is not usable (too long?)";
   if (sp->auth_type != NULL) {
     unsigned long a = strcmp(sp->auth_type, "digest") == 0 ? CURLAUTH_DIGEST
                       : strcmp(sp->auth_type, "any") == 0  ? CURLAUTH_ANY
@@ -245,8 +254,8 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
   }
   if (sp->noproxy)
     curl_easy_setopt(e, CURLOPT_PROXY, ""); /* also ignores http_proxy & co. */
-  else if (sp->proxy != NULL)
-    curl_easy_setopt(e, CURLOPT_PROXY, sp->proxy);
+  else if (sp->proxy != NULL && curl_easy_setopt(e, CURLOPT_PROXY, sp->proxy) != CURLE_OK)
+    return "option proxy is not usable (too long?)";
   if (!sp->decode) curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
   if (x->progress) {
     curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
@@ -299,7 +308,8 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
     if (strcmp(sp->method, "HEAD") == 0)
       curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     else if (strcmp(sp->method, "GET") != 0 && strcmp(sp->method, "POST") != 0)
-      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, sp->method);
+      if (curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, sp->method) != CURLE_OK)
+        return "the method is not usable";
   }
   return NULL;
 }

@@ -115,6 +115,7 @@ void weave__push_safe_url(lua_State *L, const char *url) {
 
 static const char *error_kind(const wv_xfer *x, CURLcode rc) {
   if (x->too_large || x->too_large_hdr) return "too_large";
+  if (x->closed) return "closed";
   if (x->timed_out) return "timeout";
   if (x->aborted) return "cancelled";
   switch (rc) {
@@ -167,17 +168,7 @@ int weave__xfer_failed(const wv_xfer *x) { return x->state == XS_DONE && x->resu
 /* The function a message starts with: the façade's name for the call, or
 ** "http.<method>". */
 static void push_fname(lua_State *L, wv_xfer *x) {
-  if (x->fname[0] != '\0')
-    lua_pushstring(L, x->fname);
-  else {
-    char *m = NULL, buf[24];
-    size_t i;
-    curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_METHOD, &m);
-    for (i = 0; m != NULL && m[i] != '\0' && i < sizeof buf - 1; i++)
-      buf[i] = (char)tolower((unsigned char)m[i]);
-    buf[i] = '\0';
-    lua_pushfstring(L, "http.%s", i > 0 ? buf : "request");
-  }
+  lua_pushstring(L, x->fname[0] != '\0' ? x->fname : "http.request");
 }
 
 /* Push the error object of a failed transfer: {kind=, message="http.get:
@@ -198,6 +189,8 @@ void weave__push_xfer_error(lua_State *L, wv_xfer *x) {
   else if (x->write_failed)
     lua_pushfstring(L, "%s: cannot write the output file: %s", lua_tostring(L, e),
                     x->out_errno ? strerror(x->out_errno) : "write error");
+  else if (x->closed)
+    lua_pushfstring(L, "%s: the session or the response was closed", lua_tostring(L, e));
   else if (x->aborted)
     lua_pushfstring(L, "%s: the request was cancelled", lua_tostring(L, e));
   else if (x->errbuf[0] != '\0')

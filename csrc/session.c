@@ -162,8 +162,10 @@ static int s_cookie_command(lua_State *L) {
 /* --- sessions -------------------------------------------------------------- */
 
 static void closesession(wv_session *s) {
-  while (s->active != NULL)
+  while (s->active != NULL) {
+    s->active->closed = 1;
     weave__xfer_abort(s->active);
+  }
   if (!s->closed) jar_close(s);
   weave__session_close(s);
   free(s->cookie_file);

@@ -18,6 +18,7 @@
 */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,10 +120,39 @@ static void out_commit(wv_xfer *x) {
 
 /* Open a temporary file beside path (same directory: rename is atomic). */
 static int out_open(wv_xfer *x, const char *path) {
-  const char *slash = strrchr(path, '/');
-  size_t dir = slash ? (size_t)(slash - path) + 1 : 0, n = strlen(path);
+  const char *slash;
+  size_t dir, n;
   int fd;
+  struct stat st;
+  char *real = NULL;
+  if (*path == '\0') return ENOENT;
+  if (stat(path, &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return EISDIR;
+    if (!S_ISREG(st.st_mode)) {
+      /* A FIFO, a device, a socket: written as it is, as open() would (never
+      ** replaced by a regular file).  Opened without blocking the loop: a
+      ** FIFO nobody reads raises ENXIO. */
+      int fl;
+      fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd < 0) return errno;
+      if ((fl = fcntl(fd, F_GETFL)) != -1) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+      if ((x->out = fdopen(fd, "wb")) == NULL) {
+        int e = errno;
+        close(fd);
+        return e;
+      }
+      setvbuf(x->out, NULL, _IONBF, 0);
+      return 0;
+    }
+    /* Through a symlink: the file it names is replaced, not the link. */
+    if ((real = realpath(path, NULL)) != NULL) path = real;
+  }
+  slash = strrchr(path, '/');
+  dir = slash ? (size_t)(slash - path) + 1 : 0;
+  n = strlen(path);
   x->outpath = strdup(path);
+  free(real);
+  path = x->outpath;
   x->tmppath = malloc(n + 16);
   if (x->outpath == NULL || x->tmppath == NULL) return ENOMEM;
   memcpy(x->tmppath, path, dir);
@@ -160,7 +190,11 @@ static void finish(wv_xfer *x, CURLcode rc) {
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
     /* Only the resource itself replaces the target (a 3xx, 304 or bare 401
     ** has no body to write, and is not the file). */
-    if (rc == CURLE_OK && !x->write_failed && code >= 200 && code < 300)
+    if (x->tmppath == NULL) { /* written in place (a FIFO, a device) */
+      if (fclose(x->out) != 0 && rc == CURLE_OK) x->out_errno = errno, x->write_failed = 1;
+      x->out = NULL;
+      if (x->write_failed && x->result == CURLE_OK) x->result = CURLE_WRITE_ERROR;
+    } else if (rc == CURLE_OK && !x->write_failed && code >= 200 && code < 300)
       out_commit(x);
     else
       out_discard(x);
@@ -468,6 +502,13 @@ static int l_http_new(lua_State *L) {
     if (n >= sizeof x->fname) n = sizeof x->fname - 1;
     memcpy(x->fname, f, n);
     x->fname[n] = '\0';
+  } else { /* the fast path: "http." and the method */
+    const char *m = sp.method != NULL ? sp.method : "GET";
+    size_t i;
+    memcpy(x->fname, "http.", 5);
+    for (i = 0; m[i] != '\0' && i < sizeof x->fname - 6; i++)
+      x->fname[5 + i] = (char)((unsigned char)m[i] | 0x20);
+    x->fname[5 + i] = '\0';
   }
   lua_pop(L, 1);
   curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
@@ -593,6 +634,10 @@ static int x_wait(lua_State *L) {
   if ((t = weave__enter(L, rt, "weave.http")) == NULL)
     return weave__raise(L, "invalid_state", "weave.http: transfers need a task");
   if (x->state == XS_NEW) return weave__raise(L, "invalid_state", "weave.http: transfer not started");
+  if (x->waiter != NULL && x->waiter != t)
+    return weave__raise(L, "invalid_state",
+                        "%s: another task is reading this response; read a Response from one task at a time",
+                        x->fname);
   reserve(L, x);
   if (pop_event(L, x)) return 1;
   return park(L, rt, x, t, wait_k);
@@ -763,6 +808,7 @@ void weave__xfer_release(wv_xfer *x) {
 /* xfer:close() / __close / __gc: abort if running and free. */
 static int x_close(lua_State *L) {
   wv_xfer *x = weave__checkudata(L, 1, WV_XFER_MT, "weave.http"); /* no upvalues: also __gc */
+  x->closed = 1; /* (a task still reading it gets "closed", not "cancelled") */
   if (x->s != NULL) weave__xfer_release(x);
   return 0;
 }

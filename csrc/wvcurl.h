@@ -97,6 +97,7 @@ struct wv_xfer {
   int encoded;     /* the response has a Content-Encoding: its length is not the body's */
   int direct;      /* body.p is inside the Lua string in uservalue 2 (not malloc'd) */
   int too_large_hdr;
+  int closed;    /* aborted by session:close() or res:close(), not by a cancel */
   int out_errno; /* errno of a failed write/rename of output= */
   curl_off_t want;
   curl_off_t max_body, total;

@@ -40,6 +40,7 @@ build = {
     ["weave"] = "lua/weave/init.lua",
     ["weave.combinators"] = "lua/weave/combinators.lua",
     ["weave.sync"] = "lua/weave/sync.lua",
+    ["weave.map"] = "lua/weave/map.lua",
     ["weave.http"] = "lua/weave/http.lua",
     ["weave.fs"] = "lua/weave/fs.lua",
     ["weave.process"] = "lua/weave/process.lua",

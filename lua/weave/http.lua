@@ -14,7 +14,7 @@ local sync = require "weave.sync"
 local type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math_type =
   type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math.type
 local concat, sort = table.concat, table.sort
-local new_transfer, running, now = core.http_new, core.running, core.now
+local new_transfer, running, now, state = core.http_new, core.running, core.now, core.state
 
 local M = {}
 
@@ -52,9 +52,28 @@ M.urlencode = encode
 
 --- Encode a table as application/x-www-form-urlencoded (keys sorted; list
 -- values repeat the key).
-local function encode_pairs(t)
+-- Keys are strings or numbers; values strings, numbers, booleans, or a
+-- list of strings/numbers; anything else raises (what = "query", "form").
+local function scalar(v) local t = type(v) return (t == "string" or (t == "number" and v == v)) end
+
+local function encode_pairs(t, what, fname)
   local keys, parts = {}, {}
-  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
+  for k, v in pairs(t) do
+    if not scalar(k) then
+      error(core.error("invalid_request", ("%s: %s keys must be strings or numbers, got %s"):format(fname or
+        "weave.http", what or "query", type(k))), 0)
+    end
+    local ok = scalar(v) or type(v) == "boolean"
+    if type(v) == "table" then
+      ok = true
+      for _, item in ipairs(v) do ok = ok and scalar(item) end
+    end
+    if not ok then
+      error(core.error("invalid_request", ("%s: %s.%s must be a string, a number, a boolean or a list of them, got %s")
+        :format(fname or "weave.http", what or "query", tostring(k), type(v) == "number" and "nan" or type(v))), 0)
+    end
+    keys[#keys + 1] = tostring(k)
+  end
   sort(keys)
   for _, k in ipairs(keys) do
     local v = t[k]
@@ -113,6 +132,9 @@ end
 
 --- headers:all(name) -> list of every value of that field.
 function Headers.all(self, name)
+  if type(name) ~= "string" then
+    error(core.error("invalid_argument", ("Headers:all: expected a header name (string), got %s"):format(type(name))), 2)
+  end
   local out, lname = {}, name:lower()
   for _, p in ipairs((parsed(self))) do
     if p[1]:lower() == lname then out[#out + 1] = p[2] end
@@ -156,8 +178,20 @@ local function response_of(t)
   return setmetatable(t, Response)
 end
 
+-- Methods called with '.' (or on something else) get a clear error.
+local function check_res(self, fname)
+  if getmetatable(self) ~= Response then
+    error(core.error("invalid_argument", ("%s: expected a Response as self (call it with ':'), got %s")
+      :format(fname, type(self))), 3)
+  end
+end
+
 --- res:json() -> the body decoded with lua-cjson.
 function Response:json()
+  check_res(self, "Response:json")
+  if self.body == nil and rawget(self, "_x") then
+    error(invalid("Response:json", "a streamed response: read it first (res:read()) and decode that", self.url), 2)
+  end
   local ok, v = pcall(cjson().decode, self.body or "")
   if not ok then
     error(http_error("protocol", "Response:json: the body is not valid JSON: " .. tostring(v), self.url), 2)
@@ -167,6 +201,7 @@ end
 
 --- res:raise_for_status() -> res; raises kind "status" for 4xx/5xx.
 function Response:raise_for_status()
+  check_res(self, "Response:raise_for_status")
   if self.status >= 400 then
     error(http_error("status", ("Response:raise_for_status: HTTP %d %s for %s"):format(self.status, self.reason or "",
       self.url or "?"), self.url, { status = self.status, response = self }), 2)
@@ -202,6 +237,7 @@ local release -- (sessions, below)
 --- res:close(): abort a streamed transfer that is still running; free it
 -- and give back its connection slot.
 function Response:close()
+  check_res(self, "Response:close")
   local x = rawget(self, "_x")
   if x then
     self._x = nil
@@ -222,13 +258,24 @@ Response.__close = function(self) self:close() end
 -- Leaving the loop (break, error) closes the response, as fetch's stream
 -- iteration does.
 function Response:chunks()
+  check_res(self, "Response:chunks")
   local x, req = rawget(self, "_x"), self._req
   if not x then
     if self._req then return function() return nil end end -- already read or closed
     error(invalid("Response:chunks", "only for requests made with stream=true", self.url), 2)
   end
+  -- One reader at a time (checked before the loop owns the response: a
+  -- second reader's error must not close it under the first).
+  local me = core.current()
+  local reader = rawget(self, "_reader")
+  if reader and reader ~= me and state(reader) == "pending" then
+    error(core.error("invalid_state", "Response:chunks: another task is reading this response; "
+      .. "read a Response from one task at a time"), 2)
+  end
+  self._reader = me
   local function iter()
     if not rawget(self, "_x") then return nil end
+    if not running() then return weave.run(iter) end -- (outside a loop: one run per piece)
     while true do
       local data, prog = x:take()
       if prog and req.on_progress then report_progress(x, req) end
@@ -248,6 +295,8 @@ end
 
 --- res:read() -> the rest of a streamed body as one string.
 function Response:read()
+  check_res(self, "Response:read")
+  if not running() and rawget(self, "_x") then return weave.run(Response.read, self) end
   local parts = {}
   for chunk in self:chunks() do parts[#parts + 1] = chunk end
   return concat(parts)
@@ -282,8 +331,8 @@ end
 local function isnum(v) return type(v) == "number" and v == v end
 local CHECKS = {
   seconds = function(v) return isnum(v) and v >= 0 and v < math.huge, "a number of seconds >= 0" end,
-  count = function(v) return math_type(v) == "integer" and v >= 0, "an integer >= 0" end,
-  positive = function(v) return math_type(v) == "integer" and v > 0, "an integer > 0" end,
+  count = function(v) return isnum(v) and v >= 0 and v % 1 == 0 and v < 2^53, "an integer >= 0" end,
+  positive = function(v) return isnum(v) and v > 0 and v % 1 == 0 and v < 2^53, "an integer > 0" end,
   bytes = function(v) return v == false or (isnum(v) and v >= 0 and v % 1 == 0), "a number of bytes or false" end,
   boolean = function(v) return type(v) == "boolean", "true or false" end,
   string = function(v) return type(v) == "string", "a string" end,
@@ -382,6 +431,11 @@ local function check_multipart(fname, parts, url)
         error(invalid(fname, ("%s.%s must be a string"):format(where, k), url), 4)
       end
     end
+    for _, k in ipairs { "name", "path", "filename", "content_type" } do
+      if p[k] and p[k]:find("[%z\r\n]") then
+        error(invalid(fname, ("%s.%s contains a NUL byte or a line break"):format(where, k), url), 4)
+      end
+    end
   end
 end
 
@@ -398,9 +452,21 @@ local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true
 -- One request header line.  A value "" is sent empty ("Name;" is curl's way
 -- to send "Name:" with nothing), false removes a default header (and
 -- curl's own: "Name:" disables it).
+-- Framing is libcurl's: a caller's length or transfer coding would desync
+-- the connection (fetch forbids them too).
+local FORBIDDEN = { ["content-length"] = true, ["transfer-encoding"] = true }
+
 local function header_line(fname, k, v, url)
-  if v == false then return tostring(k) .. ":" end
-  k, v = tostring(k), tostring(v)
+  if type(k) ~= "string" then error(invalid(fname, ("header names are strings, got %s"):format(type(k)), url), 5) end
+  if FORBIDDEN[k:lower()] then
+    error(invalid(fname, ("header %s is set by weave from the body; leave it out"):format(k), url), 5)
+  end
+  if v == false then return k .. ":" end
+  if not scalar(v) then
+    error(invalid(fname, ("header %s must be a string, a number or false, got %s"):format(k,
+      type(v) == "number" and "nan" or type(v)), url), 5)
+  end
+  v = tostring(v)
   if v == "" then
     if k:find("[%c:;]") or k == "" then error(invalid(fname, ("bad header name %q"):format(k), url), 5) end
     return k .. ";"
@@ -486,7 +552,7 @@ local function build(self, opts, fname, url, method)
   local frag = url:find("#", 1, true)
   if frag then url = url:sub(1, frag - 1) end -- never sent (fetch drops it too)
   if opts.query ~= nil then
-    local q = encode_pairs(opts.query)
+    local q = encode_pairs(opts.query, "query", fname)
     if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
   end
   -- (The scheme is checked, and spaces, non-ASCII bytes and the characters
@@ -494,7 +560,7 @@ local function build(self, opts, fname, url, method)
   -- place for every path.)
   method = method or (opts.method and opts.method:upper()) or "GET"
   if not METHODS[method] and not method:match("^[%w!#$%%&'*+.^_`|~-]+$") then
-    error(invalid(fname, "bad method " .. method, url), 3)
+    error(invalid(fname, ("bad method %q"):format(method), url), 3)
   end
   local body, body_iter, ctype = opts.body, nil, nil
   local nbody = (body ~= nil and 1 or 0) + (opts.json ~= nil and 1 or 0) + (opts.form ~= nil and 1 or 0)
@@ -503,7 +569,7 @@ local function build(self, opts, fname, url, method)
   if opts.json ~= nil then
     body, ctype = encode_json(fname, opts.json, url), "application/json"
   elseif opts.form ~= nil then
-    body, ctype = encode_pairs(opts.form), "application/x-www-form-urlencoded"
+    body, ctype = encode_pairs(opts.form, "form", fname), "application/x-www-form-urlencoded"
   elseif opts.multipart ~= nil then
     check_multipart(fname, opts.multipart, url)
   end
@@ -601,9 +667,13 @@ end
 
 local function admit(self, req)
   if req.host then req.hostslots = host_slots(self, req) end
-  if not req.hostslots and not req.pool_timeout and self._slots:try_acquire() then
-    req.admitted = true
-    return
+  local hs = req.hostslots
+  if not hs or hs:try_acquire() then -- a free slot is taken at once, also with pool_timeout=0
+    if self._slots:try_acquire() then
+      req.admitted = true
+      return
+    end
+    if hs then hs:release() end
   end
   local deadline = req.pool_timeout and now() + req.pool_timeout
   while true do
@@ -784,9 +854,9 @@ local function follow(self, req, res)
     end
     history[#history + 1] = { url = res.url, status = res.status }
     if res._x then discard(res) end
-    local scheme = res.redirect_url:match("^(%a[%w+.-]*):")
+    local scheme = res.redirect_url:match("^(%a[%w+.-]*)://")
     scheme = scheme and scheme:lower()
-    if scheme ~= "http" and scheme ~= "https" then
+    if scheme ~= "http" and scheme ~= "https" or res.redirect_url:find("[%c ]") then
       error(http_error("protocol", ("%s: redirect to a URL that is not http(s): %s"):format(req.fname,
         safe_url(res.redirect_url)), res.url), 0)
     end
@@ -870,8 +940,16 @@ local function blocking(fn, ...)
   return fn(...)
 end
 
+local function check_session(self, fname)
+  if type(self) ~= "table" or not rawget(self, "_s") then
+    error(core.error("invalid_argument", ("%s: expected a Session as self (call it with ':'), got %s")
+      :format(fname, type(self))), 3)
+  end
+end
+
 --- session:request{method=, url=, ...} -> Response
 function Session:request(opts)
+  check_session(self, "Session:request")
   if type(opts) ~= "table" then error(invalid("http.request", "expected an options table, got " .. type(opts)), 2) end
   return blocking(perform, self, opts, "http.request")
 end
@@ -899,6 +977,7 @@ for _, m in ipairs { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" 
 --- session:close(): abort its transfers and free its connections (the
 -- cookie jar is saved to cookie_file first).
 function Session:close()
+  check_session(self, "Session:close")
   if self._closed then return end
   self._closed = true
   self._s:close()
@@ -908,6 +987,7 @@ end
 -- The cookie jar
 
 local function jar_check(self, fname)
+  check_session(self, fname)
   if self._closed then error(core.error("closed", fname .. ": the session is closed"), 3) end
 end
 
@@ -943,13 +1023,13 @@ function Session:set_cookie(c)
   if c.path ~= nil and (type(c.path) ~= "string" or c.path:find("[%c;]")) then
     error(invalid("Session:set_cookie", "path must be a string"), 2)
   end
-  if c.expires ~= nil and not isnum(c.expires) then
+  if c.expires ~= nil and not (isnum(c.expires) and c.expires >= 0 and c.expires < 2^53) then
     error(invalid("Session:set_cookie", "expires must be a number (seconds since the epoch)"), 2)
   end
   local domain = c.domain
   self._s:cookie_command(concat({ (c.http_only and "#HttpOnly_" or "") .. domain,
     domain:sub(1, 1) == "." and "TRUE" or "FALSE", c.path or "/", c.secure and "TRUE" or "FALSE",
-    ("%d"):format(c.expires or 0), c.name, c.value }, "\t"))
+    ("%d"):format(math.floor(c.expires or 0)), c.name, c.value }, "\t"))
 end
 
 --- session:clear_cookies()
@@ -990,6 +1070,11 @@ function M.session(opts)
   if opts.auth then set_auth({}, opts.auth, "http.session") end
   if opts.cookie_file and opts.cookies == false then
     error(invalid("http.session", "cookie_file= needs the cookie jar (cookies=false was given)"), 2)
+  end
+  if opts.cookie_file then -- saved when the session closes: it must be writable now
+    local f, msg = io.open(opts.cookie_file, "a")
+    if not f then error(invalid("http.session", "cookie_file: cannot write " .. tostring(msg)), 2) end
+    f:close()
   end
   local maxc = opts.max_connections or 100
   -- session -> its options (read-only view) -> Session's methods

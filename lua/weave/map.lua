@@ -2,9 +2,9 @@
 -- A pool of at most `concurrency` worker tasks pulls items one at a time
 -- from a table or an iterator and calls fn(item, i) for each: a million
 -- items never mean more than `concurrency` tasks, and an iterator is pulled
--- only as fast as calls finish. A worker is spawned when an item is pulled
--- and fewer than `concurrency` workers are alive, so a short list starts
--- only the tasks it needs. See docs/concurrency.md ("Bulk calls").
+-- only as fast as calls finish. Each worker starts the next one when it
+-- takes its first item, up to `concurrency`, so a short list starts only
+-- the tasks it needs. See docs/concurrency.md ("Bulk calls").
 local core = require "weave.core"
 
 local type, error, pcall, setmetatable, getmetatable, pairs, tostring =
@@ -49,10 +49,11 @@ local function check_keys(fname, opts, known)
   if type(opts) ~= "table" then argerror("%s: options must be a table or nil, got %s", fname, type(opts)) end
   for k in pairs(opts) do
     if known[k] == nil then
-      local hint = ""
+      local hint, best = "", 3
       if type(k) == "string" then
         for name in pairs(known) do
-          if distance(k, name) <= 2 then hint = (" (did you mean '%s'?)"):format(name) end
+          local d = distance(k, name)
+          if d < best then hint, best = (" (did you mean '%s'?)"):format(name), d end
         end
       end
       error(core.error("invalid_argument", ("%s: unknown option '%s'%s"):format(fname, tostring(k), hint)), 4)
@@ -70,13 +71,14 @@ Progress.__index = Progress
 local PROGRESS_OPTS = { total = true, label = true, file = true, tty = true }
 local REDRAW = 0.1 -- seconds between redraws of a terminal line (10/s)
 
--- Is our stderr a terminal? Lua cannot ask isatty(2) itself: a child shell
--- inherits fd 2 and `test -t 2` answers, once per process.
+-- Is our stderr a terminal? Lua cannot ask isatty(2) itself. A file can
+-- seek (a terminal or a pipe cannot); otherwise a child shell inherits fd 2
+-- and `test -t 2` answers, once per process.
 local stderr_tty
 local function stderr_is_tty()
   if stderr_tty == nil then
     local term = os.getenv("TERM")
-    stderr_tty = term ~= nil and term ~= "dumb" and os.execute("test -t 2") == true
+    stderr_tty = term ~= nil and term ~= "dumb" and io.stderr:seek("cur") == nil and os.execute("test -t 2") == true
   end
   return stderr_tty
 end
@@ -208,7 +210,7 @@ Progress.__tostring = function(self) return "weave.Progress: " .. line(self, now
 -- st.list/st.n (a table) or st.iter (a function) is the source; st.pulled
 -- counts items taken. st.live counts workers alive; st.wake is the future
 -- the caller (map) or the loop (imap) waits on. st.stop ends pulling for
--- good; st.err is the error map/imap will raise.
+-- good; st.failed says map/imap will raise st.err (which may be nil).
 
 local OPTS = { concurrency = true, settle = true, progress = true }
 
@@ -287,6 +289,7 @@ local function close_progress(st)
   local p = st.prog
   if p ~= nil then
     st.prog = nil
+    if st.ticker then st.ticker:cancel() end
     p:close()
   end
 end
@@ -328,30 +331,23 @@ local function pull(st)
   return i, item
 end
 
--- imap: hold the next pull while `c` finished results wait for the loop
--- (so at most 2c - 1 ever wait: c - 1 plus the c calls in flight). The
--- waiters share one future, resolved when the loop has taken half of them.
-local function wait_room(st)
-  while st.qlen >= st.c and not st.stop do
-    local f = st.room
-    if f == nil then
-      f = future()
-      st.room = f
-    end
-    await(f)
-  end
-end
-
 local spawn_worker
 
 local function worker(st)
-  local fn, settle, imap = st.fn, st.settle, st.imap
+  local fn, settle, wait_room = st.fn, st.settle, st.wait_room
+  local first = true
   while true do
-    if imap then wait_room(st) end
+    if wait_room then wait_room() end
     local i, item = pull(st)
     if i == nil then return end
-    if st.live < st.c and not st.stop and (st.list == nil and not st.exhausted or st.list and i < st.n) then
-      spawn_worker(st)
+    -- Each worker starts one more (up to c) with its first item: the pool
+    -- grows only as fast as its workers get to run, so calls that never
+    -- await leave one worker doing the lot instead of c idle ones.
+    if first then
+      first = false
+      if st.live < st.c and not st.stop and (st.list == nil and not st.exhausted or st.list and i < st.n) then
+        spawn_worker(st)
+      end
     end
     local ok, v = pcall(fn, item, i)
     if st.stop then return end
@@ -362,7 +358,7 @@ local function worker(st)
     elseif settle then
       st.bad(st, i, v)
     else
-      st.err = v
+      st.failed, st.err = true, v
       stop(st, current())
       return
     end
@@ -382,7 +378,7 @@ end
 local function worker_done(st, t)
   st.live = st.live - 1
   if not st.stop and state(t) ~= "resolved" then
-    st.err = t:error()
+    st.failed, st.err = true, t:error()
     stop(st)
   end
   if st.live == 0 then notify(st) end
@@ -392,8 +388,19 @@ local function start(st, label)
   st.worker_done = function(t) worker_done(st, t) end
   if st.progress then
     local o = st.progress
-    st.prog = new_progress(o.total == nil and st.list and { total = st.n, label = o.label, file = o.file, tty = o.tty }
+    local p = new_progress(o.total == nil and st.list and { total = st.n, label = o.label, file = o.file, tty = o.tty }
       or o, label)
+    st.prog = p
+    -- On a terminal the line also moves while no call finishes (slow calls):
+    -- elapsed time, rate and ETA are redrawn every second.
+    if p.tty then
+      st.ticker = spawn(function()
+        while true do
+          core.sleep(1)
+          p:_draw(now())
+        end
+      end)
+    end
   end
   if st.list == nil or st.n > 0 then spawn_worker(st) end
 end
@@ -416,10 +423,11 @@ end
 local function map_task(st)
   st.results, st.errors, st.ok, st.bad = {}, {}, map_ok, map_bad
   start(st, "weave.map")
-  while st.live > 0 and st.err == nil do
+  while st.live > 0 and not st.failed do
     local w = future()
     st.wake = w
     local ok, err = pcall(await, w)
+    st.wake = nil
     if not ok then -- the caller is cancelled: so is every call
       stop(st)
       reap(st)
@@ -427,8 +435,7 @@ local function map_task(st)
       error(err, 0)
     end
   end
-  st.wake = nil
-  if st.err ~= nil then
+  if st.failed then
     stop(st)
     reap(st)
     close_progress(st)
@@ -441,18 +448,33 @@ local function map_task(st)
 end
 
 local function outside_task(fname)
-  if core.running() then
-    error(core.error("invalid_state", ("%s: called outside a weave task while the loop runs "
-      .. "(from a plain coroutine or a callback); run it in weave.spawn"):format(fname)), 3)
+  error(core.error("invalid_state", ("%s: called outside a weave task while the loop runs "
+    .. "(from a plain coroutine or a callback); run it in weave.spawn"):format(fname)), 3)
+end
+
+local function nop() end
+
+-- Where is map called? "task" (it can await), "none" (no loop: it runs one);
+-- a plain coroutine or a callback while the loop runs raises. Entering an
+-- empty scope is the cheap probe: it raises there before anything starts.
+local function where(fname)
+  if current() == nil then
+    if core.running() then outside_task(fname) end
+    return "none"
   end
+  local ok, err = pcall(core.runscope, core.newscope(nil, false), nop)
+  if not ok then
+    if core.iserror(err, "invalid_state") then outside_task(fname) end
+    error(err, 0)
+  end
+  return "task"
 end
 
 --- map(fn, items [, {concurrency=16, settle=false, progress=false}])
 -- -> results (input order, results.n set) [, errors with settle]
 function M.map(fn, items, opts)
   local st = newpool("weave.map", fn, items, opts)
-  if current() == nil then
-    outside_task("weave.map")
+  if where("weave.map") == "none" then
     -- Outside any loop the whole map runs in one; its error is raised as is.
     local ok, a, b = core.run(function() return pcall(map_task, st) end)
     if not ok then error(a, 0) end
@@ -463,26 +485,7 @@ function M.map(fn, items, opts)
 end
 
 ---------------------------------------------------------------------------
--- imap: workers push (i, value, err) on a ring of 2c slots the loop pops.
-
-local function push(st, i, v, e)
-  local t = (st.qh + st.qlen - 1) % st.cap + 1
-  st.qlen = st.qlen + 1
-  st.qi[t], st.qv[t], st.qe[t] = i, v, e
-  notify(st)
-end
-
-local function imap_ok(st, i, v)
-  push(st, i, v, nil)
-  local p = st.prog
-  if p then p:add(1) end
-end
-
-local function imap_bad(st, i, e)
-  push(st, i, nil, e)
-  local p = st.prog
-  if p then p:fail(1) end
-end
+-- imap
 
 -- Stop the pool and (inside a task) wait for every worker to finish.
 local function shutdown(st)
@@ -497,10 +500,39 @@ end
 
 local Closer = { __name = "weave.imap", __close = function(self) shutdown(self.st) end }
 
+-- Workers hand (i, value), or (-i, err) for a failed call, to the loop
+-- through a ring of 2c slot pairs. While c results wait there, workers pull
+-- nothing (so at most 2c - 1 ever wait: c - 1 plus the c calls in flight);
+-- they share one future, resolved when the loop has taken half. The state
+-- of this hot path lives in upvalues.
 local function imap_pool(st)
-  st.imap, st.ok, st.bad = true, imap_ok, imap_bad
-  st.cap, st.qi, st.qv, st.qe, st.qh, st.qlen = 2 * st.c, {}, {}, {}, 1, 0
-  local qi, qv, qe = st.qi, st.qv, st.qe
+  local c, cap = st.c, 2 * st.c
+  local q, qh, qlen = {}, 1, 0
+  local room
+
+  local function push(i, v)
+    local t = 2 * ((qh + qlen - 1) % cap + 1)
+    qlen = qlen + 1
+    q[t - 1], q[t] = i, v
+    if st.wake ~= nil then notify(st) end
+  end
+  function st.ok(_, i, v)
+    push(i, v)
+    local p = st.prog
+    if p then p:add(1) end
+  end
+  function st.bad(_, i, e)
+    push(-i, e)
+    local p = st.prog
+    if p then p:fail(1) end
+  end
+  function st.wait_room()
+    while qlen >= c and not st.stop do
+      if room == nil then room = future() end
+      await(room)
+    end
+  end
+
   local function next_result()
     if st.closed then return nil end
     if not st.started then
@@ -508,20 +540,21 @@ local function imap_pool(st)
       start(st, "weave.imap")
     end
     while true do
-      if st.qlen > 0 then
-        local h = st.qh
-        local i, v, e = qi[h], qv[h], qe[h]
-        qi[h], qv[h], qe[h] = nil, nil, nil
-        st.qh, st.qlen = h % st.cap + 1, st.qlen - 1
-        local room = st.room
-        if room ~= nil and st.qlen <= st.c // 2 then
-          st.room = nil
-          room:resolve()
+      if qlen > 0 then
+        local h = qh
+        local t = 2 * h
+        local i, v = q[t - 1], q[t]
+        q[t - 1], q[t] = nil, nil
+        qh, qlen = h % cap + 1, qlen - 1
+        if room ~= nil and qlen <= c // 2 then
+          local r = room
+          room = nil
+          r:resolve()
         end
-        if e ~= nil then return i, nil, e end
+        if i < 0 then return -i, nil, v end
         return i, v
       end
-      if st.err ~= nil then
+      if st.failed then
         shutdown(st)
         error(st.err, 0)
       end
@@ -530,9 +563,13 @@ local function imap_pool(st)
         close_progress(st)
         return nil
       end
+      if st.wake ~= nil then
+        raise("invalid_state", "weave.imap: the iterator is already waiting in another task; use it from one")
+      end
       local w = future()
       st.wake = w
       local ok, err = pcall(await, w)
+      st.wake = nil
       if not ok then -- the loop's task is cancelled: so is every call
         shutdown(st)
         error(err, 0)
@@ -547,8 +584,7 @@ end
 -- waits for them (the generic for's to-be-closed value).
 function M.imap(fn, items, opts)
   local st = newpool("weave.imap", fn, items, opts)
-  if current() ~= nil then return imap_pool(st) end
-  outside_task("weave.imap")
+  if where("weave.imap") == "task" then return imap_pool(st) end
   -- Outside any loop: run the whole imap in one loop, keep what it yields in
   -- completion order, and hand that out (an error comes after the results
   -- that finished before it).

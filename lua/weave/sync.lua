@@ -613,18 +613,29 @@ local function release_for(l, b, fname)
   unlend(l, b)
 end
 
---- lim:acquire() -> lim (a <close> value): borrow a token for the current task.
+-- What acquire returns: a <close> value that gives the token back on behalf
+-- of the borrower it was lent to. (It cannot ask for the current task: when
+-- a task's error unwinds past its function, its <close> variables run after
+-- the task has stopped running, where weave.current() is nil.)
+local Loan = { __name = "weave.CapacityLimiter.Loan" }
+Loan.__index = Loan
+Loan.__close = function(loan) release_for(loan._lim, loan._b, "CapacityLimiter:release") end
+
+--- lim:acquire() -> a <close> value: borrow a token for the current task.
 function CapacityLimiter:acquire()
   if getmetatable(self) ~= CapacityLimiter then wrongself(self, CapacityLimiter, "CapacityLimiter:acquire") end
-  acquire_for(self, current_borrower("CapacityLimiter:acquire"), "CapacityLimiter:acquire")
-  return self
+  local b = current_borrower("CapacityLimiter:acquire")
+  acquire_for(self, b, "CapacityLimiter:acquire")
+  return setmetatable({ _lim = self, _b = b }, Loan)
 end
 
---- lim:acquire_on_behalf_of(borrower): borrow a token for `borrower`.
+--- lim:acquire_on_behalf_of(borrower) -> a <close> value: borrow a token
+-- for `borrower`.
 function CapacityLimiter:acquire_on_behalf_of(b)
   if getmetatable(self) ~= CapacityLimiter then wrongself(self, CapacityLimiter, "CapacityLimiter:acquire_on_behalf_of") end
   check_borrower("CapacityLimiter:acquire_on_behalf_of", b)
   acquire_for(self, b, "CapacityLimiter:acquire_on_behalf_of")
+  return setmetatable({ _lim = self, _b = b }, Loan)
 end
 
 --- lim:try_acquire() -> bool; never suspends, never jumps the line.
@@ -659,8 +670,6 @@ function CapacityLimiter:statistics()
   for b in pairs(self._borrowers) do list[#list + 1] = b end
   return { total_tokens = self._total, borrowed_tokens = self._nb, borrowers = list, waiters = self._line.n }
 end
-
-CapacityLimiter.__close = function(self) self:release() end
 
 ---------------------------------------------------------------------------
 -- RateLimiter: a token bucket of `burst` tokens refilled at rate/per tokens

@@ -137,6 +137,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_any(self):
         path, q = self.args()
+        if getattr(self, "reset_next", False):
+            # /reset-next answered the last request: this one, on the same
+            # kept-alive connection, gets a TCP reset (as a server whose
+            # keep-alive timeout races the client's next request).
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        if path == "/reset-next":
+            self.reset_next = True
+            return self.send(200, "ok; the next request on this connection is reset")
         with LOCK:
             STATS["requests"] += 1
             peer = "%s:%d" % self.client_address
