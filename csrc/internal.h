@@ -90,6 +90,7 @@ struct wv_scope {
   wv_task *task;
   wv_timer deadline;
   unsigned char cancelled, shield, expired, active;
+  unsigned char caught; /* the scope's own cancel ended its body (CancelScope.cancelled_caught) */
 };
 
 /* Hook that detaches a blocked task from what it waits on (cancel path). */

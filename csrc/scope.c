@@ -25,24 +25,40 @@ static void deadline_fired(wv_rt *rt, wv_timer *tm) {
   if (s->active) weave__deliver(rt, s->task);
 }
 
-/* core.newscope(seconds|nil, shield) -> Scope (its clock starts now) */
+/* An absolute deadline on weave.now()'s clock (seconds) as a timer's
+** uv_hrtime() ns; 0 = none (math.huge). */
+static uint64_t when_of(double t) {
+  if (t >= 1e10) return 0; /* (beyond ~300 years of uptime: none) */
+  if (t <= 0) return 1;
+  return (uint64_t)(t * 1e9);
+}
+
+/* core.newscope(seconds|nil, shield [, absolute]) -> Scope: a relative
+** deadline (its clock starts now), or with `absolute` a time on
+** weave.now()'s clock (math.huge: none). */
 static int l_newscope(lua_State *L) {
   wv_scope *s;
   double secs = -1;
+  int absolute = lua_toboolean(L, 3);
   if (!lua_isnoneornil(L, 1)) {
     if (lua_type(L, 1) != LUA_TNUMBER)
       return weave__argerror(L, "weave", "a deadline must be seconds (number) or nil, got %s",
                              luaL_typename(L, 1));
     secs = lua_tonumber(L, 1);
     if (isnan(secs)) return weave__argerror(L, "weave", "a deadline must be seconds (number), got nan");
-    if (secs < 0) secs = 0;
-    if (secs > 1e9) secs = 1e9;
+    if (!absolute) {
+      if (secs < 0) secs = 0;
+      if (secs > 1e9) secs = 1e9;
+    }
   }
   s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
   s->deadline.idx = -1;
   s->deadline.cb = deadline_fired;
-  s->deadline.when = secs >= 0 ? uv_hrtime() + (uint64_t)(secs * 1e9) : 0;
+  if (absolute)
+    s->deadline.when = lua_isnoneornil(L, 1) ? 0 : when_of(secs);
+  else
+    s->deadline.when = secs >= 0 ? uv_hrtime() + (uint64_t)(secs * 1e9) : 0;
   s->shield = (unsigned char)lua_toboolean(L, 2);
   luaL_setmetatable(L, WV_SCOPE_MT);
   return 1;
@@ -65,6 +81,7 @@ static int runscope_k(lua_State *L, int status, lua_KContext ctx) {
   if (s->cancelled && weave__iserror(L, -1, "cancelled")) {
     lua_getfield(L, -1, "_scope");
     if (lua_touserdata(L, -1) == (void *)s) {
+      s->caught = 1;
       lua_pushboolean(L, 0);
       return 1;
     }
@@ -111,6 +128,56 @@ static int s_expired(lua_State *L) {
   return 1;
 }
 
+static wv_scope *checkscope(lua_State *L, const char *fname) {
+  return weave__checkudata(L, 1, WV_SCOPE_MT, fname);
+}
+
+/* scope:deadline() -> absolute time on weave.now()'s clock, math.huge: none */
+static int s_deadline(lua_State *L) {
+  wv_scope *s = checkscope(L, "CancelScope.deadline");
+  lua_pushnumber(L, s->deadline.when == 0 ? HUGE_VAL : (double)s->deadline.when / 1e9);
+  return 1;
+}
+
+/* scope:set_deadline(t): a new deadline (absolute; math.huge: none), at
+** once when the scope runs (a past one cancels it now). */
+static int s_set_deadline(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_scope *s = checkscope(L, "CancelScope.deadline");
+  double t = luaL_checknumber(L, 2);
+  if (isnan(t)) return weave__argerror(L, "CancelScope.deadline", "expected a time (number), got nan");
+  weave__timer_stop(rt, &s->deadline);
+  s->deadline.when = when_of(t);
+  if (s->active && s->deadline.when != 0) {
+    if (s->deadline.when <= uv_hrtime())
+      deadline_fired(rt, &s->deadline);
+    else if (weave__timer_start(rt, &s->deadline, s->deadline.when) != 0)
+      return weave__raise(L, "resource", "CancelScope.deadline: out of memory (timer heap)");
+  }
+  return 0;
+}
+
+/* scope:shielded() / scope:set_shield(b): a shield dropped while the scope
+** runs lets a pending outer cancel in at once. */
+static int s_shielded(lua_State *L) {
+  lua_pushboolean(L, checkscope(L, "CancelScope.shield")->shield);
+  return 1;
+}
+
+static int s_set_shield(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_scope *s = checkscope(L, "CancelScope.shield");
+  int was = s->shield;
+  s->shield = (unsigned char)lua_toboolean(L, 2);
+  if (was && !s->shield && s->active) weave__deliver(rt, s->task);
+  return 0;
+}
+
+static int s_caught(lua_State *L) {
+  lua_pushboolean(L, checkscope(L, "CancelScope.cancelled_caught")->caught);
+  return 1;
+}
+
 static int s_gc(lua_State *L) {
   wv_rt *rt = getrt(L);
   wv_scope *s = luaL_testudata(L, 1, WV_SCOPE_MT);
@@ -119,8 +186,15 @@ static int s_gc(lua_State *L) {
 }
 
 void weave__scopelib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg meths[] = {
-      {"cancel", s_cancel}, {"cancelled", s_cancelled}, {"expired", s_expired}, {NULL, NULL}};
+  static const luaL_Reg meths[] = {{"cancel", s_cancel},
+                                   {"cancelled", s_cancelled},
+                                   {"expired", s_expired},
+                                   {"deadline", s_deadline},
+                                   {"set_deadline", s_set_deadline},
+                                   {"shielded", s_shielded},
+                                   {"set_shield", s_set_shield},
+                                   {"caught", s_caught},
+                                   {NULL, NULL}};
   static const luaL_Reg fns[] = {{"newscope", l_newscope}, {"runscope", l_runscope}, {NULL, NULL}};
   luaL_newmetatable(L, WV_SCOPE_MT);
   lua_newtable(L);

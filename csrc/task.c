@@ -286,8 +286,10 @@ static void fail(wv_rt *rt, wv_task *t) {
       lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
     }
   }
+  rt->current = t;       /* the <close> handlers run as the task (weave.current()) */
   wv_closethread(co, L); /* runs <close> handlers; leaves [error] on co */
-  lua_xmove(co, L, 1);   /* [raised, traceback, error] */
+  rt->current = NULL;
+  lua_xmove(co, L, 1); /* [raised, traceback, error] */
   if (!lua_rawequal(L, -1, -3)) {
     /* A <close> handler raised: its error is the task's outcome (a cleanup
     ** that fails while a cancel unwinds is a real failure, not a cancel). */

@@ -138,3 +138,103 @@ describe("deadlock", function()
     assert.are.equal(1, n) -- "weave.run: deadlock: ..." once
   end)
 end)
+
+describe("scopes", function()
+  it("nil means no deadline; timeout_at and move_on_at take weave.now() times", function()
+    run(function()
+      assert.are.equal(1, weave.timeout(nil, function() return 1 end))
+      assert.are.same({ true, 2 }, { weave.move_on_after(nil, function() return 2 end) })
+      local err = fails(weave.timeout_at, weave.now() + 0.03, sleep, 1)
+      assert.are.equal("timeout", err.kind)
+      assert.is_false(weave.move_on_at(weave.now() + 0.03, sleep, 1))
+      assert.is_false(weave.move_on_at(weave.now() - 1, sleep, 0)) -- a past deadline: cancelled at once
+      assert.are.same({ true, 3 }, { weave.move_on_at(math.huge, function() return 3 end) })
+    end)
+  end)
+
+  it("CancelScope: cancel from another task, deadline and shield settable while it runs", function()
+    run(function()
+      local sc = weave.CancelScope { timeout = 10 }
+      assert.is_true(math.abs(sc.deadline - (weave.now() + 10)) < 1)
+      local t = spawn(function() return sc:run(function() sleep(5) return "x" end) end)
+      sleep(0.01)
+      sc.deadline = weave.now() + 0.03 -- takes effect at once
+      assert.is_false(t:await())
+      assert.is_true(sc.cancel_called)
+      assert.is_true(sc.cancelled_caught)
+
+      local sc2 = weave.CancelScope()
+      assert.are.equal(math.huge, sc2.deadline)
+      local t2 = spawn(function() return sc2:run(function() sleep(5) end) end)
+      sleep(0.01)
+      sc2:cancel()
+      assert.is_false(t2:await())
+      local err = fails(sc2.run, sc2, print)
+      assert.are.equal("invalid_state", err.kind)
+
+      local sc3 = weave.CancelScope { shield = true }
+      local inner
+      local t3 = spawn(function()
+        sc3:run(function() inner = { pcall(sleep, 0.2) } end)
+        sleep(1) -- the task's own cancel is still pending: this raises
+      end)
+      sleep(0.01)
+      t3:cancel()
+      sleep(0.02)
+      assert.is_nil(inner) -- the shield holds
+      sc3.shield = false -- lets the pending cancel in at once
+      err = fails(t3.await, t3)
+      assert.are.equal("cancelled", err.kind)
+      assert.is_false(inner[1])
+    end)
+  end)
+
+  it("when an inner and an outer deadline have both passed, the outer wins", function()
+    run(function()
+      local outer_hit, inner_result
+      outer_hit = not weave.move_on_after(0.02, function()
+        inner_result = { weave.move_on_after(0.01, function()
+          -- both deadlines pass while this does not await
+          local t0 = weave.now()
+          while weave.now() - t0 < 0.05 do end
+          sleep(0)
+        end) }
+      end)
+      assert.is_true(outer_hit)
+      assert.is_nil(inner_result) -- the inner scope did not swallow the outer's cancel
+    end)
+  end)
+
+  it("CancelScope misuse names the function", function()
+    local err = fails(weave.CancelScope, { timout = 1 })
+    assert.are.equal("invalid_argument", err.kind)
+    assert.matches("^weave.CancelScope: unknown option 'timout'", err.message)
+    err = fails(weave.CancelScope, { timeout = 1, deadline = 2 })
+    assert.matches("not both", err.message)
+    local sc = weave.CancelScope()
+    err = fails(function() sc.deadline = "soon" end)
+    assert.matches("^CancelScope.deadline: ", err.message)
+    err = fails(sc.run)
+    assert.matches("^CancelScope:run: expected a CancelScope", err.message)
+  end)
+end)
+
+describe("groups, round two", function()
+  it("g:spawn{name=, fn, ...} and g:start(fn, ...) with task_status.started(v)", function()
+    run(function()
+      weave.group(function(g)
+        local t = g:spawn { name = "worker", function(a) return a end, 5 }
+        assert.are.equal("worker", t.name)
+        local port = g:start(function(task_status, base)
+          sleep(0.01)
+          task_status.started(base + 1)
+          sleep(0.01)
+        end, 8000)
+        assert.are.equal(8001, port)
+        local err = fails(g.start, g, function() end)
+        assert.are.equal("invalid_state", err.kind)
+        assert.matches("without calling task_status.started", err.message)
+      end)
+    end)
+  end)
+end)

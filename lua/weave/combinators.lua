@@ -261,9 +261,12 @@ function Group:spawn(fn, ...)
   if getmetatable(self) ~= Group then
     argerror("Group:spawn: expected a Group as self (use g:spawn(fn, ...)), got %s", type(self))
   end
-  if type(fn) ~= "function" then argerror("Group:spawn: expected a function, got %s", type(fn)) end
+  local named = type(fn) == "table" and not core.isawaitable(fn)
+  if not named and type(fn) ~= "function" then
+    argerror("Group:spawn: expected a function or {name=, fn, ...}, got %s", type(fn))
+  end
   if self._closed then raise("closed", "Group:spawn: the group has finished; spawn while its body runs") end
-  local t = spawn(fn, ...)
+  local t = spawn(fn, ...) -- ({name=, fn, ...} is weave.spawn's own form, checked there)
   self.tasks[#self.tasks + 1] = t
   self._live = self._live + 1
   -- A child of a cancelled or failed group is cancelled at once (it ends
@@ -284,6 +287,37 @@ function Group:_stop()
   self._stopped = true
   self._scope:cancel()
   cancel_all(self.tasks, #self.tasks)
+end
+
+--- g:start(fn, ...) -> the value fn passes to task_status.started(v):
+-- runs fn(task_status, ...) as a child and waits until it says it has
+-- started (Trio's nursery.start).  If fn fails or returns before that, the
+-- error (or an "invalid_state" error) is raised here.
+function Group:start(fn, ...)
+  if getmetatable(self) ~= Group then
+    argerror("Group:start: expected a Group as self (use g:start(fn, ...)), got %s", type(self))
+  end
+  if type(fn) ~= "function" then argerror("Group:start: expected a function, got %s", type(fn)) end
+  local started = future()
+  local status = {}
+  function status.started(v)
+    if started:done() then raise("invalid_state", "task_status.started: called twice") end
+    started:resolve(v)
+  end
+  local t = self:spawn(fn, status, ...)
+  t:on_done(function(x)
+    if not started:done() then
+      if state(x) == "failed" then
+        started:reject(x:error())
+      elseif state(x) == "cancelled" then
+        started:reject(core.error("cancelled", "Group:start: the task was cancelled before it started"))
+      else
+        started:reject(core.error("invalid_state", "Group:start: the task returned without calling "
+          .. "task_status.started()"))
+      end
+    end
+  end)
+  return await(started)
 end
 
 --- g:cancel(): end the group early (body and children), with no error.

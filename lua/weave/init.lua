@@ -38,7 +38,9 @@ local function pack(...) return { n = select("#", ...), ... } end
 -- "invalid_argument", the message naming the function), never a string.
 local function argerror(fmt, ...) error(core.error("invalid_argument", fmt:format(...)), 3) end
 
+-- Seconds, or nil for no deadline (API.md §11).
 local function check_seconds(fname, s)
+  if s == nil then return end
   if type(s) ~= "number" or s ~= s then
     argerror("%s: expected seconds (number), got %s", fname, s ~= s and "nan" or type(s))
   end
@@ -52,6 +54,112 @@ end
 
 local function timeout_error(fname, s)
   return core.error("timeout", ("%s: deadline of %g s exceeded"):format(fname, s), { seconds = s })
+end
+
+local function at_error(fname, t)
+  return core.error("timeout", ("%s: deadline (weave.now() = %g) passed"):format(fname, t), { deadline = t })
+end
+
+--- Run fn(...) until the absolute time t (weave.now()'s clock): its
+-- values, or raises kind "timeout".
+function M.timeout_at(t, fn, ...)
+  check_seconds("weave.timeout_at", t)
+  check_fn("weave.timeout_at", fn, 2)
+  local r = pack(core.runscope(core.newscope(t, false, true), fn, ...))
+  if r[1] then return unpack(r, 2, r.n) end
+  error(at_error("weave.timeout_at", t), 2)
+end
+
+--- move_on_after with an absolute time: true, values... or false.
+function M.move_on_at(t, fn, ...)
+  check_seconds("weave.move_on_at", t)
+  check_fn("weave.move_on_at", fn, 2)
+  return core.runscope(core.newscope(t, false, true), fn, ...)
+end
+
+--- weave.CancelScope{timeout=, deadline=, shield=false}: a scope object
+-- (Trio's CancelScope). sc:run(fn, ...) -> true, values... | false when its
+-- own cancel or deadline cut fn short; sc:cancel() from any task;
+-- sc.deadline (absolute, math.huge = none) and sc.shield readable and
+-- settable while it runs; sc.cancel_called, sc.cancelled_caught.
+local CancelScope = { __name = "weave.CancelScope" }
+local SCOPE_OPTS = { timeout = true, deadline = true, shield = true }
+
+CancelScope.__index = function(self, k)
+  local s = rawget(self, "_s")
+  if k == "deadline" then return s:deadline() end
+  if k == "shield" then return s:shielded() end
+  if k == "cancel_called" then return s:cancelled() end
+  if k == "cancelled_caught" then return s:caught() end
+  return CancelScope[k]
+end
+
+CancelScope.__newindex = function(self, k, v)
+  local s = rawget(self, "_s")
+  if k == "deadline" then
+    if v == nil then v = math.huge end
+    if type(v) ~= "number" or v ~= v then
+      argerror("CancelScope.deadline: expected a time on weave.now()'s clock (math.huge: none), got %s",
+        v ~= v and "nan" or type(v))
+    end
+    s:set_deadline(v)
+  elseif k == "shield" then
+    if type(v) ~= "boolean" then argerror("CancelScope.shield: expected true or false, got %s", type(v)) end
+    s:set_shield(v)
+  else
+    argerror("CancelScope: %s cannot be set (deadline and shield can)", tostring(k))
+  end
+end
+
+CancelScope.__tostring = function(self)
+  return ("weave.CancelScope (deadline %g%s%s)"):format(self.deadline, self.shield and ", shield" or "",
+    self.cancel_called and ", cancelled" or "")
+end
+
+local function is_scope(self, fname)
+  if getmetatable(self) ~= CancelScope then
+    argerror("%s: expected a CancelScope as self (call it with ':'), got %s", fname, type(self))
+  end
+end
+
+function CancelScope.run(self, fn, ...)
+  is_scope(self, "CancelScope:run")
+  check_fn("CancelScope:run", fn, 1)
+  if rawget(self, "_used") then
+    error(core.error("invalid_state", "CancelScope:run: a scope runs once; make a new CancelScope"), 2)
+  end
+  rawset(self, "_used", true)
+  return core.runscope(rawget(self, "_s"), fn, ...)
+end
+
+function CancelScope.cancel(self)
+  is_scope(self, "CancelScope:cancel")
+  rawget(self, "_s"):cancel()
+end
+
+function M.CancelScope(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then argerror("weave.CancelScope: expected an options table or nil, got %s", type(opts)) end
+  for k in pairs(opts) do
+    if not SCOPE_OPTS[k] then
+      argerror("weave.CancelScope: unknown option '%s' (timeout=, deadline=, shield=)", tostring(k))
+    end
+  end
+  if opts.timeout ~= nil and opts.deadline ~= nil then
+    argerror("weave.CancelScope: give timeout= or deadline=, not both")
+  end
+  check_seconds("weave.CancelScope", opts.timeout)
+  check_seconds("weave.CancelScope", opts.deadline)
+  if opts.shield ~= nil and type(opts.shield) ~= "boolean" then
+    argerror("weave.CancelScope: shield must be true or false, got %s", type(opts.shield))
+  end
+  local s
+  if opts.deadline ~= nil then
+    s = core.newscope(opts.deadline, opts.shield == true, true)
+  else
+    s = core.newscope(opts.timeout, opts.shield == true)
+  end
+  return setmetatable({ _s = s }, CancelScope)
 end
 
 --- Run fn(...) with a deadline: its values, or raises kind "timeout".
