@@ -25,6 +25,11 @@
 #define wv_closethread(co, from) ((void)(from), lua_resetthread(co))
 #endif
 
+/* A scope body's coroutine keeps the coroutine it runs for in its extra
+** space (its stack may be inside a C frame when it fails; the parent is
+** also anchored at the base of its stack). */
+#define wv_parent(co) (*(lua_State **)lua_getextraspace(co))
+
 typedef struct wv_rt wv_rt;
 typedef struct wv_fut wv_fut;
 typedef struct wv_task wv_task;
@@ -114,6 +119,9 @@ struct wv_task {
   unsigned char interrupt; /* cancelled by SIGINT */
   unsigned char hard;      /* reaped at shutdown: shields no longer protect it */
   unsigned char wfut;      /* parked on a Future's (or Task's) waiters: wq is inside it */
+  unsigned char switching; /* the coroutine yielded to run a scope body in co (see scope.c) */
+  int depth;               /* scope bodies running in coroutines of their own (co's parents) */
+  int swargs;              /* arguments of the scope body to start */
 };
 
 struct wv_rt {

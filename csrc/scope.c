@@ -1,8 +1,10 @@
 /*
 ** scope.c - Trio-style cancel scopes: deadlines and shields nested inside a
-** task.  A scope is entered with core.runscope(scope, fn, ...) which calls
-** fn under lua_pcallk, so the scope is left exactly once whatever fn does
-** (returns, raises, yields any number of times).
+** task.  A scope is entered with core.runscope(scope, fn, ...), which runs
+** fn in a coroutine of its own (started by weave__resume, so nesting costs
+** no C stack: thousands of scopes nest), or under lua_pcallk where the
+** caller cannot yield; either way the scope is left exactly once whatever
+** fn does (returns, raises, yields any number of times).
 **
 ** A cancellation is attributed to the outermost cancelled scope a task is
 ** exposed to; the "cancelled" error carries that scope's address in
@@ -90,6 +92,15 @@ static int runscope_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_error(L);
 }
 
+/* The body's coroutine finished: [scope, true, values...] or [scope,
+** false, error]. */
+static int runscope_done(lua_State *L, int status, lua_KContext ctx) {
+  int ok = lua_toboolean(L, 2);
+  (void)status;
+  lua_remove(L, 2);
+  return runscope_k(L, ok ? LUA_OK : LUA_ERRRUN, ctx);
+}
+
 /* core.runscope(scope, fn, ...) -> true, fn's values | false when the scope's
 ** own cancel or deadline cut fn short; other errors propagate. */
 static int l_runscope(lua_State *L) {
@@ -105,6 +116,32 @@ static int l_runscope(lua_State *L) {
   s->parent = t->scope;
   s->active = 1;
   t->scope = s;
+  if (t->co == L && lua_isyieldable(L) && lua_checkstack(L, 4)) {
+    /* The body runs in a coroutine of its own, started by weave__resume
+    ** (task.c): a scope costs no C stack level, so scopes nest to any
+    ** depth.  The body's coroutine keeps this one at its index 1; its
+    ** outcome comes back here as [ok, values... | false, error]. */
+    int nargs = lua_gettop(L) - 2;
+    lua_State *child = weave__getco(L, rt); /* [scope, fn, args..., child] */
+    if (lua_checkstack(child, nargs + LUA_MINSTACK)) {
+      lua_insert(L, 2); /* [scope, child, fn, args...] */
+      lua_pushthread(L);
+      lua_xmove(L, child, 1);
+      lua_xmove(L, child, nargs + 1); /* child: [this coroutine, fn, args...] */
+      lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref);
+      lua_pushvalue(L, 2);
+      lua_setiuservalue(L, -2, 1); /* the task's coroutine is the body's now */
+      lua_settop(L, 1);
+      wv_parent(child) = L;
+      t->co = child;
+      t->depth++;
+      t->swargs = nargs;
+      t->switching = 1;
+      return lua_yieldk(L, 0, (lua_KContext)rt, runscope_done);
+    }
+    weave__putco(L, rt, child);
+    lua_pop(L, 1);
+  }
   return runscope_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, (lua_KContext)rt, runscope_k),
                     (lua_KContext)rt);
 }

@@ -100,9 +100,23 @@ static void finish(wv_rt *rt, wv_task *t, int state) {
 
 /* Give the finished task's coroutine back to the pool. */
 static void release(wv_rt *rt, wv_task *t) {
-  lua_State *co = t->co;
+  lua_State *L = rt->L, *co = t->co;
+  int n = 0;
   t->co = NULL;
-  weave__putco(rt->L, rt, co);
+  /* A task that ended inside a scope body's coroutine (a misuse such as a
+  ** bare coroutine.yield): its parents go too, innermost first, each
+  ** anchored at index 1 of its child. */
+  while (t->depth > 0 && lua_checkstack(L, 2)) {
+    lua_State *parent = wv_parent(co);
+    lua_pushthread(parent);
+    lua_xmove(parent, L, 1); /* (alive while its child goes) */
+    n++;
+    weave__putco(L, rt, co);
+    co = parent;
+    t->depth--;
+  }
+  weave__putco(L, rt, co);
+  lua_pop(L, n);
 }
 
 /* The outermost cancelled scope the task is exposed to (walking out from
@@ -368,10 +382,54 @@ void weave__resume(wv_rt *rt, wv_task *t) {
   lua_State *L = rt->L, *co;
   int nargs = 0, nres = 0, st;
   if (t->status == WV_TNEW && (nargs = start(rt, t)) < 0) return;
-  co = t->co;
   t->status = WV_TRUNNING;
   rt->current = t;
-  st = lua_resume(co, L, nargs, &nres);
+  for (;;) {
+    co = t->co;
+    st = lua_resume(co, L, nargs, &nres);
+    if (st == LUA_YIELD && t->switching && t->status == WV_TRUNNING) {
+      /* A scope body to run in a coroutine of its own (scope.c): start it
+      ** here, so nesting costs no C stack. */
+      t->switching = 0;
+      lua_pop(co, nres);
+      nargs = t->swargs;
+      continue;
+    }
+    if (st != LUA_YIELD && t->depth > 0) {
+      /* A scope body finished: hand its outcome to the coroutine it runs
+      ** for, and go on there. */
+      lua_State *parent = wv_parent(co);
+      if (st == LUA_OK) nres--; /* (the count includes the parent anchored at index 1) */
+      lua_pushthread(parent);
+      lua_xmove(parent, L, 1); /* (alive while the child goes back to the pool) */
+      if (!lua_checkstack(parent, nres + 2)) {
+        lua_settop(co, 1);
+        lua_pushliteral(co, "weave: a scope body returned too many values");
+        st = LUA_ERRRUN;
+        nres = 1;
+      }
+      if (st == LUA_OK) {
+        lua_pushboolean(parent, 1);
+        lua_xmove(co, parent, nres);
+        nargs = nres + 1;
+      } else {
+        /* its <close> handlers run as the task; their error replaces */
+        wv_closethread(co, L);
+        lua_pushboolean(parent, 0);
+        lua_xmove(co, parent, 1);
+        nargs = 2;
+      }
+      pushtask(L, t);
+      lua_insert(L, -2);
+      lua_setiuservalue(L, -2, 1); /* the task's coroutine is the parent again */
+      lua_pop(L, 1);
+      t->co = parent;
+      t->depth--;
+      weave__putco(L, rt, co);
+      continue;
+    }
+    break;
+  }
   rt->current = NULL;
   if (st == LUA_YIELD) {
     if (t->status != WV_TRUNNING) return; /* blocked or requeued by weave */

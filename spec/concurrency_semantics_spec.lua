@@ -238,3 +238,43 @@ describe("groups, round two", function()
     end)
   end)
 end)
+
+describe("scope nesting", function()
+  it("scopes nest to any depth (5,000) without running out of C stack", function()
+    run(function()
+      local function nest(n)
+        if n == 0 then sleep(0) return "bottom", n end
+        return select(2, weave.move_on_after(10, nest, n - 1))
+      end
+      assert.are.equal("bottom", nest(300))
+      assert.are.equal("bottom", nest(5000))
+      local function shields(n)
+        if n == 0 then sleep(0) return "deep" end
+        return weave.shield(shields, n - 1)
+      end
+      assert.are.equal("deep", shields(3000))
+      -- a deadline at the bottom of 1,000 scopes cuts only its own
+      local function cut(n)
+        if n == 0 then sleep(1) return "not cut" end
+        local ok, v = weave.move_on_after(n == 1 and 0.02 or 10, cut, n - 1)
+        if not ok then return "cut at " .. n end
+        return v
+      end
+      assert.are.equal("cut at 1", cut(1000))
+      -- errors and <close> handlers cross the levels
+      local closed = 0
+      local function boom(n)
+        local _ <close> = setmetatable({}, { __close = function() closed = closed + 1 end })
+        if n == 0 then error("at the bottom") end
+        return weave.timeout(10, boom, n - 1)
+      end
+      local err = fails(boom, 500)
+      assert.matches("at the bottom", tostring(err))
+      assert.are.equal(501, closed)
+      -- a task cancelled deep inside unwinds every level
+      local t = spawn(function() return cut and weave.move_on_after(10, nest, 2000) end)
+      t:cancel()
+      assert.are.equal("cancelled", fails(t.await, t).kind)
+    end)
+  end)
+end)
