@@ -96,6 +96,8 @@ struct wv_scope {
   wv_timer deadline;
   unsigned char cancelled, shield, expired, active;
   unsigned char caught; /* the scope's own cancel ended its body (CancelScope.cancelled_caught) */
+  unsigned char tramp;  /* its body runs in a coroutine of its own (else under lua_pcallk) */
+  int saved;            /* the task's pscopes when the body's coroutine started */
 };
 
 /* Hook that detaches a blocked task from what it waits on (cancel path). */
@@ -122,6 +124,7 @@ struct wv_task {
   unsigned char switching; /* the coroutine yielded to run a scope body in co (see scope.c) */
   int depth;               /* scope bodies running in coroutines of their own (co's parents) */
   int swargs;              /* arguments of the scope body to start */
+  int pscopes;             /* scopes under lua_pcallk in the running coroutine (C stack levels) */
 };
 
 struct wv_rt {

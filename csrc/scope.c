@@ -17,6 +17,7 @@
 #include "internal.h"
 
 #define WV_SCOPE_MT "weave.Scope"
+#define WV_PSCOPES 32 /* scopes nested under lua_pcallk before a coroutine is used */
 #define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
 #define scope_of_timer(tm) ((wv_scope *)((char *)(tm)-offsetof(wv_scope, deadline)))
 
@@ -72,6 +73,10 @@ static int runscope_k(lua_State *L, int status, lua_KContext ctx) {
   wv_task *t = s->task;
   t->scope = s->parent;
   s->active = 0;
+  if (s->tramp)
+    t->pscopes = s->saved;
+  else
+    t->pscopes--;
   weave__timer_stop(rt, &s->deadline);
   if (status == LUA_OK || status == LUA_YIELD) {
     /* A shield hands over a pending outer cancel as soon as it returns. */
@@ -116,7 +121,9 @@ static int l_runscope(lua_State *L) {
   s->parent = t->scope;
   s->active = 1;
   t->scope = s;
-  if (t->co == L && lua_isyieldable(L) && lua_checkstack(L, 4)) {
+  /* Shallow scopes run under lua_pcallk (the cheapest); from WV_PSCOPES
+  ** deep on, in coroutines of their own. */
+  if (t->pscopes >= WV_PSCOPES && t->co == L && lua_isyieldable(L) && lua_checkstack(L, 4)) {
     /* The body runs in a coroutine of its own, started by weave__resume
     ** (task.c): a scope costs no C stack level, so scopes nest to any
     ** depth.  The body's coroutine keeps this one at its index 1; its
@@ -133,6 +140,9 @@ static int l_runscope(lua_State *L) {
       lua_setiuservalue(L, -2, 1); /* the task's coroutine is the body's now */
       lua_settop(L, 1);
       wv_parent(child) = L;
+      s->tramp = 1;
+      s->saved = t->pscopes;
+      t->pscopes = 0;
       t->co = child;
       t->depth++;
       t->swargs = nargs;
@@ -142,6 +152,7 @@ static int l_runscope(lua_State *L) {
     weave__putco(L, rt, child);
     lua_pop(L, 1);
   }
+  t->pscopes++;
   return runscope_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, (lua_KContext)rt, runscope_k),
                     (lua_KContext)rt);
 }
