@@ -214,6 +214,12 @@ void weave__fill_response(lua_State *L, wv_xfer *x, int t) {
   long code = 0, ver = 0;
   char *url = NULL;
   curl_off_t total_us = 0;
+  long conns = 0;
+  curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &conns);
+  if (conns > 0) { /* (a new connection: counted by s:stats()) */
+    lua_pushinteger(L, conns);
+    lua_setfield(L, t, "new_connections");
+  }
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
   curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &ver);
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
@@ -237,6 +243,13 @@ void weave__fill_response(lua_State *L, wv_xfer *x, int t) {
   lua_setfield(L, t, "elapsed");
   lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
   lua_setfield(L, t, "headers");
+  if (code == 429 || code == 503) { /* (seconds, from either form of Retry-After) */
+    curl_off_t ra = -1;
+    if (curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0) {
+      lua_pushinteger(L, (lua_Integer)ra);
+      lua_setfield(L, t, "retry_after");
+    }
+  }
   if (code >= 300 && code < 400) {
     char *loc = NULL;
     if (curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK && loc != NULL) {

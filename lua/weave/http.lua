@@ -347,11 +347,68 @@ local CHECKS = {
   proxy = function(v) return type(v) == "string" or v == false, "a proxy URL or false" end,
   auth = function(v) return type(v) == "table", '{user, password, type="basic"|"digest"|"any"}' end,
   path = function(v) return type(v) == "string" and not v:find("\0", 1, true), "a path (string)" end,
+  retry = function(v) return type(v) == "boolean" or type(v) == "table", "true, false or a table of retry options" end,
+  rate = function(v) return type(v) == "string" or type(v) == "table", 'like "100/s" or {rate=, per=}' end,
 }
 
--- Reserved by API.md §12 for the bulk-calls work (retries, rate limits,
--- hooks); refused clearly until it lands.
-local LATER = { retry = true, rate_limit = true, per_host_rate = true, on_request = true, on_response = true }
+-- Retries (API.md §12): off unless asked; retry=true takes these.
+local RETRY_DEFAULTS = { attempts = 3, backoff = 0.1, max_backoff = 10, statuses = { 429, 502, 503, 504 },
+  errors = { "connect", "timeout", "network" }, methods = { "GET", "HEAD", "OPTIONS", "PUT", "DELETE" },
+  retry_after = true, max_retry_after = 60 }
+
+local function set_of(list)
+  local s = {}
+  for _, v in ipairs(list) do s[v] = true end
+  return s
+end
+
+-- retry= (true | false | a table overriding some defaults) -> a policy
+-- {attempts=, backoff=, max_backoff=, statuses=set, errors=set,
+-- methods=set, retry_after=, max_retry_after=}, or false.
+local function retry_policy(fname, r)
+  if r == false or r == nil then return false end
+  local p = {}
+  for k, v in pairs(RETRY_DEFAULTS) do p[k] = v end
+  if type(r) == "table" then
+    for k, v in pairs(r) do
+      if RETRY_DEFAULTS[k] == nil then
+        local best = type(k) == "string" and suggest(k, RETRY_DEFAULTS)
+        error(core.error("invalid_request", ("%s: unknown retry option '%s'%s"):format(fname, tostring(k),
+          best and (" (did you mean '" .. best .. "'?)") or "")), 0)
+      end
+      local want = type(RETRY_DEFAULTS[k])
+      if type(v) ~= want or (want == "number" and (v ~= v or v < 0)) then
+        error(core.error("invalid_request", ("%s: retry.%s must be %s, got %s"):format(fname, k,
+          want == "table" and "a list" or want == "number" and "a number >= 0" or want, tostring(v))), 0)
+      end
+      p[k] = v
+    end
+  end
+  if p.attempts < 1 or p.attempts % 1 ~= 0 then
+    error(core.error("invalid_request", fname .. ": retry.attempts must be an integer >= 1"), 0)
+  end
+  local methods = {}
+  for _, m in ipairs(p.methods) do methods[#methods + 1] = tostring(m):upper() end
+  p.statuses, p.errors, p.methods = set_of(p.statuses), set_of(p.errors), set_of(methods)
+  return p
+end
+
+-- "100/s", "5/m", "3600/h" or {rate=, per=} -> a RateLimiter.
+local PER = { s = 1, m = 60, h = 3600 }
+local function rate_limiter(fname, k, v)
+  local rate, per
+  if type(v) == "string" then
+    local n, unit = v:match("^%s*(%d+%.?%d*)%s*/%s*(%a)%s*$")
+    rate, per = tonumber(n), PER[unit or ""]
+  elseif type(v) == "table" then
+    rate, per = v.rate, v.per or 1
+  end
+  if type(rate) ~= "number" or not (rate > 0) or rate == math.huge or type(per) ~= "number" or not (per > 0) then
+    error(core.error("invalid_request", ('%s: %s must be like "100/s" (or "/m", "/h") or {rate=, per=}, got %s')
+      :format(fname, k, tostring(v))), 0)
+  end
+  return sync.RateLimiter { rate = rate, per = per }
+end
 
 local REQUEST = {
   method = "string", url = "string", headers = "table", query = "table", body = "body", json = "any",
@@ -359,7 +416,7 @@ local REQUEST = {
   read_timeout = "seconds", pool_timeout = "seconds", follow_redirects = "boolean", max_redirects = "count",
   verify = "boolean", ca_file = "path", cert = "path", key = "path", key_password = "string", proxy = "proxy",
   http_version = "version", max_body_size = "bytes", stream = "boolean", output = "path",
-  on_progress = "function", auth = "auth", decode = "boolean", buffer_size = "positive",
+  on_progress = "function", auth = "auth", decode = "boolean", buffer_size = "positive", retry = "retry",
 }
 
 local SESSION = {
@@ -368,7 +425,8 @@ local SESSION = {
   verify = "boolean", ca_file = "path", cert = "path", key = "path", key_password = "string", proxy = "proxy",
   buffer_size = "positive", timeout = "seconds", connect_timeout = "seconds", read_timeout = "seconds",
   max_body_size = "bytes", follow_redirects = "boolean", max_redirects = "count", auth = "auth",
-  decode = "boolean",
+  decode = "boolean", retry = "retry", rate_limit = "rate", per_host_rate = "rate", on_request = "function",
+  on_response = "function",
 }
 
 local function check_options(fname, opts, known, url)
@@ -377,8 +435,6 @@ local function check_options(fname, opts, known, url)
     if not kind then
       if type(k) ~= "string" then
         error(invalid(fname, ("option names are strings, got %s"):format(type(k)), url), 4)
-      elseif LATER[k] then
-        error(invalid(fname, ("%s= is not supported yet"):format(k), url), 4)
       end
       local s = suggest(k, known)
       error(invalid(fname, ("unknown option '%s'%s"):format(k, s and (" (did you mean '" .. s .. "'?)") or ""), url), 4)
@@ -639,6 +695,14 @@ local function build(self, opts, fname, url, method)
   if pick(opts, self, "decode") == false then req.decode = false end
   local auth = pick(opts, self, "auth")
   if auth then set_auth(req, auth, fname, url) end
+  -- retry=: the request's (false turns the session's off), else the session's
+  local r = opts.retry
+  if r == nil then
+    req.retry = self._retry
+  else
+    req.retry = retry_policy(fname, r)
+  end
+  if (self.per_host_rate or self.max_per_host) and not req.host then req.host = origin_of(url) end
   return req
 end
 
@@ -665,8 +729,34 @@ local function acquire(self, req)
   end
 end
 
+-- A token of the session's rate limits (per host, then overall), within
+-- pool_timeout: never more than the limits in any window.
+local function take_tokens(self, req, deadline)
+  local limiters = { self._hostrates and self._hostrates[req.host], self._rate }
+  if self._hostrates and not limiters[1] then
+    limiters[1] = rate_limiter("http.session", "per_host_rate", self.per_host_rate)
+    self._hostrates[req.host] = limiters[1]
+  end
+  for i = 1, 2 do
+    local rl = limiters[i]
+    if rl and not rl:try_acquire() then
+      self._queued = self._queued + 1
+      local ok, got = pcall(weave.move_on_after, deadline and math.max(0, deadline - now()) or nil, rl.acquire, rl)
+      self._queued = self._queued - 1
+      if not ok then error(got, 0) end
+      if not got then
+        error(http_error("timeout", ("%s: pool timeout: no rate-limit token within %g s"):format(req.fname,
+          req.pool_timeout), req.url), 0)
+      end
+    end
+  end
+end
+
 local function admit(self, req)
-  if req.host then req.hostslots = host_slots(self, req) end
+  if self._rate or self._hostrates then
+    take_tokens(self, req, req.pool_timeout and now() + req.pool_timeout)
+  end
+  if req.host and self.max_per_host then req.hostslots = host_slots(self, req) end
   local hs = req.hostslots
   if not hs or hs:try_acquire() then -- a free slot is taken at once, also with pool_timeout=0
     if self._slots:try_acquire() then
@@ -692,12 +782,11 @@ local function admit(self, req)
       end
       wait = math.min(wait or 0.1, 0.1)
     end
-    if not wait then
-      acquire(self, req)
-      break
-    elseif weave.move_on_after(wait, acquire, self, req) then
-      break
-    end
+    self._queued = self._queued + 1
+    local ok, got = pcall(weave.move_on_after, wait, acquire, self, req)
+    self._queued = self._queued - 1
+    if not ok then error(got, 0) end
+    if got then break end
   end
   req.admitted = true
 end
@@ -871,25 +960,89 @@ end
 ---------------------------------------------------------------------------
 -- The pipeline
 
+-- The fields a redirect may change, to start each retry from the request.
+local HOPPED = { "url", "method", "headers", "body", "body_iter", "body_stream", "multipart", "cookie", "username",
+  "password", "auth_type" }
+
+-- Full jitter (AWS's "exponential backoff and jitter"): a random wait in
+-- [0, min(max_backoff, backoff * 2^(n-1))].
+local function backoff(p, n)
+  return math.random() * math.min(p.max_backoff, p.backoff * 2 ^ (n - 1))
+end
+
+local function count_error(self, err)
+  local kind = core.iserror(err) and err.kind or "error"
+  self._errors[kind] = (self._errors[kind] or 0) + 1
+end
+
 local function perform(self, opts, fname, url, method)
   if self._closed then error(core.error("closed", fname .. ": the session is closed"), 3) end
   local req = build(self, opts, fname, url, method)
-  -- A slot first: a queued request holds no handle, file or buffer.
-  admit(self, req)
-  local ok, res = pcall(hop, self, req)
-  if ok and res.redirect_url and req.follow then ok, res = pcall(follow, self, req, res) end
-  if not ok then
-    release(self, req)
-    error(res, 0)
+  self._requests = self._requests + 1
+  local policy = req.retry
+  if policy and not policy.methods[req.method] then policy = nil end -- (idempotent methods only, unless asked)
+  local saved
+  if policy then
+    saved = {}
+    for _, k in ipairs(HOPPED) do saved[k] = req[k] end
   end
-  if res._x then
-    -- A streamed response keeps its slot until closed, or collected.
-    self._streams = self._streams + 1
-    res._guard = setmetatable({ x = res._x, session = self, req = req }, Guard)
-  else
+  local n = 0
+  while true do
+    n = n + 1
+    req.attempt = n
+    if self.on_request then self.on_request(req) end
+    -- A slot first: a queued request holds no handle, file or buffer.
+    admit(self, req)
+    req.deadline, req.timeout = nil, req.total_timeout -- (each attempt has its own timeout)
+    local ok, res = pcall(hop, self, req)
+    if ok and res.redirect_url and req.follow then ok, res = pcall(follow, self, req, res) end
+    if ok and self.on_response then
+      local hok, herr = pcall(self.on_response, res, req)
+      if not hok then
+        if res._x then res:close() end
+        release(self, req)
+        error(herr, 0)
+      end
+    end
+    if ok and res.new_connections then self._conns = self._conns + res.new_connections end
+    local again = policy and n < policy.attempts and not req.body_iter and
+      ((ok and policy.statuses[res.status]) or (not ok and core.iserror(res) and policy.errors[res.kind]))
+    local delay
+    if again then
+      delay = backoff(policy, n)
+      if ok and policy.retry_after and res.retry_after then
+        if res.retry_after > policy.max_retry_after then
+          again = false -- (longer than we may wait: the answer is the 429/503 itself)
+        else
+          delay = res.retry_after
+        end
+      end
+    end
+    if not again then
+      if not ok then
+        release(self, req)
+        count_error(self, res)
+        if n > 1 and core.iserror(res) then res.attempts = n end
+        error(res, 0)
+      end
+      if n > 1 then res.attempts = n end
+      if res.body then self._bytes = self._bytes + #res.body end
+      if res._x then
+        -- A streamed response keeps its slot until closed, or collected.
+        self._streams = self._streams + 1
+        res._guard = setmetatable({ x = res._x, session = self, req = req }, Guard)
+      else
+        release(self, req)
+      end
+      return res
+    end
+    -- Another attempt: the slot goes back while we wait (cancellable).
+    if ok and res._x then res:close() end
     release(self, req)
+    self._retries = self._retries + 1
+    weave.sleep(delay)
+    for _, k in ipairs(HOPPED) do req[k] = saved[k] end
   end
-  return res
 end
 
 -- The common case, a branch of the pipeline: no options, a session without
@@ -911,12 +1064,16 @@ local function plain(self, url, method, fname)
     self._slots:release()
     return perform(self, EMPTY, fname, url, method) -- (raises the clear error)
   end
+  self._requests = self._requests + 1
   local ok, res = pcall(x.fetch, x)
   self._slots:release()
   if not ok then
     x:close()
+    count_error(self, res)
     error(res, 0)
   end
+  self._bytes = self._bytes + #res.body
+  if res.new_connections then self._conns = self._conns + res.new_connections end
   n = self._xn
   if n < 8 then
     n = n + 1
@@ -928,7 +1085,10 @@ local function plain(self, url, method, fname)
     admit(self, req)
     ok, res = pcall(follow, self, req, res)
     release(self, req)
-    if not ok then error(res, 0) end
+    if not ok then
+      count_error(self, res)
+      error(res, 0)
+    end
   end
   return res
 end
@@ -981,6 +1141,16 @@ function Session:close()
   if self._closed then return end
   self._closed = true
   self._s:close()
+end
+
+--- session:stats() -> {requests=, in_flight=, queued=, retries=,
+-- errors={kind=count}, bytes_received=, connections=}
+function Session:stats()
+  check_session(self, "Session:stats")
+  local errors = {}
+  for k, v in pairs(self._errors) do errors[k] = v end
+  return { requests = self._requests, in_flight = self.max_connections - self._slots:value(), queued = self._queued,
+    retries = self._retries, errors = errors, bytes_received = self._bytes, connections = self._conns }
 end
 
 ---------------------------------------------------------------------------
@@ -1085,7 +1255,8 @@ function M.session(opts)
   end
   local view = setmetatable(o, Session)
   local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0, _closed = false,
-    _streams = 0, _gc_at = -math.huge }, {
+    _streams = 0, _gc_at = -math.huge, _requests = 0, _retries = 0, _errors = {}, _bytes = 0, _conns = 0,
+    _queued = 0 }, {
     __name = Session.__name, __index = view, __newindex = fixed, __close = finalize, __gc = finalize,
   })
   -- Default header lines, computed once: the session's headers and User-Agent.
@@ -1113,7 +1284,14 @@ function M.session(opts)
     spec[k] = nil
   end
   s._spec = spec
-  s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout)
+  s._retry = retry_policy("http.session", opts.retry)
+  if opts.rate_limit then s._rate = rate_limiter("http.session", "rate_limit", opts.rate_limit) end
+  if opts.per_host_rate then
+    rate_limiter("http.session", "per_host_rate", opts.per_host_rate) -- (checked now; one per host, made on use)
+    s._hostrates = {}
+  end
+  s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout or s._retry
+    or s._rate or s._hostrates or s.on_request or s.on_response)
   s._s = core.http_session { cookies = opts.cookies ~= false, max_connections = maxc, max_per_host = opts.max_per_host,
     cookie_file = opts.cookie_file }
   s._s:set_lines(s._lines)
