@@ -115,7 +115,11 @@ static int l_runscope(lua_State *L) {
   weave__checktype(L, 2, LUA_TFUNCTION, "weave scope", "a function");
   if ((t = weave__task(L, rt, "weave scope")) == NULL) return weave__blocking(L, l_runscope);
   if (s->task != NULL) return weave__raise(L, "invalid_state", "weave: a scope can be entered only once");
-  if (s->deadline.when != 0 && weave__timer_start(rt, &s->deadline, s->deadline.when) != 0)
+  if (s->deadline.when != 0 && s->deadline.when <= uv_hrtime()) {
+    /* Already past: cancelled on entry (its first checkpoint raises). */
+    s->expired = 1;
+    s->cancelled = 1;
+  } else if (s->deadline.when != 0 && weave__timer_start(rt, &s->deadline, s->deadline.when) != 0)
     return weave__raise(L, "resource", "weave: out of memory (timer heap)");
   s->task = t;
   s->parent = t->scope;

@@ -2,17 +2,23 @@
 -- LuaLS annotations for weave (add this directory to workspace.library).
 
 ---@class weave.Error
----@field kind string "cancelled"|"timeout"|"interrupted"|"deadlock"|"group"|"full"|"empty"|"closed"|"worker"|"invalid_argument"|"invalid_state"|"resource"|"fs"|"process"|"dns"|"connect"|"tls"|"network"|"protocol"|"too_large"|"too_many_redirects"|"invalid_request"|"status"
+---@field kind string "cancelled"|"timeout"|"interrupted"|"deadlock"|"group"|"full"|"empty"|"closed"|"shutdown"|"broken"|"worker"|"invalid_argument"|"invalid_state"|"resource"|"fs"|"process"|"dns"|"connect"|"tls"|"network"|"protocol"|"too_large"|"too_many_redirects"|"invalid_request"|"status"
 ---@field message string
 ---@field url? string
 ---@field curl_code? integer
----@field errors? any[]       kind "group": every failure
+---@field errors? any[]       kind "group": every failure, in the order they happened; kind "cancelled" raised by weave.group: the children's failures
+---@field seconds? number     kind "timeout" from weave.timeout / wait_for / as_completed: the limit
+---@field deadline? number    kind "timeout" from weave.timeout_at: the time on weave.now()'s clock
+---@field status? integer     kind "status" (Response:raise_for_status)
+---@field response? weave.http.Response kind "status"
 ---@field traceback? string
 ---@field code? string        kind "fs"/"process": libuv error name
+---@field attempts? integer   an HTTP error after retries: how many attempts were made
 
 ---@class weave.Awaitable
 local Awaitable = {}
----Suspend until settled; all values, or raises the error.
+---Suspend until settled; all values, or raises the error. Raises a pending
+---cancel first, also when already settled (without yielding).
 ---@return any ...
 function Awaitable:await() end
 ---@return boolean
@@ -48,23 +54,78 @@ function Task:traceback() end
 
 ---@alias weave.AwaitableLike weave.Task|weave.Future|fun(): ...
 
+---The table form of weave.spawn: {name=, fn, args..., n=}.
+---@class weave.SpawnSpec
+---@field name? string
+---@field n? integer the argument count, when the arguments contain nils
+---@field [integer] any [1] is the function, [2..] its arguments
+
+---What g:start hands its function as the first argument.
+---@class weave.TaskStatus
+local TaskStatus = {}
+---Tell g:start that the task has started; g:start returns v. Once.
+---@param v? any
+function TaskStatus.started(v) end
+
 ---@class weave.Group
 ---@field tasks weave.Task[]
 ---@field errors any[]
 local Group = {}
+---A child task owned by the group. Spawned into a cancelled or failed
+---group it is cancelled at once (never starts); after the group has
+---finished this raises kind "closed".
 ---@param fn function
 ---@param ... any
 ---@return weave.Task
+---@overload fun(self: weave.Group, spec: weave.SpawnSpec): weave.Task
 function Group:spawn(fn, ...) end
+---Trio's nursery.start: runs fn(task_status, ...) as a child and returns
+---the value it passes to task_status.started(v). Raises "invalid_state"
+---if fn returns first; if fn fails first, the group fails (this raises
+---"cancelled").
+---@param fn fun(task_status: weave.TaskStatus, ...): ...
+---@param ... any
+---@return any
+function Group:start(fn, ...) end
+---End the group early (body and children), with no error.
 function Group:cancel() end
+
+---Trio's CancelScope. Make it, then sc:run(fn, ...) once.
+---@class weave.CancelScope
+---@field deadline number absolute, on weave.now()'s clock; math.huge = none. Settable (nil = none); while the scope runs a new value takes effect at once, a past one cancels now.
+---@field shield boolean immune to outer cancels. Settable; dropping it while the scope runs lets a pending outer cancel in at once.
+---@field cancel_called boolean (read-only) cancel() was called or the deadline fired
+---@field cancelled_caught boolean (read-only) run returned false
+local CancelScope = {}
+---Run fn(...) in the scope: true, fn's values; or false when the scope's
+---own cancel or deadline cut fn short. Other errors pass through. Once.
+---@param fn function
+---@param ... any
+---@return boolean finished
+---@return any ...
+function CancelScope:run(fn, ...) end
+---Cancel the scope, from any task (level-triggered).
+function CancelScope:cancel() end
+
+---@class weave.CancelScopeOptions
+---@field timeout? number seconds counted from when the CancelScope is made (nil: none)
+---@field deadline? number absolute time on weave.now()'s clock (math.huge or nil: none); not with timeout
+---@field shield? boolean
 
 ---@class weave.Lock
 local Lock = {}
+---Takes the lock; returns it as a <close> value that releases. A free lock
+---is taken without yielding (no cancel check). The lock has no owner.
 ---@return weave.Lock
 function Lock:acquire() end
+---Takes the lock if it is free and nobody waits; never suspends.
+---@return boolean
+function Lock:try_acquire() end
 function Lock:release() end
 ---@return boolean
 function Lock:locked() end
+---@return {locked: boolean, waiters: integer}
+function Lock:statistics() end
 
 ---@class weave.Event
 local Event = {}
@@ -74,29 +135,102 @@ function Event:clear() end
 function Event:is_set() end
 ---@return true
 function Event:wait() end
+---@return {waiters: integer}
+function Event:statistics() end
 
 ---@class weave.Semaphore
 local Semaphore = {}
 ---@return weave.Semaphore
 function Semaphore:acquire() end
+---@return boolean
+function Semaphore:try_acquire() end
 function Semaphore:release() end
 ---@return boolean
 function Semaphore:locked() end
 ---@return integer
 function Semaphore:value() end
+---@return {value: integer, waiters: integer}
+function Semaphore:statistics() end
 
 ---@class weave.Condition
 local Condition = {}
 ---@return weave.Condition
 function Condition:acquire() end
 function Condition:release() end
+---@return boolean
+function Condition:locked() end
+---Needs the lock held; re-takes it before returning or raising.
+---@return true
 function Condition:wait() end
 ---@param pred fun(): any
 ---@return any
 function Condition:wait_for(pred) end
+---Needs the lock held (else raises "invalid_state").
 ---@param n? integer
 function Condition:notify(n) end
 function Condition:notify_all() end
+---@return {waiters: integer, lock: {locked: boolean, waiters: integer}}
+function Condition:statistics() end
+
+---asyncio.Barrier.
+---@class weave.Barrier
+---@field parties integer (read-only)
+---@field n_waiting integer (read-only)
+---@field broken boolean (read-only)
+local Barrier = {}
+---Waits until `parties` tasks wait; returns this task's index 0..parties-1.
+---Raises kind "broken" after abort() or reset().
+---@return integer
+function Barrier:wait() end
+function Barrier:abort() end
+function Barrier:reset() end
+---@return {parties: integer, n_waiting: integer, broken: boolean}
+function Barrier:statistics() end
+
+---What CapacityLimiter:acquire returns: a <close> value that gives the
+---token back on behalf of its borrower.
+---@class weave.CapacityLimiter.Loan
+
+---trio.CapacityLimiter: a semaphore that knows its borrowers.
+---@class weave.CapacityLimiter
+---@field total_tokens integer|number settable: an integer >= 1 or math.huge
+---@field borrowed_tokens integer (read-only)
+---@field available_tokens integer (read-only)
+local CapacityLimiter = {}
+---Borrow a token for the current task (raises "invalid_state" outside a task).
+---@return weave.CapacityLimiter.Loan
+function CapacityLimiter:acquire() end
+---@param borrower any any value but nil and NaN
+---@return weave.CapacityLimiter.Loan
+function CapacityLimiter:acquire_on_behalf_of(borrower) end
+---@return boolean
+function CapacityLimiter:try_acquire() end
+---@param borrower any
+---@return boolean
+function CapacityLimiter:try_acquire_on_behalf_of(borrower) end
+function CapacityLimiter:release() end
+---@param borrower any
+function CapacityLimiter:release_on_behalf_of(borrower) end
+---@return {total_tokens: number, borrowed_tokens: integer, borrowers: any[], waiters: integer}
+function CapacityLimiter:statistics() end
+
+---A token bucket: `burst` tokens, refilled at `rate` per `per` seconds.
+---@class weave.RateLimiter
+local RateLimiter = {}
+---Take a token, waiting (FIFO) for one when the bucket is empty.
+function RateLimiter:acquire() end
+---Take a token if one is there and nobody waits; never suspends.
+---@return boolean
+function RateLimiter:try_acquire() end
+---@return {rate: number, per: number, burst: integer, tokens: number, waiters: integer}
+function RateLimiter:statistics() end
+
+---@class weave.QueueStatistics
+---@field size integer
+---@field maxsize integer
+---@field getters integer
+---@field putters integer
+---@field unfinished integer
 
 ---@class weave.Queue
 local Queue = {}
@@ -104,8 +238,10 @@ local Queue = {}
 function Queue:put(item) end
 ---@return any
 function Queue:get() end
+---Raises kind "full", "closed" or "shutdown".
 ---@param item any
 function Queue:put_nowait(item) end
+---Raises kind "empty", or "closed"/"shutdown" once closed and drained.
 ---@return any
 function Queue:get_nowait() end
 ---@return integer
@@ -114,9 +250,68 @@ function Queue:qsize() end
 function Queue:empty() end
 ---@return boolean
 function Queue:full() end
+---@return integer
+function Queue:maxsize() end
+---True after close() or shutdown().
+---@return boolean
+function Queue:closed() end
+---Gets on an empty queue and every put raise kind "closed".
 function Queue:close() end
+---asyncio 3.13's Queue.shutdown, kind "shutdown"; immediate drops the
+---queued items (each counts as task_done).
+---@param immediate? boolean
+function Queue:shutdown(immediate) end
 function Queue:join() end
 function Queue:task_done() end
+---@return weave.QueueStatistics
+function Queue:statistics() end
+
+---The newest item is got first.
+---@class weave.LifoQueue: weave.Queue
+
+---The lowest priority is got first, FIFO among equal priorities.
+---@class weave.PriorityQueue: weave.Queue
+local PriorityQueue = {}
+---@param item any
+---@param priority number
+function PriorityQueue:put(item, priority) end
+---@param item any
+---@param priority number
+function PriorityQueue:put_nowait(item, priority) end
+---@return any item
+---@return number priority
+function PriorityQueue:get() end
+---@return any item
+---@return number priority
+function PriorityQueue:get_nowait() end
+
+---@class weave.ProgressOptions
+---@field total? integer number of items (nil: unknown, no percentage or ETA)
+---@field label? string the line's first word (default "progress")
+---@field file? file*|{write: function} default io.stderr
+---@field tty? boolean force the redrawn line (true) or the summary line (false)
+
+---@class weave.Progress
+---@field total integer|nil
+---@field label string
+---@field done integer (read it; use add/fail to change it)
+---@field failed integer
+local Progress = {}
+---n (default 1) more items done.
+---@param n? integer
+---@return weave.Progress
+function Progress:add(n) end
+---n (default 1) more items done that failed.
+---@param n? integer
+---@return weave.Progress
+function Progress:fail(n) end
+---The final line or the summary; once.
+function Progress:close() end
+
+---@class weave.MapOptions
+---@field concurrency? integer at most this many calls in flight (default 16)
+---@field settle? boolean report failed calls instead of raising (default false)
+---@field progress? boolean|weave.ProgressOptions
 
 ---@class weave.fs
 local fs = {}
@@ -189,20 +384,25 @@ function process.spawn(spec) end
 
 ---@class weave
 ---@field version string
+---@field version_num integer
 ---@field fs weave.fs
 ---@field process weave.process
 local weave = {}
----Run fn(...) as the root task until it finishes.
+---Run fn(...) as the root task until it finishes. Raises kind "deadlock"
+---when the root waits for something nothing will settle (the message names
+---what each blocked task awaits).
 ---@param fn function
 ---@param ... any
 ---@return any ...
 function weave.run(fn, ...) end
----@param fn function|{name?: string, [integer]: any}
+---@param fn function|weave.SpawnSpec
 ---@param ... any
 ---@return weave.Task
 function weave.spawn(fn, ...) end
+---The running Task (also inside <close> handlers of a task that failed), or nil.
 ---@return weave.Task|nil
 function weave.current() end
+---Suspend for s seconds; sleep(0) yields and is a cancel checkpoint.
 ---@param s number
 function weave.sleep(s) end
 ---@return number
@@ -229,24 +429,48 @@ function weave.is_error(err, kind) end
 ---@param fields? table
 ---@return weave.Error
 function weave.error(kind, message, fields) end
----@param s number
+---fn's values, or raises kind "timeout" when s seconds pass (nil: no deadline).
+---@param s number|nil
 ---@param fn function
 ---@param ... any
 ---@return any ...
 function weave.timeout(s, fn, ...) end
----@param s number
+---true, fn's values; or false when s seconds cut it short (nil: no deadline).
+---@param s number|nil
 ---@param fn function
 ---@param ... any
----@return boolean finished, any ...
+---@return boolean finished
+---@return any ...
 function weave.move_on_after(s, fn, ...) end
+---weave.timeout with an absolute deadline t on weave.now()'s clock
+---(math.huge or nil: none); the error has err.deadline.
+---@param t number|nil
+---@param fn function
+---@param ... any
+---@return any ...
+function weave.timeout_at(t, fn, ...) end
+---weave.move_on_after with an absolute deadline t on weave.now()'s clock.
+---@param t number|nil
+---@param fn function
+---@param ... any
+---@return boolean finished
+---@return any ...
+function weave.move_on_at(t, fn, ...) end
+---Await x with a deadline (nil: none); on expiry cancel x, wait for it,
+---raise kind "timeout" (or the error x raised while being cancelled).
+---A function is spawned first, so wait_for(fn, 0) starts it.
 ---@param x weave.AwaitableLike
----@param s number
+---@param s? number
 ---@return any ...
 function weave.wait_for(x, s) end
+---Run fn immune to outer cancellation; a pending cancel is raised when it returns.
 ---@param fn function
 ---@param ... any
 ---@return any ...
 function weave.shield(fn, ...) end
+---@param opts? weave.CancelScopeOptions
+---@return weave.CancelScope
+function weave.CancelScope(opts) end
 ---@param ... weave.AwaitableLike|weave.AwaitableLike[]
 ---@return any ...
 function weave.gather(...) end
@@ -268,22 +492,57 @@ function weave.any(list) end
 ---@param ... any
 ---@return any ...
 function weave.group(body, ...) end
+---results[i] = first value of fn(items[i], i), in input order (results.n
+---set); with settle=true also errors. At most `concurrency` calls at once.
+---`items` is a table (items.n honoured) or an iterator function.
+---@param fn fun(item: any, i: integer): any
+---@param items table|fun(): any
+---@param opts? weave.MapOptions
+---@return table results
+---@return table|nil errors only with settle=true
+function weave.map(fn, items, opts) end
+---for i, value[, err] in weave.imap(...) — completion order; with
+---settle=true a failed call gives i, nil, err.
+---@param fn fun(item: any, i: integer): any
+---@param items table|fun(): any
+---@param opts? weave.MapOptions
+---@return fun(): integer|nil, any, any
+function weave.imap(fn, items, opts) end
+---A progress display (a <close> value): weave.progress{total=, label=, file=, tty=}.
+---@param opts? weave.ProgressOptions
+---@return weave.Progress
+function weave.progress(opts) end
 ---@return weave.Lock
 function weave.Lock() end
 ---@return weave.Event
 function weave.Event() end
----@param n? integer
+---@param n? integer default 1
 ---@return weave.Semaphore
 function weave.Semaphore(n) end
----@param n? integer
+---@param n? integer default 1
 ---@return weave.Semaphore
 function weave.BoundedSemaphore(n) end
 ---@param lock? weave.Lock
 ---@return weave.Condition
 function weave.Condition(lock) end
----@param maxsize? integer
+---@param parties integer >= 1
+---@return weave.Barrier
+function weave.Barrier(parties) end
+---@param total_tokens integer|number an integer >= 1 or math.huge
+---@return weave.CapacityLimiter
+function weave.CapacityLimiter(total_tokens) end
+---@param opts {rate: number, per?: number, burst?: integer}
+---@return weave.RateLimiter
+function weave.RateLimiter(opts) end
+---@param maxsize? integer 0 or nil: unbounded
 ---@return weave.Queue
 function weave.Queue(maxsize) end
+---@param maxsize? integer
+---@return weave.LifoQueue
+function weave.LifoQueue(maxsize) end
+---@param maxsize? integer
+---@return weave.PriorityQueue
+function weave.PriorityQueue(maxsize) end
 ---@param fn function|string
 ---@param ... any
 ---@return any ...
@@ -291,26 +550,42 @@ function weave.to_thread(fn, ...) end
 ---@param x weave.Awaitable
 ---@return "pending"|"resolved"|"failed"|"cancelled"
 function weave.state(x) end
+---Live tasks (diagnostics).
+---@return integer
+function weave.ntasks() end
 
 ---@class weave.http.Headers
----@field [string] string
+---@field [string] string case-insensitive; repeated fields joined with ", "
 local Headers = {}
+---Every value of that field.
 ---@param name string
 ---@return string[]
 function Headers:all(name) end
+---Every field in arrival order: { {name, value}, ... }.
+---@return string[][]
+function Headers:list() end
+
+---@class weave.http.Redirect
+---@field url string
+---@field status integer
 
 ---@class weave.http.Response
 ---@field status integer
----@field ok boolean
+---@field ok boolean 2xx
+---@field reason string the reason phrase (the registered one over HTTP/2)
 ---@field headers weave.http.Headers
----@field body string|nil
----@field url string
+---@field body string|nil nil with stream=true or output=
+---@field url string after redirects, without credentials
 ---@field http_version string
 ---@field elapsed number
----@field redirects integer
+---@field redirects integer #history
+---@field history weave.http.Redirect[] the redirects followed, oldest first
+---@field redirect_url string|nil a 3xx that was not followed: where its Location points
+---@field attempts integer how many attempts the request took (1 without retry=)
 local Response = {}
 ---@return any
 function Response:json() end
+---Raises kind "status" for 4xx/5xx.
 ---@return weave.http.Response
 function Response:raise_for_status() end
 ---@return fun(): string|nil
@@ -319,14 +594,32 @@ function Response:chunks() end
 function Response:read() end
 function Response:close() end
 
+---@class weave.http.Auth
+---@field user? string
+---@field password? string
+---@field type? "basic"|"digest"|"any" default "basic"
+---@field [1] string|nil user
+---@field [2] string|nil password
+
+---One part of multipart=: exactly one of value=, data= or path=.
+---@class weave.http.Part
+---@field name string
+---@field value? string a plain field
+---@field data? string file contents given in memory
+---@field path? string a regular file, streamed from disk
+---@field filename? string
+---@field content_type? string
+
 ---@class weave.http.Options
 ---@field method? string
 ---@field url? string
----@field headers? table<string, string>
+---@field headers? table<string, string|number|false> "" sends an empty value; false removes a default header
 ---@field query? table
 ---@field body? string|string[]|fun(): string|nil
 ---@field json? any
 ---@field form? table
+---@field multipart? weave.http.Part[]
+---@field auth? weave.http.Auth|string[]
 ---@field timeout? number
 ---@field connect_timeout? number
 ---@field read_timeout? number
@@ -335,12 +628,77 @@ function Response:close() end
 ---@field max_redirects? integer
 ---@field verify? boolean
 ---@field ca_file? string
----@field proxy? string
----@field http_version? "1.1"|"2"
----@field max_body_size? integer
+---@field cert? string client certificate (PEM)
+---@field key? string its private key
+---@field key_password? string
+---@field proxy? string|false false ignores the environment's proxies
+---@field http_version? "1.0"|"1.1"|"2"
+---@field max_body_size? integer|false bytes of the decoded body (default 1 GiB); false: no limit
+---@field decode? boolean false: the body as sent (still compressed)
 ---@field stream? boolean
----@field output? string
+---@field output? string a path; written to a temporary file beside it and renamed on success
 ---@field on_progress? fun(downloaded: integer, total: integer|nil, uploaded: integer, upload_total: integer|nil)
+---@field buffer_size? integer
+---@field retry? boolean|weave.http.Retry off unless given; true takes the defaults; false turns a session's retry off for this request
+
+---retry= options; each overrides one default.
+---@class weave.http.Retry
+---@field attempts? integer default 3
+---@field backoff? number seconds, default 0.1 (exponential, full jitter)
+---@field max_backoff? number default 10
+---@field statuses? integer[] default {429, 502, 503, 504}
+---@field errors? string[] error kinds, default {"connect", "timeout", "network"}
+---@field methods? string[] default the idempotent GET HEAD OPTIONS PUT DELETE
+---@field retry_after? boolean honour Retry-After (default true)
+---@field max_retry_after? number cap in seconds (default 60)
+
+---@class weave.http.SessionOptions
+---@field base_url? string
+---@field headers? table<string, string|number|false>
+---@field max_connections? integer default 100
+---@field max_per_host? integer
+---@field cookies? boolean default true
+---@field cookie_file? string loaded when the session is made, saved when it closes
+---@field http_version? "1.0"|"1.1"|"2"
+---@field pool_timeout? number
+---@field timeout? number
+---@field connect_timeout? number
+---@field read_timeout? number
+---@field verify? boolean
+---@field ca_file? string
+---@field cert? string
+---@field key? string
+---@field key_password? string
+---@field proxy? string|false
+---@field max_body_size? integer|false
+---@field follow_redirects? boolean
+---@field max_redirects? integer
+---@field auth? weave.http.Auth|string[]
+---@field decode? boolean
+---@field buffer_size? integer
+---@field retry? boolean|weave.http.Retry
+---@field rate_limit? string|{rate: number, per?: number} "100/s", "5/m", "3600/h"
+---@field per_host_rate? string|{rate: number, per?: number}
+---@field on_request? fun(req: table)
+---@field on_response? fun(res: weave.http.Response, req: table)
+
+---@class weave.http.Stats
+---@field requests integer
+---@field in_flight integer
+---@field queued integer
+---@field retries integer
+---@field errors table<string, integer> count by error kind
+---@field bytes_received integer
+---@field connections integer
+
+---@class weave.http.Cookie
+---@field name string
+---@field value string
+---@field domain string
+---@field path? string default "/"
+---@field expires? number seconds since the epoch; nil: a session cookie
+---@field secure? boolean
+---@field http_only? boolean
 
 ---@class weave.http.Session
 local Session = {}
@@ -371,7 +729,20 @@ function Session:patch(url, opts) end
 ---@param opts? weave.http.Options
 ---@return weave.http.Response
 function Session:delete(url, opts) end
+---@param url string
+---@param opts? weave.http.Options
+---@return weave.http.Response
+function Session:options(url, opts) end
+---Abort its transfers, free its connections, save cookie_file.
 function Session:close() end
+---The cookie jar.
+---@return weave.http.Cookie[]
+function Session:cookies() end
+---@param cookie weave.http.Cookie
+function Session:set_cookie(cookie) end
+function Session:clear_cookies() end
+---@return weave.http.Stats
+function Session:stats() end
 
 ---@class weave.http
 ---@field user_agent string the default User-Agent, "weave/<version>"
@@ -403,7 +774,11 @@ function http.patch(url, opts) end
 ---@param opts? weave.http.Options
 ---@return weave.http.Response
 function http.delete(url, opts) end
----@param opts? {base_url?: string, headers?: table<string, string>, max_connections?: integer, max_per_host?: integer, cookies?: boolean, http_version?: string, pool_timeout?: number, verify?: boolean, ca_file?: string, proxy?: string}
+---@param url string
+---@param opts? weave.http.Options
+---@return weave.http.Response
+function http.options(url, opts) end
+---@param opts? weave.http.SessionOptions
 ---@return weave.http.Session
 function http.session(opts) end
 

@@ -205,6 +205,9 @@ function M.wait_for(x, s)
   -- An error x raised while being cancelled (its cleanup failed) is not
   -- lost: it wins over the timeout and the cancel, as in weave.timeout.
   if core.state(x) == "failed" and x:error() ~= r[2] then error(x:error(), 0) end
+  -- Finished anyway (it never awaited, or ignored the cancel): its values,
+  -- as asyncio's wait_for returns a result that is there.
+  if core.state(x) == "resolved" and r[1] then return x:result() end
   if not r[1] then error(r[2], 0) end
   error(timeout_error("weave.wait_for", s), 2)
 end
