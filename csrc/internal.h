@@ -205,6 +205,7 @@ void weave__futlib(lua_State *L, wv_rt *rt);
 wv_task *weave__checktask(lua_State *L, int idx, const char *fname);
 int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs);
 void weave__resume(wv_rt *rt, wv_task *t);
+void weave__pushbody(lua_State *L, int traceback);
 /* The await protocol: every wait in weave parks the running task through
 ** weave__park (with the hook that detaches it from what it waits on) and
 ** every continuation starts with weave__woken, the one place a pending

@@ -138,7 +138,8 @@ static int l_runscope(lua_State *L) {
       lua_insert(L, 2); /* [scope, child, fn, args...] */
       lua_pushthread(L);
       lua_xmove(L, child, 1);
-      lua_xmove(L, child, nargs + 1); /* child: [this coroutine, fn, args...] */
+      weave__pushbody(child, 0);
+      lua_xmove(L, child, nargs + 1); /* child: [this coroutine, body, fn, args...] */
       lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref);
       lua_pushvalue(L, 2);
       lua_setiuservalue(L, -2, 1); /* the task's coroutine is the body's now */
@@ -149,7 +150,7 @@ static int l_runscope(lua_State *L) {
       t->pscopes = 0;
       t->co = child;
       t->depth++;
-      t->swargs = nargs;
+      t->swargs = nargs + 1;
       t->switching = 1;
       return lua_yieldk(L, 0, (lua_KContext)rt, runscope_done);
     }

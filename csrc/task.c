@@ -330,6 +330,60 @@ static void fail_with(wv_rt *rt, wv_task *t, const char *msg) {
 /* Start t: move its function and arguments onto a pooled coroutine (and
 ** drop them from the task).  Returns the argument count, or -1 when t was
 ** settled instead. */
+/* The message handler of a task's body: the traceback where a failure was
+** raised (a cancel needs none), kept in the task's extra table. */
+static int body_msgh(lua_State *L) {
+  wv_rt *rt = weave__rt(L);
+  if (rt != NULL && rt->current != NULL && !weave__iserror(L, 1, "cancelled") && lua_checkstack(L, 4)) {
+    luaL_traceback(L, L, luaL_tolstring(L, 1, NULL), 1);
+    pushtask(L, rt->current);
+    weave__pushextra(L, -1);
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "tb");
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int body_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  if (status == LUA_OK || status == LUA_YIELD) { /* [msgh?, values...] -> true, values... */
+    lua_pushboolean(L, 1);
+    lua_replace(L, 1);
+    return lua_gettop(L);
+  }
+  lua_pushboolean(L, 0); /* [msgh?, error] -> false, error */
+  lua_replace(L, 1);
+  return 2;
+}
+
+/* The first function of a task's coroutine (and of a scope body's, with
+** upvalue false: no traceback): fn(...) under a yieldable pcall, so that an
+** error or a cancel unwinds inside the coroutine and its <close> handlers
+** may await (a shield for cleanup).  -> true, values... | false, error */
+static int body(lua_State *L) {
+  int nargs = lua_gettop(L) - 1;
+  if (lua_toboolean(L, lua_upvalueindex(1))) {
+    lua_pushcfunction(L, body_msgh);
+    lua_insert(L, 1);
+    return body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, 0, body_k), 0);
+  }
+  lua_pushnil(L);
+  lua_insert(L, 1);
+  return body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 0, 0, body_k), 0);
+}
+
+static const char BODYKEY[2] = {'b', 'B'}; /* registry: the two body closures, made once */
+
+void weave__pushbody(lua_State *L, int traceback) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &BODYKEY[traceback != 0]) == LUA_TFUNCTION) return;
+  lua_pop(L, 1);
+  lua_pushboolean(L, traceback);
+  lua_pushcclosure(L, body, 1);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &BODYKEY[traceback != 0]);
+}
+
 static int start(wv_rt *rt, wv_task *t) {
   lua_State *L = rt->L, *co;
   int i, n = t->nargs, inl = n < WV_INLINEARGS, task;
@@ -355,6 +409,7 @@ static int start(wv_rt *rt, wv_task *t) {
     fail_with(rt, t, "weave.spawn: too many arguments for the task's stack");
     return -1;
   }
+  weave__pushbody(co, 1);
   if (inl) {
     for (i = 0; i <= n; i++) {
       lua_getiuservalue(L, task, 3 + i);
@@ -373,7 +428,7 @@ static int start(wv_rt *rt, wv_task *t) {
     lua_setiuservalue(L, task, 3);
   }
   lua_pop(L, 1);
-  return n;
+  return n + 1; /* (fn is body's first argument) */
 }
 
 /* Resume t from the ready queue (on rt->L, the main thread, inside the
@@ -408,10 +463,9 @@ void weave__resume(wv_rt *rt, wv_task *t) {
         st = LUA_ERRRUN;
         nres = 1;
       }
-      if (st == LUA_OK) {
-        lua_pushboolean(parent, 1);
+      if (st == LUA_OK) { /* body's: true, values... | false, error */
         lua_xmove(co, parent, nres);
-        nargs = nres + 1;
+        nargs = nres;
       } else {
         /* its <close> handlers run as the task; their error replaces */
         wv_closethread(co, L);
@@ -441,7 +495,19 @@ void weave__resume(wv_rt *rt, wv_task *t) {
     finish(rt, t, WV_REJECTED);
     return;
   }
+  if (st == LUA_OK && !lua_toboolean(co, -nres)) {
+    /* body caught the failure (its <close> handlers ran, inside): [false,
+    ** error]; the traceback is in the task's extra table already. */
+    int cancelled = weave__iserror(co, -1, "cancelled");
+    lua_xmove(co, L, 1);
+    lua_pushnil(L);
+    release(rt, t);
+    finish(rt, t, cancelled ? WV_CANCELLED : WV_REJECTED);
+    return;
+  }
   if (st == LUA_OK) {
+    lua_remove(co, -nres); /* (body's true) */
+    nres--;
     /* Keep the values as weave__store does, built on the coroutine's own
     ** stack: a million results never need room on the main thread. */
     if (nres == 0) {
