@@ -407,7 +407,44 @@ local function rate_limiter(fname, k, v)
     error(core.error("invalid_request", ('%s: %s must be like "100/s" (or "/m", "/h") or {rate=, per=}, got %s')
       :format(fname, k, tostring(v))), 0)
   end
-  return sync.RateLimiter { rate = rate, per = per }
+  -- A sliding window: at most n starts in any `per` seconds, exactly what a
+  -- server counting requests per window sees (a token bucket paced by the
+  -- loop's millisecond timer would fall behind the rate).
+  -- Starts are also paced (per/n apart, GCRA) with a little slack for the
+  -- timer's lateness, so a burst is spread instead of sent at once.
+  local n = math.floor(rate)
+  if n < 1 then n, per = 1, per / rate end
+  local interval = per / n
+  return { n = n, per = per, ring = {}, i = 0, count = 0, turn = sync.Lock(), interval = interval,
+    slack = math.max(0, math.ceil(n * 0.01 / per) - 1) * interval, tat = -math.huge }
+end
+
+-- Take a start now (nil), or the seconds to wait for one.
+local function window_try(w)
+  local t = now()
+  local pace = w.tat - w.slack - t
+  if pace > 0 then return pace end
+  if w.count >= w.n then
+    local oldest = w.ring[w.i % w.n + 1]
+    if oldest + w.per > t then return oldest + w.per - t end
+  else
+    w.count = w.count + 1
+  end
+  w.i = w.i % w.n + 1
+  w.ring[w.i] = t
+  w.tat = math.max(w.tat, t) + w.interval
+  return nil
+end
+
+-- Wait (FIFO: one waiter at a time sleeps until its turn) for a start.
+local function window_acquire(w)
+  if not w.turn:locked() and not window_try(w) then return end
+  local _ <close> = w.turn:acquire()
+  while true do
+    local wait = window_try(w)
+    if not wait then return end
+    weave.sleep(wait)
+  end
 end
 
 local REQUEST = {
@@ -739,9 +776,9 @@ local function take_tokens(self, req, deadline)
   end
   for i = 1, 2 do
     local rl = limiters[i]
-    if rl and not rl:try_acquire() then
+    if rl and (rl.turn:locked() or window_try(rl)) then
       self._queued = self._queued + 1
-      local ok, got = pcall(weave.move_on_after, deadline and math.max(0, deadline - now()) or nil, rl.acquire, rl)
+      local ok, got = pcall(weave.move_on_after, deadline and math.max(0, deadline - now()) or nil, window_acquire, rl)
       self._queued = self._queued - 1
       if not ok then error(got, 0) end
       if not got then
