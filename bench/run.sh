@@ -70,3 +70,57 @@ echo "$m1 $i1 $t1 $g1 $k1 $o1 $s1 $m2 $i2 $g2 $o2 $s2" | awk '{
   printf "(design check: a task per item under a Semaphore, 100k: %.3fs, %.1fx the worker pool map uses)\n", $5, $5 / $1
 }'
 fi
+
+if want api; then
+# The bulk-call story (docs/bulk.md): bench/api_calls.lua (weave) and
+# bench/api_calls.py (aiohttp, hand-made limiter and retry) against the same
+# spec/support/api_server.py, one after the other. API_N calls (default
+# 27,000) at API_RATE req/s (default 1,000; 50 ms latency, 429 + Retry-After
+# beyond the limit, 1 % random 503s): about N/RATE seconds each. Then no
+# rate limit, 0 ms latency (the server as fast as it goes), API_FAST_N calls
+# (default 27,000), best of 3 calls/s.
+N=${API_N:-27000}; R=${API_RATE:-1000}; FN=${API_FAST_N:-27000}
+AIO=$($PY -c 'import aiohttp; print(aiohttp.__version__)')
+echo
+echo "== bench/api: $N API calls, weave vs aiohttp $AIO (same server: 50 ms, $R req/s limit + 429/Retry-After, 1 % 503s)"
+api_dir=$(mktemp -d /tmp/weave-apibench.XXXXXX)
+api_pids=""
+trap 'kill $api_pids 2>/dev/null; rm -rf "$api_dir"' EXIT
+api_start() { # NAME ARGS...: start a server, set NAME_URL
+  name=$1; shift
+  env -u LD_PRELOAD $PY spec/support/api_server.py --port-file "$api_dir/$name.port" "$@" >"$api_dir/$name.log" 2>&1 &
+  api_pids="$api_pids $!"
+  for _ in $(seq 100); do [ -s "$api_dir/$name.port" ] && break; sleep 0.1; done
+  eval "${name}_URL=http://127.0.0.1:$(cat "$api_dir/$name.port")"
+}
+api_server_stats() { # URL -> "max_window s429 s503 total"
+  curl -s "$1/stats" | $PY -c 'import json,sys; d=json.load(sys.stdin); print(d["max_window"], d["s429"], d["s503"], d["total"])'
+}
+api_start lim --latency-ms 50 --rate "$R" --error-rate 0.01 --seed 1
+api_start fast --latency-ms 0 --error-rate 0.01 --seed 1
+curl -s -o /dev/null "$lim_URL/reset"
+wl=$(lua5.4 bench/api_calls.lua "$lim_URL" "$N" "$R" 2>/dev/null); wls=$(api_server_stats "$lim_URL")
+curl -s -o /dev/null "$lim_URL/reset"
+pl=$($PY bench/api_calls.py "$lim_URL" "$N" "$R" 2>/dev/null); pls=$(api_server_stats "$lim_URL")
+best_rate() { for _ in 1 2 3; do $1 2>/dev/null; done | sort -n | head -n 1; }
+wf=$(best_rate "lua5.4 bench/api_calls.lua $fast_URL $FN 0"); pf=$(best_rate "$PY bench/api_calls.py $fast_URL $FN 0")
+echo "$N $R $FN | $wl | $pl | $wls | $pls | $wf | $pf" | awk -F'|' '{
+  split($1, a, " "); split($2, w, " "); split($3, p, " "); split($4, ws, " "); split($5, ps, " ")
+  split($6, wf, " "); split($7, pf, " ")
+  n = a[1]; r = a[2]; fn = a[3]; ideal = n / r
+  # w, p: wall cpu rss ok failed retries; ws, ps: max_window s429 s503 total
+  printf "%-44s %12s %12s %12s\n", "measure", "weave", "aiohttp", "ratio"
+  printf "%-44s %11.2fs %11.2fs\n", sprintf("wall time (ideal N/rate = %.2f s)", ideal), w[1], p[1]
+  printf "%-44s %+11.1f%% %+11.1f%% %12s\n", "  over the ideal (target: within 3 %)", 100 * (w[1] / ideal - 1), 100 * (p[1] / ideal - 1), ""
+  printf "%-44s %11.2fs %11.2fs %10.1fx less\n", "CPU time (target: <= 1/4)", w[2], p[2], p[2] / w[2]
+  printf "%-44s %10.1fMB %10.1fMB %10.1fx less\n", "peak RSS (target: <= 1/2)", w[3] / 1024, p[3] / 1024, p[3] / w[3]
+  printf "%-44s %12d %12d\n", "calls that ended in a result", w[4], p[4]
+  printf "%-44s %12d %12d\n", "retries", w[6], p[6]
+  printf "%-44s %12d %12d\n", "server: requests (attempts)", ws[4], ps[4]
+  printf "%-44s %12s %12s\n", "server: answered 429 / 503", ws[2] "/" ws[3], ps[2] "/" ps[3]
+  printf "%-44s %12d %12d\n", sprintf("server: most in any 1 s window (limit %d)", r), ws[1], ps[1]
+  printf "%-44s %10.0f/s %10.0f/s %10.1fx faster\n", sprintf("no limit, 0 ms: %d calls, calls/s (>= 4x)", fn), fn / wf[1], fn / pf[1], pf[1] / wf[1]
+  printf "%-44s %11.2fs %11.2fs %10.1fx less\n", "  CPU time, no limit", wf[2], pf[2], pf[2] / wf[2]
+}'
+kill $api_pids 2>/dev/null; api_pids=""
+fi

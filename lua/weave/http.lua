@@ -425,8 +425,10 @@ local function window_try(w)
   local pace = w.tat - w.slack - t
   if pace > 0 then return pace end
   if w.count >= w.n then
+    -- (10 ms more than the window: a request reaches the server a little
+    -- after it starts here, and must not fall into the same server window)
     local oldest = w.ring[w.i % w.n + 1]
-    if oldest + w.per > t then return oldest + w.per - t end
+    if oldest + w.per + 0.01 > t then return oldest + w.per + 0.01 - t end
   else
     w.count = w.count + 1
   end

@@ -240,4 +240,41 @@ function M.socks5(opts)
   return srv
 end
 
+--- The rate-limited JSON API (spec/support/api_server.py): returns {url=,
+-- port=, pid=, dir=, log=, stop=}. opts (all optional): latency_ms (50),
+-- rate (requests accepted per window; nil: no limit), window (1 s),
+-- retry_after (seconds, 1), retry_after_date (send it as an HTTP-date),
+-- error_rate (random 503s, 0..1), seed, log (true: one line per request
+-- to srv.log, "<monotonic s> <method> <path> <status> <host>").
+function M.api_server(opts)
+  opts = opts or {}
+  local dir = tmpdir("api")
+  local pf = dir .. "/port"
+  local args = { "--port-file", pf, "--latency-ms", tostring(opts.latency_ms or 50) }
+  local function add(flag, v) if v ~= nil then args[#args + 1] = flag; args[#args + 1] = tostring(v) end end
+  add("--rate", opts.rate)
+  add("--window", opts.window)
+  add("--retry-after", opts.retry_after)
+  add("--error-rate", opts.error_rate)
+  add("--seed", opts.seed)
+  if opts.retry_after_date then args[#args + 1] = "--retry-after-date" end
+  local log = opts.log and dir .. "/requests.log" or nil
+  add("--log", log)
+  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/api_server.py %s >%s/out.log 2>&1 & echo $!")
+    :format(root, table.concat(args, " "), dir)):gsub("%s+$", "")
+  local port = wait_for(function() return read_port(pf) end, 15)
+  if not port then
+    local out = sh("cat " .. dir .. "/out.log")
+    kill_all({ pid }, 2)
+    os.execute("rm -rf " .. dir)
+    error("the API server did not start: " .. out)
+  end
+  local srv = { url = "http://127.0.0.1:" .. port, port = port, pid = pid, dir = dir, log = log }
+  function srv.stop()
+    kill_all({ pid }, 5)
+    os.execute("rm -rf " .. dir)
+  end
+  return srv
+end
+
 return M
