@@ -445,7 +445,10 @@ local function window_acquire(w)
   while true do
     local wait = window_try(w)
     if not wait then return end
-    weave.sleep(wait)
+    -- Sleep past the first free start, into the slack: the starts that are
+    -- free by then go out together, from one loop turn (the waiters behind
+    -- this one run in the same turn), instead of one turn each.
+    weave.sleep(wait + w.slack / 2)
   end
 end
 
