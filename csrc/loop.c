@@ -493,10 +493,29 @@ static int runroot(lua_State *L, wv_rt *rt, int plain) {
 }
 
 /* weave.run(fn, ...) */
+static int run_inline_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
 static int l_run(lua_State *L) {
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
   if (lua_type(L, 1) != LUA_TFUNCTION)
     return weave__argerror(L, "weave.run", "expected a function, got %s", luaL_typename(L, 1));
+  if (rt->running && rt->root != NULL && rt->current == rt->root && rt->root->co == L) {
+    /* The weave command runs the script as the root task: a script's own
+    ** weave.run(fn, ...) (written for lua5.4) runs fn there, so the same
+    ** file works under both. */
+    int cli;
+    lua_getfield(L, LUA_REGISTRYINDEX, "weave.cli");
+    cli = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (cli) {
+      lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, run_inline_k);
+      return lua_gettop(L);
+    }
+  }
   return runroot(L, rt, 0);
 }
 

@@ -27,6 +27,8 @@ static int pmain(lua_State *L) {
     lua_rawseti(L, -2, i - 1);
   }
   lua_setglobal(L, "arg");
+  lua_pushboolean(L, 1); /* (weave.run inside the script runs in its root task) */
+  lua_setfield(L, LUA_REGISTRYINDEX, "weave.cli");
   lua_getglobal(L, "require");
   lua_pushliteral(L, "weave");
   lua_call(L, 1, 1);
@@ -45,10 +47,14 @@ static int report(lua_State *L) {
     lua_getfield(L, -1, "kind");
     if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "interrupted") == 0) code = 130;
     lua_pop(L, 1);
+    /* The traceback starts with the message: print the message once. */
     fprintf(stderr, "weave: %s\n", luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
     lua_getfield(L, -1, "traceback");
-    if (lua_type(L, -1) == LUA_TSTRING) fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      const char *nl = strchr(lua_tostring(L, -1), '\n');
+      if (nl != NULL) fprintf(stderr, "%s\n", nl + 1);
+    }
     lua_pop(L, 1);
   } else {
     fprintf(stderr, "weave: %s\n", luaL_tolstring(L, -1, NULL));

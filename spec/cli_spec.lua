@@ -34,6 +34,25 @@ describe("the weave command", function()
     assert.matches("stack traceback", err)
   end)
 
+  it("a script written for lua5.4 (its own weave.run) runs as written", function()
+    local out, err, code = helpers.weave([[
+      local weave = require "weave"
+      local r = weave.run(function() weave.sleep(0.01) return 42 end)
+      print("got", r)
+    ]])
+    assert.are.equal(0, code, err)
+    assert.are.equal("got\t42\n", out)
+  end)
+
+  it("prints an uncaught error's message once", function()
+    local _, err = helpers.weave([[
+      local weave = require "weave"
+      error(weave.error("custom", "only once"))
+    ]])
+    local _, n = err:gsub("only once", "")
+    assert.are.equal(1, n, err)
+  end)
+
   it("reports a syntax error and exits 1", function()
     local _, err, code = helpers.weave("local = 1")
     assert.are.equal(1, code)
