@@ -350,6 +350,9 @@ function M.group(body, ...)
       -- Cancelled from outside: the children are cancelled; wait for them
       -- (and their on_done bookkeeping) shielded, so their failures count.
       pcall(core.runscope, core.newscope(nil, true), await, g._signal)
+      -- (the shield did not hold: the runtime is reaping every task at its
+      -- end, through shields; waiting is over)
+      if not g._signal:done() then break end
     else
       local ok, err = pcall(await, g._signal)
       if not ok then
