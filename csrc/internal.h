@@ -121,6 +121,7 @@ struct wv_task {
   unsigned char interrupt; /* cancelled by SIGINT */
   unsigned char hard;      /* reaped at shutdown: shields no longer protect it */
   unsigned char wfut;      /* parked on a Future's (or Task's) waiters: wq is inside it */
+  const void *wsrc;        /* the cancel source that interrupted its await (WV_WAKE_CANCEL) */
   unsigned char switching; /* the coroutine yielded to run a scope body in co (see scope.c) */
   int depth;               /* scope bodies running in coroutines of their own (co's parents) */
   int swargs;              /* arguments of the scope body to start */

@@ -164,7 +164,9 @@ int weave__checkcancel(lua_State *L, wv_task *t) {
 
 /* Interrupt t's current await if a cancel now reaches it. */
 void weave__deliver(wv_rt *rt, wv_task *t) {
-  if (t->status == WV_TBLOCKED && cancel_source(t) != NULL) {
+  const void *src;
+  if (t->status == WV_TBLOCKED && (src = cancel_source(t)) != NULL) {
+    t->wsrc = src;
     if (t->unblock != NULL) t->unblock(rt, t);
     weave__wake(rt, t, WV_WAKE_CANCEL);
   }
@@ -260,7 +262,15 @@ wv_task *weave__woken(lua_State *L, wv_rt *rt) {
     weave__raise(L, "invalid_state", "weave: a task's coroutine was resumed from outside weave");
   t->wdata = NULL;
   t->wfut = 0;
-  if (t->wake == WV_WAKE_CANCEL) weave__checkcancel(L, t);
+  if (t->wake == WV_WAKE_CANCEL) {
+    /* Its await was torn down (the transfer aborted, the job abandoned):
+    ** the cancel is raised even if a shield went up since it was
+    ** delivered — carrying on would read what is no longer there. */
+    const void *src = cancel_source(t);
+    t->wake = WV_WAKE_OK;
+    pushcancel(L, t, src != NULL ? src : t->wsrc);
+    lua_error(L);
+  }
   return t;
 }
 

@@ -353,3 +353,27 @@ describe("shutdown", function()
     assert.are.equal("false deadlock", out)
   end)
 end)
+
+describe("a shield raised while a cancel is in flight", function()
+  it("the torn-down await still raises the cancel (fs, to_thread, sleep, a future)", function()
+    local cases = {
+      fs = function() return weave.fs.stat("/") end,
+      thread = function() return weave.to_thread(function() local x = 0 for i = 1, 3e6 do x = x + i end return x end) end,
+      sleep = function() return sleep(1) end,
+      future = function() return weave.future():await() end,
+    }
+    for name, op in pairs(cases) do
+      run(function()
+        local sc = weave.CancelScope {}
+        local got
+        local t = spawn(function() sc:run(function() got = { pcall(op) } end) end)
+        sleep(0) -- t is parked in its await
+        t:cancel() -- delivered: the operation is torn down
+        sc.shield = true -- before t runs again
+        pcall(t.await, t)
+        assert.is_false(got[1], name)
+        assert.are.equal("cancelled", got[2].kind, name)
+      end)
+    end
+  end)
+end)

@@ -6,7 +6,22 @@
 -- ignores TERM, 3 MB of output, exit codes, signals, cwd/env), to_thread
 -- (small functions, a 1e7 loop, errors), Lock/Semaphore/Event/Queue, misuse
 -- that must raise its documented error, and cancels and deadlines at random
--- moments (0-20 ms).
+-- moments (0-20 ms).  Round two (issue 12): weave.CancelScope{timeout=,
+-- deadline=, shield=} run with sc:run, cancelled, its deadline and shield
+-- set from another task or from its body (also right after a cancel of the
+-- task, before it runs again), timeout_at/move_on_at, scopes of every kind
+-- nested up to 200 deep with cancels and deadlines at random levels;
+-- CapacityLimiter (loans closed normally, by a cancel, by hand from a
+-- <close>; total_tokens changed), Barrier (wait/abort/reset: "broken"),
+-- RateLimiter (pacing never faster than rate after the burst),
+-- PriorityQueue/LifoQueue and Queue:shutdown(immediate) ("shutdown");
+-- weave.map/imap over subtrees (table or iterator, settle or not, failing
+-- calls, a failing iterator, a loop left by break or an error); groups with
+-- g:spawn{name=, fn} and g:start(fn) / task_status.started(v) (early,
+-- late, twice, never).  Each of these is checked as it goes (sc:run's result
+-- against cancelled_caught, map's results against its errors, imap's
+-- indices, g:start's value, the queue order, the barrier index), and after
+-- run: no token borrowed, no waiter left in the limiter, barrier or queues.
 --
 -- Each program is generated as Lua source text from its seed (every random
 -- choice is made when generating, so a seed always gives the same program;
@@ -17,10 +32,12 @@
 --   * weave.run returned (the child prints "DONE <seed>"; the seed is printed
 --     before the program starts, so a crash or hang points at it), and raised
 --     nothing but what the program can raise (no "deadlock": the futures,
---     the Event and the Queue are always settled by a task of the program),
+--     the Event and the Queue are always settled by a task of the program,
+--     the Barrier aborted for good and the other queues shut down),
 --   * weave.ntasks() == 0,
---   * every <close> that was opened ran, the Lock is free and the Semaphore
---     has all its permits back,
+--   * every <close> that was opened ran, the Lock is free, the Semaphore
+--     has all its permits back, the CapacityLimiter no token lent, and no
+--     waiter is left in it, the Barrier, the RateLimiter or the queues,
 --   * no unexpected error escaped a weave call (only the kinds the call can
 --     legitimately raise: cancelled, fs, ...) and the results that must hold
 --     did (cat echoes its input, a file reads back, ...),
@@ -38,6 +55,7 @@
 -- WEAVE_FUZZ_JOBS   children at once (default 3)
 -- WEAVE_FUZZ_PER    programs per child (default 10)
 -- WEAVE_FUZZ_SHOW=1 prints the source of the program(s) on stderr.
+-- WEAVE_FUZZ_SLOW=<n> lists the n slowest programs (time in weave.run).
 -- The program of a failing seed is saved as a stand-alone script,
 -- /tmp/weave-fuzz-<seed>.lua (run it with lua5.4 and the suite's LUA_PATH
 -- and LUA_CPATH; it prints SEED/DONE/FAIL lines like the children do).
@@ -71,6 +89,7 @@ local function generate(seed)
   local function nid() uid = uid + 1 return uid end
   local function ms(hi) return ("%.3f"):format(r(0, hi or 20) / 1000) end
   local function pick(t) return t[r(1, #t)] end
+  local rlper = pick { 1, 0.1 } -- the RateLimiter's per: 100 to 500 acquisitions a second either way
   local function F() return ("F[%d]"):format(r(1, nfut)) end
   local function T() return ("T[%d]"):format(r(1, 8)) end
   local function grace() return pick { "", "", ", kill_grace = 0", ", kill_grace = 0.05" } end
@@ -360,6 +379,112 @@ end]]):format(id, pick { "p", "\\0" }, n, id, pick {
       }
     end },
   }
+  -- Round two (issue 12): CapacityLimiter, Barrier, RateLimiter,
+  -- PriorityQueue, LifoQueue and Queue:shutdown, all shared by the program.
+  local function aq() return pick { "PQ", "LQ", "Q" } end
+  local prims2 = {
+    function() return ("PC(A.C, function() local _ <close> = Lim:acquire() sleep(%s) end)"):format(ms(5)) end,
+    -- unwrapped: a cancel unwinds through the <close> of the loan
+    function() return ("do local _ <close> = Lim:acquire() sleep(%s) end"):format(ms(5)) end,
+    -- the token given back by hand, from a <close> (also while a cancel unwinds the task)
+    function()
+      return ("if Lim:try_acquire() then local _ <close> = setmetatable({}, { __close = function() Lim:release() end }) sleep(%s) end")
+        :format(ms(5))
+    end,
+    function()
+      return ("PC(A.C, function() local _ <close> = Lim:acquire() X(not PC(A.MIS, Lim.acquire, Lim), "
+        .. "'a task borrowed two tokens of one CapacityLimiter') sleep(%s) end)"):format(ms(3))
+    end,
+    function()
+      return ("PC(A.C, function() local _ <close> = Lim:acquire_on_behalf_of(%q) sleep(%s) end)"):format("b" .. nid(), ms(3))
+    end,
+    function() return ("Lim.total_tokens = %d"):format(r(1, 4)) end,
+    function()
+      return [[do local st = Lim:statistics() X(#st.borrowers == st.borrowed_tokens and st.total_tokens == Lim.total_tokens, ("CapacityLimiter statistics: %d borrowers, %d borrowed"):format(#st.borrowers, st.borrowed_tokens)) end]]
+    end,
+    function()
+      return [[do local ok, i = PC(A.B, Bar.wait, Bar) if ok then X(math.type(i) == "integer" and i >= 0 and i < Bar.parties, "Barrier:wait index " .. tostring(i)) end end]]
+    end,
+    function() return ("PC(A.B, weave.move_on_after, %s, Bar.wait, Bar)"):format(ms()) end,
+    function() return ("sleep(%s) Bar:abort()"):format(ms()) end,
+    -- (once the program ends the barrier stays broken, so no wait is left for ever)
+    function() return ("sleep(%s) if not H.fin then Bar:reset() end"):format(ms()) end,
+    function() return [[X(Bar.n_waiting < Bar.parties, "Barrier n_waiting " .. Bar.n_waiting)]] end,
+    function() return "PC(A.C, RL.acquire, RL)" end,
+    function() return "RL:try_acquire()" end,
+    function() -- pacing: never faster than the rate after the burst
+      local n = r(2, 5)
+      return ([[
+do
+  local t0 = weave.now()
+  if PC(A.C, function() for _ = 1, %d do RL:acquire() end end) then
+    local dt = weave.now() - t0
+    X(dt >= (%d - RLB) * RLP / RLR - 1e-4, ("RateLimiter: %d acquisitions in %%.5f s (rate %%g per %%g s, burst %%d)"):format(dt, RLR, RLP, RLB))
+  end
+  local st = RL:statistics()
+  X(st.tokens >= 0 and st.tokens <= RLB + 1e-6, "RateLimiter tokens " .. st.tokens)
+end]]):format(n, n, n)
+    end,
+    function()
+      local p = r(0, 4)
+      return ("PC(A.Q, PQ.%s, PQ, %d, %d)"):format(pick { "put", "put_nowait" }, p * 10 + r(0, 9), p)
+    end,
+    function()
+      return ([[do local ok, it, p = PC(A.Q, PQ.%s, PQ) if ok then X(it // 10 == p, ("PriorityQueue get: item %%s, priority %%s"):format(it, p)) end end]])
+        :format(pick { "get", "get_nowait" })
+    end,
+    function() return ("PC(A.Q, LQ.%s, LQ, %d)"):format(pick { "put", "put_nowait" }, r(1, 9)) end,
+    function() return ("PC(A.Q, LQ.%s, LQ)"):format(pick { "get", "get_nowait" }) end,
+    function() return ("sleep(%s) %s:shutdown(%s)"):format(ms(), aq(), pick { "", "true", "false" }) end,
+    function() local q = aq() return ("PC(A.C, weave.move_on_after, %s, %s.join, %s)"):format(ms(), q, q) end,
+    function() local q = aq() return ("PC(A.MIS, %s.task_done, %s)"):format(q, q) end,
+    function() -- a waiter handed the lock/token/turn/item is cancelled before it runs: it passes it on
+      local o = pick { "Lim", "Lk", "Sem", "RL", "LQ", "PQ" }
+      local body
+      if o == "RL" then
+        body = [[local w = weave.spawn(RL.acquire, RL) local w2 = weave.spawn(RL.acquire, RL) sleep(0) w:cancel() PC(A.C, w2.await, w2)]]
+      elseif o == "LQ" or o == "PQ" then
+        body = ([[local w = weave.spawn(%s.get, %s) sleep(0) %s PC(A.Q, %s.put_nowait, %s, 5, 0) %s]])
+          :format(o, o, r(1, 2) == 1 and "w:cancel()" or "", o, o, "w:cancel()")
+      else
+        -- (cancelled before or after the release: a cancel that woke it first,
+        -- then the hand-over, or the other way round)
+        local early = r(1, 2) == 1
+        body = ([[local w do local _ <close> = %s:acquire() w = weave.spawn(function() local _ <close> = %s:acquire() sleep(0.001) end) sleep(0) %s end %s]])
+          :format(o, o, early and "w:cancel()" or "", early and "" or "w:cancel()")
+      end
+      return ("PC(A.C, function() %s PC(A.Q, w.await, w) end)"):format(body)
+    end,
+    function() -- order, in one task
+      return pick {
+        [[do local q = weave.PriorityQueue() for _, p in ipairs { 3, 1, 2, 1 } do q:put_nowait(p * 10 + q:qsize(), p) end local got = {} while not q:empty() do got[#got + 1] = q:get_nowait() end X(table.concat(got, ",") == "11,13,22,30", "PriorityQueue order " .. table.concat(got, ",")) end]],
+        [[do local q = weave.LifoQueue(3) for i = 1, 3 do q:put_nowait(i) end X(not PC(A.Q, q.put_nowait, q, 4), "LifoQueue over maxsize") X(q:get_nowait() == 3 and q:get_nowait() == 2, "LifoQueue order") q:shutdown(true) X(q:qsize() == 0, "shutdown(true) kept items") local ok, e = PC(A.Q, q.get_nowait, q) X(not ok and weave.is_error(e, "shutdown"), "get after shutdown: " .. tostring(e)) end]],
+      }
+    end,
+  }
+  leaves[#leaves + 1] = { 8, function() return pick(prims2)() end }
+  leaves[#leaves + 1] = { 1, function() -- misuse of the round-two API: each must raise its documented error
+    return pick {
+      [[X(not PC(A.MIS, weave.CancelScope, { timout = 1 }), "CancelScope{timout=} accepted")]],
+      [[X(not PC(A.MIS, weave.CancelScope, { timeout = 1, deadline = 2 }), "CancelScope with timeout and deadline accepted")]],
+      [[do local sc = weave.CancelScope() X(not PC(A.MIS, function() sc.deadline = "soon" end), "sc.deadline = 'soon' accepted") X(not PC(A.MIS, function() sc.shield = 1 end), "sc.shield = 1 accepted") X(not PC(A.MIS, function() sc.other = 1 end), "sc.other = 1 accepted") end]],
+      [[X(not PC(A.MIS, weave.timeout_at, "x", sleep), "timeout_at('x') accepted")]],
+      [[X(not PC(A.MIS, weave.move_on_at, 0 / 0, sleep), "move_on_at(nan) accepted")]],
+      [[X(not PC(A.MIS, weave.Barrier, 0), "Barrier(0) accepted")]],
+      [[X(not PC(A.MIS, weave.CapacityLimiter, 0), "CapacityLimiter(0) accepted")]],
+      [[X(not PC(A.MIS, function() Lim.total_tokens = 0 end), "total_tokens = 0 accepted")]],
+      [[X(not PC(A.MIS, Lim.release, Lim), "released a CapacityLimiter token not held")]],
+      [[X(not PC(A.MIS, weave.RateLimiter, { rate = 0 }), "RateLimiter{rate=0} accepted")]],
+      [[X(not PC(A.MIS, weave.map, function() end, {}, { concurrency = 0 }), "map concurrency=0 accepted")]],
+      [[X(not PC(A.MIS, weave.map, function() end, {}, { concurency = 2 }), "map option typo accepted")]],
+      [[X(not PC(A.MIS, weave.imap, 5, {}), "imap(5) accepted")]],
+      [[X(not PC(A.MIS, PQ.put_nowait, PQ, 1, 0 / 0), "PriorityQueue NaN priority accepted")]],
+      [[X(not PC(A.MIS, LQ.shutdown, LQ, "now"), "shutdown('now') accepted")]],
+      [[do local gg PC(A.C, weave.group, function(g) gg = g end) if gg then X(not PC(A.MIS, gg.spawn, gg, function() end), "spawn into a finished group accepted") end end]],
+      [[do local sc = weave.CancelScope() PC(A.C, sc.run, sc, sleep, 0) X(not PC(A.MIS, sc.run, sc, sleep, 0), "a CancelScope ran twice") end]],
+    }
+  end }
+
   local total = 0
   for _, l in ipairs(leaves) do total = total + l[1] end
   local function leaf()
@@ -371,14 +496,26 @@ end]]):format(id, pick { "p", "\\0" }, n, id, pick {
   end
 
   local node
-  local function subs(depth, k)
+  local function subs(depth, k, exact)
     local defs, names = {}, {}
-    for i = 1, r(1, k or 3) do
+    for i = 1, exact and k or r(1, k or 3) do
       local name = "s" .. nid()
       names[i] = name
       defs[i] = "local " .. name .. " = " .. node(depth - 1)
     end
     return table.concat(defs, "\n"), names
+  end
+  -- A list of the subtrees (each once: a subtree's private file is its
+  -- own) and "0"s (calls that return at once), shuffled.
+  local function items_of(s)
+    local list = {}
+    for i = 1, #s do if r(1, 4) > 1 then list[#list + 1] = s[i] end end
+    for _ = 1, r(0, 4) do list[#list + 1] = "0" end
+    for i = #list, 2, -1 do
+      local j = r(1, i)
+      list[i], list[j] = list[j], list[i]
+    end
+    return list
   end
   local composites = {
     function(d) local defs, s = subs(d) return defs .. "\nPC(A.ANY, weave.gather, { " .. table.concat(s, ", ") .. " })" end,
@@ -432,6 +569,195 @@ end]]):format(id, pick { "p", "\\0" }, n, id, pick {
       for i = 1, #s do out[#out + 1] = "PC(A.ANY, " .. s[i] .. ")" end
       return table.concat(out, "\n")
     end,
+    -- Round two (issue 12): the scope object, absolute deadlines, deep
+    -- nesting, map/imap, g:start and g:spawn{name=}.
+    function(d) -- a CancelScope, acted on from another task or from its body
+      local defs, s = subs(d, 1)
+      local opts = {}
+      local dl = r(1, 6)
+      if dl == 1 then opts[#opts + 1] = "timeout = " .. ms() end
+      if dl == 2 then opts[#opts + 1] = "deadline = weave.now() + " .. ms() end
+      if dl == 3 then opts[#opts + 1] = pick { "timeout = 0.2", "deadline = math.huge", "deadline = weave.now() - 1" } end
+      if r(1, 3) == 1 then opts[#opts + 1] = "shield = " .. pick { "true", "false" } end
+      local function act()
+        return pick {
+          "sc:cancel() X(sc.cancel_called, 'sc.cancel_called is false after sc:cancel()')",
+          "sc.deadline = weave.now() + " .. ms(),
+          "sc.deadline = math.huge X(sc.deadline == math.huge, 'sc.deadline = math.huge read back ' .. sc.deadline)",
+          "sc.deadline = weave.now() - 1",
+          "do local v = weave.now() + 0.5 sc.deadline = v X(math.abs(sc.deadline - v) < 1e-6, ('sc.deadline read back %.9f, set %.9f'):format(sc.deadline, v)) end",
+          "sc.shield = true X(sc.shield == true, 'sc.shield read back')",
+          "sc.shield = false X(sc.shield == false, 'sc.shield read back')",
+          "sc.deadline = nil X(sc.deadline == math.huge, 'sc.deadline = nil read back ' .. sc.deadline)",
+          -- a cancel of the task on its way in, then the shield goes up (or down)
+          "me:cancel() sc.shield = true",
+          "me:cancel() sc.shield = false",
+        }
+      end
+      local out = { defs, ("local sc, me = weave.CancelScope { %s }, weave.current()"):format(table.concat(opts, ", ")) }
+      for _ = 1, r(0, 2) do
+        out[#out + 1] = ("T[#T + 1] = weave.spawn(function() sleep(%s) %s end)"):format(ms(), act())
+      end
+      local body = s[1]
+      if r(1, 3) == 1 then
+        body = ("function() %s %s return %s() end"):format(pick { "", "sleep(" .. ms(5) .. ")" }, act(), s[1])
+      end
+      out[#out + 1] = ("local ok, res = PC(A.ANY, sc.run, sc, %s)"):format(body)
+      out[#out + 1] = [[X(sc.cancelled_caught == (ok and res == false), ("sc:run: ok %s, returned %s, cancelled_caught %s"):format(ok, res, sc.cancelled_caught))]]
+      out[#out + 1] = [[if ok and res == false then X(sc.cancel_called, "sc:run returned false but cancel_called is false") end]]
+      if r(1, 4) == 1 then out[#out + 1] = [[X(not PC(A.MIS, sc.run, sc, sleep, 0), "a CancelScope ran twice")]] end
+      if r(1, 4) == 1 then out[#out + 1] = act() end -- on a scope that has finished
+      return table.concat(out, "\n")
+    end,
+    function(d) -- absolute deadlines (never cut short before them)
+      local defs, s = subs(d, 1)
+      local at = pick { "weave.now() + " .. ms(), "weave.now() + " .. ms(), "weave.now() - " .. ms(), "nil", "math.huge" }
+      local finite = tostring(at:find("now", 1, true) ~= nil)
+      if r(1, 2) == 1 then
+        return defs .. ([[
+
+local at = %s
+local ok, e = PC(A.ANY, weave.timeout_at, at, %s)
+if not ok and weave.is_timeout(e) and e.message:find("^weave.timeout_at") then
+  X(%s, "timeout_at(%s) timed out")
+  X(weave.now() >= at - 2e-3, ("timeout_at: timed out %%.4f s before its deadline"):format(at - weave.now()))
+end]]):format(at, s[1], finite, at)
+      end
+      return defs .. ([[
+
+local at = %s
+local ok, res = PC(A.ANY, weave.move_on_at, at, %s)
+if ok and res == false then
+  X(%s, "move_on_at(%s) was cut short")
+  X(weave.now() >= at - 2e-3, ("move_on_at: cut short %%.4f s before its deadline"):format(at - weave.now()))
+end]]):format(at, s[1], finite, at)
+    end,
+    function(d) -- scopes nested deep (up to 200 levels), cancels and deadlines at random levels
+      local defs, s = subs(d, 1)
+      local n = pick { r(1, 10), r(10, 60), r(60, 200) }
+      local kinds, dls, shl, sl = {}, {}, {}, {}
+      for i = 1, n do
+        local k = pick { "m", "m", "t", "T", "s", "c", "c", "a", "A" }
+        kinds[i] = k
+        local x = r(1, 25)
+        if x == 1 then dls[#dls + 1] = ("[%d] = %s"):format(i, ms()) end
+        -- (a far deadline is 0.2 s, not 10: a task parked in a shield on
+        -- something nothing will settle holds run's end until its deadline)
+        if x == 2 then dls[#dls + 1] = ("[%d] = 0.2"):format(i) end
+        if k == "c" and r(1, 6) == 1 then shl[#shl + 1] = ("[%d] = true"):format(i) end
+        sl[i] = r(1, 8) == 1 and "1" or "0"
+      end
+      local out = { defs, ([[
+local K, SL, DL, SHL, SC, me = %q, %q, { %s }, { %s }, {}, weave.current()
+local function nest(n)
+  local _ <close> = C()
+  if SL:byte(n) == 49 then sleep(0) end
+  if n > #K then return %s() end
+  local k, d = K:sub(n, n), DL[n]
+  if k == "m" then
+    weave.move_on_after(d, nest, n + 1)
+  elseif k == "t" then
+    PC(A.ANY, weave.timeout, d, nest, n + 1)
+  elseif k == "T" then
+    weave.timeout(d, nest, n + 1) -- its timeout unwinds the levels above, up to a PC
+  elseif k == "s" then
+    weave.shield(nest, n + 1)
+  elseif k == "a" then
+    weave.move_on_at(d and weave.now() + d, nest, n + 1)
+  elseif k == "A" then
+    PC(A.ANY, weave.timeout_at, d and weave.now() + d, nest, n + 1)
+  else
+    local sc = weave.CancelScope { timeout = d, shield = SHL[n] }
+    SC[n] = sc
+    local ok, res = pcall(sc.run, sc, nest, n + 1)
+    X(sc.cancelled_caught == (ok and res == false), ("level %%d: sc:run: ok %%s, returned %%s, cancelled_caught %%s"):format(n, ok, res, sc.cancelled_caught))
+    if not ok then error(res, 0) end
+  end
+end]]):format(table.concat(kinds), table.concat(sl), table.concat(dls, ", "), table.concat(shl, ", "), s[1]) }
+      for _ = 1, r(0, 3) do
+        local j = r(1, n)
+        for i = j, n do if kinds[i] == "c" then j = i break end end
+        out[#out + 1] = ("T[#T + 1] = weave.spawn(function() sleep(%s) local sc = SC[%d] if sc then %s end end)")
+          :format(ms(), j, pick { "sc:cancel()", "sc.deadline = weave.now() + " .. ms(), "sc.deadline = weave.now() - 1",
+            "sc.shield = true", "sc.shield = false", "sc.deadline = math.huge",
+            -- an outer cancel on its way in, then this level's shield goes up
+            ("local o = SC[%d] or me if o then o:cancel() end sc.shield = true"):format(r(1, j)) })
+      end
+      out[#out + 1] = "PC(A.ANY, nest, 1)"
+      return table.concat(out, "\n")
+    end,
+    function(d) -- weave.map over subtrees (0 = a call that returns at once), from a table or an iterator
+      local defs, s = subs(d)
+      local list = items_of(s)
+      local settle = r(1, 2) == 1
+      local src = "L"
+      local iter = r(1, 2) == 1
+      local bad = iter and r(1, 5) == 1 and r(1, #list + 1) or nil
+      local out = { defs, ("local L = { %s }"):format(table.concat(list, ", ")) }
+      if iter then
+        out[#out + 1] = ("local k = 0\nlocal function src() k = k + 1 %s%s return L[k] end")
+          :format(r(1, 2) == 1 and "if k % 2 == 0 then sleep(0) end " or "",
+            bad and ("if k == %d then error('leaf failure', 0) end "):format(bad) or "")
+        src = "src"
+      end
+      out[#out + 1] = ([[
+local ok, res, errs = PC(A.ANY, weave.map, function(f, i) if f ~= 0 then f() end return i end, %s, { concurrency = %d, settle = %s })
+if ok then
+  X(res.n == #L, ("map: results.n %%s for %%d items"):format(res.n, #L))
+  for i = 1, #L do
+    %s
+  end
+end]]):format(src, r(1, 5), tostring(settle), settle
+        and [[X((res[i] == i) ~= (errs[i] ~= nil), ("map settle: item %d: result %s, error %s"):format(i, res[i], errs[i]))]]
+        or [[X(res[i] == i, ("map: item %d: result %s"):format(i, res[i]))]])
+      if bad then out[#out + 1] = [[X(not ok, "map: the iterator failed but map returned")]] end
+      return table.concat(out, "\n")
+    end,
+    function(d) -- weave.imap: a for loop, maybe left by break or an error, maybe slow
+      local defs, s = subs(d)
+      local list = items_of(s)
+      local settle = r(1, 2) == 1
+      local brk = r(1, 3) == 1 and r(0, #list) or nil
+      local err = r(1, 6) == 1 and r(1, #list + 1) or nil
+      return defs .. ([[
+
+local L = { %s }
+PC(A.ANY, function()
+  local seen, cnt, broke = {}, 0, false
+  for i, v, e in weave.imap(function(f, i) if f ~= 0 then f() end return i end, L, { concurrency = %d, settle = %s }) do
+    X(not seen[i] and i >= 1 and i <= #L, "imap: index " .. tostring(i) .. " twice or out of range")
+    seen[i] = true
+    cnt = cnt + 1
+    X((v == i and e == nil) or (%s and v == nil and e ~= nil), ("imap: %%s, %%s, %%s"):format(i, v, e))
+    %s%s%s
+  end
+  X(broke or cnt == #L, ("imap: %%d of %%d items"):format(cnt, #L))
+end)]]):format(table.concat(list, ", "), r(1, 5), tostring(settle), tostring(settle),
+        brk and ("if cnt >= %d then broke = true break end "):format(brk) or "",
+        err and ("if cnt == %d then error('leaf failure', 0) end "):format(err) or "",
+        r(1, 3) == 1 and ("sleep(%s)"):format(ms(3)) or "")
+    end,
+    function(d) -- a group with g:spawn{name=, fn} and g:start(fn) / task_status.started(v)
+      local defs, s = subs(d, 4, true) -- each subtree runs once
+      local v = nid()
+      local child = pick {
+        ("%s() ts.started(a + 1) %s()"):format(s[2], s[3]),
+        ("ts.started(a + 1) %s()"):format(s[2]),
+        s[2] .. "()", -- never started: g:start raises invalid_state
+        ("ts.started(a + 1) X(not PC(A.MIS, ts.started, 0), 'task_status.started accepted twice') %s()"):format(s[2]),
+        ("weave.spawn(function() sleep(%s) ts.started(a + 1) end):await() %s()"):format(ms(2), s[2]),
+      }
+      local body = {
+        ("local t = g:spawn { name = %q, %s }"):format("w" .. v, s[1]),
+        ("X(t.name == %q, 'g:spawn{name=}: ' .. tostring(t.name))"):format("w" .. v),
+      }
+      if r(1, 2) == 1 then body[#body + 1] = "T[#T + 1] = t" end
+      body[#body + 1] = ("local ok, v = PC(A.GS, g.start, g, function(ts, a) %s end, %d)"):format(child, v)
+      body[#body + 1] = ("if ok then X(v == %d, 'g:start returned ' .. tostring(v)) end"):format(v + 1)
+      if r(1, 3) == 1 then body[#body + 1] = ("sleep(%s) g:cancel()"):format(ms()) end
+      if r(1, 3) == 1 then body[#body + 1] = ("g:spawn(%s)"):format(s[4]) end
+      return defs .. "\nPC(A.ANY, weave.group, function(g)\n" .. indent(table.concat(body, "\n"), "  ") .. "\nend)"
+    end,
   }
 
   function node(depth)
@@ -446,7 +772,20 @@ end]]):format(id, pick { "p", "\\0" }, n, id, pick {
     "local C, PC, X, PID, A, T = H.C, H.PC, H.X, H.PID, H.A, H.T",
     "local SH, PRIV, PIDF = H.SH, H.PRIV, H.PIDF",
     "local Lk, Sem, Ev, Q = weave.Lock(), weave.Semaphore(2), weave.Event(), weave.Queue(2)",
-    [[H.after = function() X(not Lk:locked(), "the Lock is held after run") X(Sem:value() == 2, "Semaphore value " .. Sem:value() .. " after run") end]],
+    ("local RLR, RLP, RLB = %d, %s, %d"):format(r(1, 5) * (rlper == 1 and 100 or 10), rlper, r(1, 4)),
+    ("local Lim, Bar, RL = weave.CapacityLimiter(%d), weave.Barrier(%d), weave.RateLimiter { rate = RLR, per = RLP, burst = RLB }")
+      :format(r(1, 3), r(1, 3)),
+    ("local PQ, LQ = weave.PriorityQueue(%d), weave.LifoQueue(%d)"):format(r(0, 3), r(0, 3)),
+    [[H.after = function()
+  X(not Lk:locked(), "the Lock is held after run") X(Sem:value() == 2, "Semaphore value " .. Sem:value() .. " after run")
+  X(Lim.borrowed_tokens == 0 and Lim:statistics().waiters == 0, ("CapacityLimiter after run: %d borrowed, %d waiters"):format(Lim.borrowed_tokens, Lim:statistics().waiters))
+  X(Bar.n_waiting == 0, "Barrier after run: " .. Bar.n_waiting .. " waiting")
+  X(RL:statistics().waiters == 0, "RateLimiter after run: " .. RL:statistics().waiters .. " waiters")
+  for name, q in pairs { Q = Q, PQ = PQ, LQ = LQ } do
+    local st = q:statistics()
+    X(st.getters == 0 and st.putters == 0, ("%s after run: %d getters, %d putters"):format(name, st.getters, st.putters))
+  end
+end]],
     "local F = {}",
     ("for i = 1, %d do F[i] = weave.future() end"):format(nfut),
     "local main = " .. node(r(1, 4)),
@@ -455,6 +794,9 @@ end]]):format(id, pick { "p", "\\0" }, n, id, pick {
     ("weave.spawn(function() sleep(%s) for i, f in ipairs(F) do if not f:done() then if i %% 2 == 0 then f:reject('future rejected') else f:resolve(i) end end end Ev:set() Q:close() end)")
       :format(ms()),
   }
+  -- the barrier is broken for good and the new queues shut down, so nothing waits for ever
+  out[#out + 1] = ("weave.spawn(function() sleep(%s) H.fin = true Bar:abort() PQ:shutdown(%s) LQ:shutdown(%s) end)")
+    :format(ms(), pick { "true", "false" }, pick { "true", "false" })
   for _ = 1, r(0, 3) do -- cancels at random moments
     out[#out + 1] = ("weave.spawn(function() sleep(%s) local x = %s if x then x:cancel() end end)"):format(ms(), T())
   end
@@ -526,8 +868,10 @@ local A = {
   F = set("cancelled", "future rejected"),
   FT = set("cancelled", "timeout", "future rejected"),
   PE = set("process"),
-  Q = set("cancelled", "closed", "full", "empty"),
-  MIS = set("cancelled", "invalid_argument", "invalid_state", "worker"),
+  Q = set("cancelled", "closed", "full", "empty", "shutdown"),
+  MIS = set("cancelled", "invalid_argument", "invalid_state", "worker", "closed"),
+  B = set("cancelled", "broken"),
+  GS = set("cancelled", "timeout", "group", "leaf failure", "future rejected", "invalid_state"),
   ANY = set("cancelled", "timeout", "group", "leaf failure", "future rejected"),
 }
 
@@ -765,7 +1109,7 @@ describe("fuzz: random programs of tasks, scopes, combinators, fs, processes and
       for k = i, math.min(i + per, n) - 1 do b[#b + 1] = base + k end
       queue[#queue + 1] = b
     end
-    local failures, ran, t0 = {}, 0, now()
+    local failures, ran, t0, times = {}, 0, now(), {}
     local function failed(seed, what)
       failures[#failures + 1] = ("seed %d: %s\n  re-run: WEAVE_SEED=%d busted --lua=lua5.4 spec/fuzz_spec.lua\n"
         .. "  program: %s"):format(seed, what, seed, save_repro(root, seed))
@@ -779,7 +1123,10 @@ describe("fuzz: random programs of tasks, scopes, combinators, fs, processes and
         local out, err, rc = res[i].out, res[i].err, res[i].rc
         local started, done = {}, {}
         for s in out:gmatch("SEED (%d+)") do started[tonumber(s)] = true end
-        for s, st in out:gmatch("DONE (%d+) (%a+)") do done[tonumber(s)] = st end
+        for s, st, dt in out:gmatch("DONE (%d+) (%a+) (%S+)") do
+          done[tonumber(s)] = st
+          times[#times + 1] = { tonumber(s), tonumber(dt) }
+        end
         for k, seed in ipairs(seeds) do
           if done[seed] then
             ran = ran + 1
@@ -808,6 +1155,16 @@ describe("fuzz: random programs of tasks, scopes, combinators, fs, processes and
             .. "(a report at exit?)\n  stderr: %s"):format(seeds[1], seeds[#seeds], tostring(rc), tail(err))
         end
       end
+    end
+    if os.getenv("WEAVE_FUZZ_SLOW") then -- the slowest programs (their weave.run)
+      table.sort(times, function(a, b) return a[2] > b[2] end)
+      local total = 0
+      for _, x in ipairs(times) do total = total + x[2] end
+      io.stderr:write(("fuzz: weave.run took %.1f s in all; slowest:"):format(total))
+      for i = 1, math.min(tonumber(os.getenv("WEAVE_FUZZ_SLOW")) or 10, #times) do
+        io.stderr:write((" %d (%.3f s)"):format(times[i][1], times[i][2]))
+      end
+      io.stderr:write("\n")
     end
     os.execute("env -u LD_PRELOAD rm -rf " .. shquote(root))
     io.stderr:write(("fuzz: %d program(s) from seed %d in %.1f s, %d failure(s)\n"):format(ran, base, now() - t0,
