@@ -13,18 +13,27 @@
 #include "weave.h"
 
 static void usage(const char *prog) {
-  fprintf(stderr, "usage: %s script.lua [args...]\n       %s --version\n", prog, prog);
+  fprintf(stderr,
+          "usage: %s script.lua [args...]   run a script as the root task\n"
+          "       %s -e 'code' [args...]    run code\n"
+          "       %s - [args...]            run the script read from stdin\n"
+          "       %s --version\n",
+          prog, prog, prog, prog);
 }
 
 /* Protected body: require "weave", load the script, weave.run it. */
 static int pmain(lua_State *L) {
-  int argc = (int)lua_tointeger(L, 1), i;
+  int argc = (int)lua_tointeger(L, 1), i, first = 2, st;
   char **argv = lua_touserdata(L, 2);
+  int code = strcmp(argv[1], "-e") == 0; /* weave -e 'chunk' [args...] */
   luaL_openlibs(L);
-  lua_createtable(L, argc - 2, 2);
+  if (code && argc < 3) return luaL_error(L, "'-e' needs an argument (the code to run)");
+  if (code) first = 3;
+  /* arg[0] is the script ("-" for stdin, "-e" for code), arg[1..] its arguments */
+  lua_createtable(L, argc - first, first);
   for (i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
-    lua_rawseti(L, -2, i - 1);
+    lua_rawseti(L, -2, i - (first - 1));
   }
   lua_setglobal(L, "arg");
   lua_pushboolean(L, 1); /* (weave.run inside the script runs in its root task) */
@@ -33,11 +42,15 @@ static int pmain(lua_State *L) {
   lua_pushliteral(L, "weave");
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "run");
-  if (luaL_loadfile(L, argv[1]) != LUA_OK) return lua_error(L);
+  if (code)
+    st = luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)");
+  else
+    st = luaL_loadfile(L, strcmp(argv[1], "-") == 0 ? NULL : argv[1]); /* "-": stdin */
+  if (st != LUA_OK) return lua_error(L);
   luaL_checkstack(L, argc, "too many arguments");
-  for (i = 2; i < argc; i++)
+  for (i = first; i < argc; i++)
     lua_pushstring(L, argv[i]);
-  lua_call(L, argc - 1, 0);
+  lua_call(L, argc - first + 1, 0);
   return 0;
 }
 

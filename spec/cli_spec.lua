@@ -44,6 +44,19 @@ describe("the weave command", function()
     assert.are.equal("got\t42\n", out)
   end)
 
+  it("runs code given with -e, and a script read from stdin with -", function()
+    local bin = helpers.shquote(helpers.weave_bin)
+    local out, err, code = helpers.sh(bin .. [[ -e 'local weave = require "weave"; weave.sleep(0.01); print(select("#", ...), ...)' one two]])
+    assert.are.equal(0, code, err)
+    assert.are.equal("2\tone\ttwo\n", out)
+    out, err, code = helpers.sh("echo 'require(\"weave\").sleep(0.01) print(arg[0], ...)' | " .. bin .. " - a")
+    assert.are.equal(0, code, err)
+    assert.are.equal("-\ta\n", out)
+    local _, e2, c2 = helpers.sh(bin .. " -e")
+    assert.are.equal(1, c2)
+    assert.matches("'%-e' needs an argument", e2)
+  end)
+
   it("prints an uncaught error's message once", function()
     local _, err = helpers.weave([[
       local weave = require "weave"
