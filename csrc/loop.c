@@ -400,6 +400,56 @@ static void note_deadlock(wv_rt *rt) {
   lua_settop(L, top);
 }
 
+/* Push what the blocked task t awaits, in words. */
+static void pushwait(lua_State *L, wv_task *t) {
+  if (t->wfut && t->wq != NULL) {
+    wv_fut *f = (wv_fut *)((char *)t->wq - offsetof(wv_fut, waiters));
+    if (f->kind == WV_KTASK) {
+      pushname(L, (wv_task *)f);
+      lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
+      lua_remove(L, -2);
+    } else
+      lua_pushliteral(L, "a future (a Lock, Event, Queue, Semaphore... or your own)");
+  } else if (t->tm.idx >= 0) {
+    uint64_t now = uv_hrtime();
+    lua_pushfstring(L, "sleep, %f s left", t->tm.when > now ? (double)(t->tm.when - now) / 1e9 : 0.0);
+  } else
+    lua_pushliteral(L, "an operation (HTTP, to_thread, a process or a file)");
+}
+
+/* core.tasks() -> { {name=, id=, state=, awaits=, task=}, ... } of the live
+** tasks, by id (weave.tasks, weave.dump). */
+static int l_tasks(lua_State *L) {
+  static const char *const states[] = {"new", "ready", "running", "blocked", "done"};
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  int n = 0, out;
+  lua_newtable(L);
+  out = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {
+    wv_task *t = weave__testtask(L, -1);
+    if (t == NULL || t->status == WV_TDONE) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_createtable(L, 0, 5);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "task");
+    pushname(L, t);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, (lua_Integer)t->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, t == rt->current ? "running" : states[t->status]);
+    lua_setfield(L, -2, "state");
+    if (t->status == WV_TBLOCKED) {
+      pushwait(L, t);
+      lua_setfield(L, -2, "awaits");
+    }
+    lua_rawseti(L, out, ++n);
+  }
+  return 1;
+}
+
 /* Turn the loop until `until` settles.  When nothing can ever settle it, the
 ** root is cancelled (flagging a deadlock) so that its cleanup runs. */
 static void rununtil(wv_rt *rt, wv_task *root) {
@@ -812,11 +862,9 @@ static void guard_coroutines(lua_State *L) {
 }
 
 void weave__looplib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg fns[] = {{"run", l_run},
-                                 {"on_unhandled", l_on_unhandled},
-                                 {"running", l_running},
-                                 {"report", l_report},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"run", l_run},         {"on_unhandled", l_on_unhandled},
+                                 {"running", l_running}, {"report", l_report},
+                                 {"tasks", l_tasks},     {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
   guard_coroutines(L);

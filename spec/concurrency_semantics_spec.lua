@@ -377,3 +377,35 @@ describe("a shield raised while a cancel is in flight", function()
     end
   end)
 end)
+
+describe("what is my program doing", function()
+  it("weave.tasks() lists live tasks with what each awaits; weave.dump writes them", function()
+    run(function()
+      local lock = weave.Lock()
+      lock:acquire()
+      local a = spawn { name = "sleeper", function() sleep(5) end }
+      local b = spawn { name = "locker", function() lock:acquire() end }
+      local c = spawn { name = "waiter", function() a:await() end }
+      sleep(0.01)
+      local by = {}
+      for _, t in ipairs(weave.tasks()) do by[t.name] = t end
+      assert.are.equal("running", by[weave.current().name].state)
+      assert.are.equal("blocked", by.sleeper.state)
+      assert.matches("^sleep, [%d.]+ s left$", by.sleeper.awaits)
+      assert.matches("^a future", by.locker.awaits)
+      assert.are.equal("task 'sleeper'", by.waiter.awaits)
+      assert.are.equal(c, by.waiter.task)
+      local path = os.tmpname()
+      local f = io.open(path, "w")
+      weave.dump(f)
+      f:close()
+      f = io.open(path)
+      local text = f:read("a")
+      f:close()
+      os.remove(path)
+      assert.matches("weave: 4 live task%(s%)", text)
+      assert.matches("waiter #%d+ %[blocked%]: awaits task 'sleeper'", text)
+      for _, t in ipairs { a, b, c } do t:cancel() end
+    end)
+  end)
+end)

@@ -219,6 +219,24 @@ for _, k in ipairs { "map", "imap", "progress" } do M[k] = require("weave.map")[
 local sync = require "weave.sync"
 for _, k in ipairs { "Lock", "Event", "Semaphore", "BoundedSemaphore", "Condition", "Queue", "LifoQueue", "PriorityQueue", "Barrier", "CapacityLimiter", "RateLimiter" } do M[k] = sync[k] end
 
+--- weave.tasks() -> { {name=, id=, state=, awaits=, task=}, ... }: every
+-- live task, by id; `awaits` says in words what a blocked one waits on.
+function M.tasks()
+  local list = core.tasks()
+  table.sort(list, function(a, b) return a.id < b.id end)
+  return list
+end
+
+--- weave.dump([file]): the live tasks, one line each (default: stderr).
+function M.dump(file)
+  file = file or io.stderr
+  local list = M.tasks()
+  file:write(("weave: %d live task(s)\n"):format(#list))
+  for _, t in ipairs(list) do
+    file:write(("  %s #%d [%s]%s\n"):format(t.name, t.id, t.state, t.awaits and (": awaits " .. t.awaits) or ""))
+  end
+end
+
 --- x's lifecycle: "pending", "resolved", "failed" or "cancelled".
 M.state = core.state
 
