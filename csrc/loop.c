@@ -357,6 +357,24 @@ static void pushname(lua_State *L, wv_task *t) {
   lua_pushfstring(L, "task-%d", (int)t->id);
 }
 
+/* Push what the blocked task t awaits, in words; `future`: the words for
+** a plain Future. */
+static void pushwait(lua_State *L, wv_task *t, const char *future, const char *other) {
+  if (t->wfut && t->wq != NULL) {
+    wv_fut *f = (wv_fut *)((char *)t->wq - offsetof(wv_fut, waiters));
+    if (f->kind == WV_KTASK) {
+      pushname(L, (wv_task *)f);
+      lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
+      lua_remove(L, -2);
+    } else
+      lua_pushstring(L, future);
+  } else if (other == NULL && t->tm.idx >= 0) {
+    uint64_t now = uv_hrtime();
+    lua_pushfstring(L, "sleep, %f s left", t->tm.when > now ? (double)(t->tm.when - now) / 1e9 : 0.0);
+  } else
+    lua_pushstring(L, other != NULL ? other : "an operation (HTTP, to_thread, a process or a file)");
+}
+
 /* "weave.run: deadlock: ...": what each blocked task waits on (at most 20
 ** of them), kept for the run's error. */
 static void note_deadlock(wv_rt *rt) {
@@ -380,16 +398,7 @@ static void note_deadlock(wv_rt *rt) {
     lua_pushfstring(L, "%s%s '%s' awaits ", i > 0 ? "; " : "", t == rt->root ? "the root task" : "task",
                     lua_tostring(L, -1));
     lua_remove(L, -2);
-    if (t->wfut && t->wq != NULL) {
-      wv_fut *f = (wv_fut *)((char *)t->wq - offsetof(wv_fut, waiters));
-      if (f->kind == WV_KTASK) {
-        pushname(L, (wv_task *)f);
-        lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
-        lua_remove(L, -2);
-      } else
-        lua_pushliteral(L, "a future nothing will settle");
-    } else
-      lua_pushliteral(L, "an operation nothing will finish");
+    pushwait(L, t, "a future nothing will settle", "an operation nothing will finish");
     lua_concat(L, 3);
   }
   if (more > 0) {
@@ -398,23 +407,6 @@ static void note_deadlock(wv_rt *rt) {
   }
   lua_rawsetp(L, LUA_REGISTRYINDEX, &DEADMSG);
   lua_settop(L, top);
-}
-
-/* Push what the blocked task t awaits, in words. */
-static void pushwait(lua_State *L, wv_task *t) {
-  if (t->wfut && t->wq != NULL) {
-    wv_fut *f = (wv_fut *)((char *)t->wq - offsetof(wv_fut, waiters));
-    if (f->kind == WV_KTASK) {
-      pushname(L, (wv_task *)f);
-      lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
-      lua_remove(L, -2);
-    } else
-      lua_pushliteral(L, "a future (a Lock, Event, Queue, Semaphore... or your own)");
-  } else if (t->tm.idx >= 0) {
-    uint64_t now = uv_hrtime();
-    lua_pushfstring(L, "sleep, %f s left", t->tm.when > now ? (double)(t->tm.when - now) / 1e9 : 0.0);
-  } else
-    lua_pushliteral(L, "an operation (HTTP, to_thread, a process or a file)");
 }
 
 /* core.tasks() -> { {name=, id=, state=, awaits=, task=}, ... } of the live
@@ -442,7 +434,7 @@ static int l_tasks(lua_State *L) {
     lua_pushstring(L, t == rt->current ? "running" : states[t->status]);
     lua_setfield(L, -2, "state");
     if (t->status == WV_TBLOCKED) {
-      pushwait(L, t);
+      pushwait(L, t, "a future (a Lock, Event, Queue, Semaphore... or your own)", NULL);
       lua_setfield(L, -2, "awaits");
     }
     lua_rawseti(L, out, ++n);

@@ -140,17 +140,6 @@ static long ms(double secs) {
   }
 }
 
-/* The strings of the array at idx as a curl list. */
-static struct curl_slist *slist_of(lua_State *L, int idx) {
-  struct curl_slist *l = NULL;
-  lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
-  for (i = 1; i <= n; i++) {
-    if (lua_rawgeti(L, idx, i) == LUA_TSTRING) l = curl_slist_append(l, lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-  return l;
-}
-
 static const char *strfield(lua_State *L, int t, const char *k) {
   const char *v = NULL;
   if (lua_getfield(L, t, k) == LUA_TSTRING) v = lua_tostring(L, -1);
@@ -272,7 +261,7 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
   if (x->shared_hdrs)
     x->hdrs = s->lines;
   else {
-    if (hdridx) x->hdrs = slist_of(L, hdridx);
+    if (hdridx) x->hdrs = weave__slist_of(L, hdridx);
     if (sp->body != NULL || sp->body_stream || sp->multipart) x->hdrs = curl_slist_append(x->hdrs, "Expect:");
   }
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);

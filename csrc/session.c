@@ -240,7 +240,7 @@ static void closeall(wv_rt *rt, int phase) {
 }
 
 /* The strings of the array at idx as a curl list. */
-static struct curl_slist *slist_of(lua_State *L, int idx) {
+struct curl_slist *weave__slist_of(lua_State *L, int idx) {
   struct curl_slist *l = NULL;
   lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
   for (i = 1; i <= n; i++) {
@@ -259,7 +259,7 @@ static int s_set_lines(lua_State *L) {
   lua_settop(L, 2);
   if (s->active != NULL) return weave__raise(L, "invalid_state", "weave.http: set_lines on a busy session");
   curl_slist_free_all(s->lines);
-  s->lines = slist_of(L, 2);
+  s->lines = weave__slist_of(L, 2);
   lua_setiuservalue(L, 1, 1);
   return 0;
 }

@@ -128,6 +128,7 @@ void weave__spare_take(wv_session *s, int i, wv_wbuf *b);
 void weave__spare_give(wv_session *s, int i, wv_wbuf *b);
 void weave__base_options(wv_session *s, CURL *e, long bufsize);
 void weave__sessionlib(lua_State *L, wv_rt *rt);
+struct curl_slist *weave__slist_of(lua_State *L, int idx);
 wv_session *weave__checksession(lua_State *L, int idx);
 
 /* options.c */
