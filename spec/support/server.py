@@ -23,6 +23,7 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STATS = {"open": 0, "total": 0, "peak": 0, "requests": 0, "peers": {},
+         "delaying": 0, "delay_peak": 0,  # /delay requests being served at once
          "flood_bytes": 0, "flood_capped": False}  # the last /header-flood or /trailer-flood
 LOCK = threading.Lock()
 
@@ -165,7 +166,12 @@ class Handler(BaseHTTPRequestHandler):
             }
             return self.send(200, json.dumps(out), "application/json")
         if path == "/delay":
+            with LOCK:
+                STATS["delaying"] += 1
+                STATS["delay_peak"] = max(STATS["delay_peak"], STATS["delaying"])
             time.sleep(int(q.get("ms", "100")) / 1000)
+            with LOCK:
+                STATS["delaying"] -= 1
             return self.send(200, q.get("body", "delayed"))
         if path == "/status":
             return self.send(int(q.get("code", "200")), "status " + q.get("code", "200"))
@@ -325,6 +331,7 @@ class Handler(BaseHTTPRequestHandler):
                 STATS["peak"] = STATS["open"]
                 STATS["requests"] = 0
                 STATS["peers"] = {}
+                STATS["delay_peak"] = STATS["delaying"]
                 STATS["flood_bytes"] = 0
                 STATS["flood_capped"] = False
             return self.send(200, "ok")
