@@ -160,6 +160,9 @@ struct wv_rt {
   wv_postbox *postbox; /* weave_future_post queue (capi.c) */
   void *procs;         /* live child processes (process.c) */
   int nprocs;          /* children not yet reaped */
+  void *redis;         /* live Redis connections (redis.c) */
+  void *sigs;          /* open signal watchers (signal.c) */
+  int sigtaken;        /* SIGINT watchers open: weave's own SIGINT handling steps aside */
   int idleon;
   /* Subsystems' shutdown hooks, run by weave__close in order: phase 0 with
   ** the loop still open (close handles, kill children), phase 1 once every
@@ -251,5 +254,7 @@ void weave__worklib(lua_State *L, wv_rt *rt);
 void weave__capilib(lua_State *L, wv_rt *rt);
 void weave__fslib(lua_State *L, wv_rt *rt);
 void weave__proclib(lua_State *L, wv_rt *rt);
+void weave__redislib(lua_State *L, wv_rt *rt);
+void weave__signallib(lua_State *L, wv_rt *rt);
 
 #endif

@@ -458,6 +458,7 @@ static void rununtil(wv_rt *rt, wv_task *root) {
 static void on_sigint(uv_signal_t *h, int signum) {
   wv_rt *rt = h->data;
   (void)signum;
+  if (rt->sigtaken > 0) return; /* a weave.signal("INT") watcher handles it */
   /* Stopping the last watcher restores the default action: a second SIGINT
   ** ends the process at once. */
   uv_signal_stop(h);

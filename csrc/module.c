@@ -51,6 +51,8 @@ int luaopen_weave_core(lua_State *L) {
   weave__worklib(L, rt);
   weave__fslib(L, rt);
   weave__proclib(L, rt);
+  weave__redislib(L, rt);
+  weave__signallib(L, rt);
   weave__capilib(L, rt);
   lua_pushliteral(L, WEAVE_VERSION_STRING);
   lua_setfield(L, -2, "version");

@@ -8,6 +8,7 @@
 -- a Response.  The common case (no options) is a branch of it that skips
 -- building a spec: the session's own is shared.
 local core = require "weave.core"
+local options = require "weave.options"
 local weave = require "weave"
 local sync = require "weave.sync"
 
@@ -305,28 +306,7 @@ end
 ---------------------------------------------------------------------------
 -- Options: every name known, every type checked, before anything starts.
 
-local function edit_distance(a, b)
-  local prev, cur = {}, {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    cur[0] = i
-    for j = 1, #b do
-      local cost = a:byte(i) == b:byte(j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev, cur = cur, prev
-  end
-  return prev[#b]
-end
-
-local function suggest(name, known)
-  local best, bestd = nil, 3
-  for k in pairs(known) do
-    local d = edit_distance(name, k)
-    if d < bestd or (d == bestd and best and k < best) then best, bestd = k, d end
-  end
-  return best
-end
+local suggest = options.suggest
 
 local function isnum(v) return type(v) == "number" and v == v end
 local CHECKS = {

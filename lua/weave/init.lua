@@ -242,6 +242,7 @@ M.state = core.state
 
 --- Off the loop: to_thread (worker Lua states on libuv's pool), files.
 M.to_thread = core.to_thread
+M.signal = core.signal
 M.fs = require "weave.fs"
 
 -- weave.process needs this table complete: load it on first use.

@@ -6,6 +6,7 @@
 -- takes its first item, up to `concurrency`, so a short list starts only
 -- the tasks it needs. See docs/concurrency.md ("Bulk calls").
 local core = require "weave.core"
+local options = require "weave.options"
 
 local type, error, pcall, setmetatable, getmetatable, pairs, tostring =
   type, error, pcall, setmetatable, getmetatable, pairs, tostring
@@ -28,39 +29,8 @@ end
 
 local function count(x) return mtype(x) == "integer" or (mtype(x) == "float" and x >= 0 and x < 2 ^ 53 and x % 1 == 0) end
 
--- Edit distance, for "did you mean" on a misspelt option name.
-local function distance(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = { [0] = i }
-    for j = 1, #b do
-      local cost = a:byte(i) == b:byte(j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev = cur
-  end
-  return prev[#b]
-end
-
 -- Options must be a table (or nil) of known keys: a typo raises at once.
-local function check_keys(fname, opts, known)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then argerror("%s: options must be a table or nil, got %s", fname, type(opts)) end
-  for k in pairs(opts) do
-    if known[k] == nil then
-      local hint, best = "", 3
-      if type(k) == "string" then
-        for name in pairs(known) do
-          local d = distance(k, name)
-          if d < best then hint, best = (" (did you mean '%s'?)"):format(name), d end
-        end
-      end
-      error(core.error("invalid_argument", ("%s: unknown option '%s'%s"):format(fname, tostring(k), hint)), 4)
-    end
-  end
-  return opts
-end
+local function check_keys(fname, opts, known) return options.check_keys(fname, opts, known, 4) end
 
 ---------------------------------------------------------------------------
 -- Progress

@@ -1,6 +1,7 @@
 -- Start and stop the test servers (by pid, on 127.0.0.1): the stdlib-python
--- fault server, a private nginx, httpbin (gunicorn), tinyproxy and a
--- stdlib-python SOCKS5 server. Used by specs, examples and benchmarks.
+-- fault server, a private nginx, httpbin (gunicorn), tinyproxy, a
+-- stdlib-python SOCKS5 server and redis-server (on a Unix socket). Used by
+-- specs, examples and benchmarks.
 local M = {}
 
 -- The repository root: from WEAVE_ROOT, or from where this file lives.
@@ -270,6 +271,39 @@ function M.api_server(opts)
     error("the API server did not start: " .. out)
   end
   local srv = { url = "http://127.0.0.1:" .. port, port = port, pid = pid, dir = dir, log = log }
+  function srv.stop()
+    kill_all({ pid }, 5)
+    os.execute("rm -rf " .. dir)
+  end
+  return srv
+end
+
+--- Debian's redis-server on a Unix socket in a temp dir, no persistence:
+-- returns {path=, url=, pid=, dir=, stop=, kill=}. opts.port = true also
+-- listens on a free TCP port on 127.0.0.1 (srv.port); opts.password.
+function M.redis(opts)
+  opts = opts or {}
+  local dir = tmpdir("redis")
+  local path = dir .. "/redis.sock"
+  local port = opts.port and M.free_port() or 0
+  local args = {
+    "--port", tostring(port), "--bind", "127.0.0.1", "--unixsocket", path, "--unixsocketperm", "700",
+    "--save", "''", "--appendonly", "no", "--dir", dir, "--logfile", dir .. "/redis.log",
+    "--enable-debug-command", "local", "--maxclients", "2000",
+  }
+  if opts.password then args[#args + 1] = "--requirepass"; args[#args + 1] = opts.password end
+  local pid = sh(("env -u LD_PRELOAD redis-server %s >%s/out.log 2>&1 & echo $!")
+    :format(table.concat(args, " "), dir)):gsub("%s+$", "")
+  local function up() return not alive(pid) and "exited" or os.execute("test -S " .. path) == true end
+  if wait_for(up, 15) ~= true then
+    local out = sh(("cat %s/out.log %s/redis.log 2>/dev/null"):format(dir, dir))
+    kill_all({ pid }, 2)
+    os.execute("rm -rf " .. dir)
+    error("redis-server did not start: " .. out)
+  end
+  local srv = { path = path, url = "unix://" .. path, pid = pid, dir = dir, port = opts.port and port or nil,
+    password = opts.password }
+  function srv.kill(sig) os.execute(("kill -%s %s 2>/dev/null"):format(sig or "KILL", pid)) end
   function srv.stop()
     kill_all({ pid }, 5)
     os.execute("rm -rf " .. dir)
