@@ -224,7 +224,10 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv) {
   (void)ac;
   if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 3) return; /* the end: on_disconnect */
   if (is(r->element[0], "subscribe") || is(r->element[0], "psubscribe")) {
-    if (c->subwant > 0 && --c->subwant == 0) wake(c, &c->cwaiter);
+    if (c->subwant > 0 && --c->subwant == 0) {
+      hold(c, -1);
+      wake(c, &c->cwaiter);
+    }
     return;
   }
   if (is(r->element[0], "message") || is(r->element[0], "pmessage")) {
@@ -386,7 +389,7 @@ static int l_connect(lua_State *L) {
   wv_rconn_ud *u;
   wv_rconn *c;
   wv_task *t = weave__enter(L, rt, fname);
-  if (t == NULL) return weave__raise(L, "invalid_state", "%s: needs a task (call it inside weave.run)", fname);
+  if (t == NULL) return weave__blocking(L, l_connect);
   if (port < 1 || port > 65535) return weave__argerror(L, fname, "port must be 1..65535, got %d", (int)port);
   u = lua_newuserdatauv(L, sizeof *u, 1);
   u->c = NULL;
@@ -672,11 +675,9 @@ static wv_rcall *newcall(lua_State *L, wv_rconn *c, int n) {
   return q;
 }
 
-static wv_task *calltask(lua_State *L, wv_rt *rt, const char *fname) {
-  wv_task *t = weave__enter(L, rt, fname);
-  if (t == NULL) weave__raise(L, "invalid_state", "%s: needs a task (call it inside weave.run)", fname);
-  return t;
-}
+/* The running task; NULL outside weave.run: the caller runs the loop for
+** the one call (weave__blocking), as the rest of weave does. */
+static wv_task *calltask(lua_State *L, wv_rt *rt, const char *fname) { return weave__enter(L, rt, fname); }
 
 /* conn:call(cmd, ...) -> reply */
 static int c_call(lua_State *L) {
@@ -698,7 +699,7 @@ static int c_call(lua_State *L) {
     lua_pushlightuserdata(L, (void *)&BLOCKMARK);
     return 1;
   }
-  calltask(L, rt, fname);
+  if (calltask(L, rt, fname) == NULL) return weave__blocking(L, c_call);
   q = newcall(L, c, 1);
   if (sendcmd(L, c, q, 2, argc) != 0) {
     free(q);
@@ -744,7 +745,7 @@ static int c_batch(lua_State *L) {
     return 1;
   }
   if (n > 10000000) return weave__argerror(L, fname, "%d commands (at most 10000000)", n);
-  calltask(L, rt, fname);
+  if (calltask(L, rt, fname) == NULL) return weave__blocking(L, c_batch);
   for (i = 1; i <= n; i++) lua_settop(L, 2), pushcmd(L, fname, i); /* all checked before any is sent */
   q = newcall(L, c, n);
   for (i = 1; i <= n; i++) {
@@ -811,10 +812,11 @@ static int c_subscribe(lua_State *L) {
   toargs(L, fname, 2, argc, 0);
   if (strcasecmp(lua_tostring(L, 2), "subscribe") != 0 && strcasecmp(lua_tostring(L, 2), "psubscribe") != 0)
     return weave__argerror(L, fname, "kind must be SUBSCRIBE or PSUBSCRIBE");
-  calltask(L, rt, fname);
+  if (calltask(L, rt, fname) == NULL) return weave__blocking(L, c_subscribe);
   for (i = 0; i < argc; i++) argv[i] = lua_tolstring(L, 2 + i, &lens[i]);
   if (redisAsyncCommandArgv(c->ac, on_sub, c, argc, argv, lens) != REDIS_OK) return raise_lost(L, c);
   c->subbed = 1;
+  if (c->subwant == 0) hold(c, 1); /* until the server has confirmed them all */
   c->subwant += argc - 1;
   c->cwaiter = rt->current;
   return weave__park(L, rt, sub_unblock, c, sub_k, 0);
@@ -847,7 +849,7 @@ static int c_next(lua_State *L) {
   }
   if (c->state == RC_LOST) return raise_lost(L, c);
   if (c->state != RC_READY) return 0;
-  calltask(L, rt, "weave.redis.subscribe");
+  if (calltask(L, rt, "weave.redis.subscribe") == NULL) return weave__blocking(L, c_next);
   c->swaiter = rt->current;
   hold(c, 1);
   return weave__park(L, rt, sub_unblock, c, next_k, 0);

@@ -105,8 +105,7 @@ static int s_wait(lua_State *L) {
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
   wv_sig *s = checksig(L, "weave.signal:wait");
   lua_settop(L, 1);
-  if (weave__enter(L, rt, "weave.signal:wait") == NULL)
-    return weave__raise(L, "invalid_state", "weave.signal:wait: needs a task (call it inside weave.run)");
+  if (weave__enter(L, rt, "weave.signal:wait") == NULL) return weave__blocking(L, s_wait);
   if (s->waiter != NULL)
     return weave__raise(L, "invalid_state", "weave.signal:wait: another task waits on this watcher");
   return wait_k(L, LUA_OK, (lua_KContext)rt);

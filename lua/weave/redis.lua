@@ -98,43 +98,42 @@ local function check(fname, o)
   return c
 end
 
--- One connection, connected, authenticated and on its database.
-local function open(o, fname)
-  local conn
-  local function go() conn = rconnect(o.host, o.port, o.path) end
-  if o.timeout then
-    local ok, err = pcall(weave.timeout, o.timeout, go)
-    if not ok then
-      if core.iserror(err, "timeout") then
-        err = core.error("connect", ("%s: %s: timed out after %g s"):format(fname, o.where, o.timeout))
-      end
-      error(err, 0)
-    end
-  else
-    go()
-  end
+-- One connection, connected, authenticated and on its database; `timeout`
+-- bounds all of it (kind "connect" when it runs out; a cancel or a deadline
+-- from outside goes through as it is).
+local function dial(o, fname)
+  local conn = rconnect(o.host, o.port, o.path)
   local setup = {}
   if o.password then
     setup[#setup + 1] = o.username and { "AUTH", o.username, o.password } or { "AUTH", o.password }
   end
   if o.db and o.db ~= 0 then setup[#setup + 1] = { "SELECT", o.db } end
-  if #setup > 0 then
-    local ok, r = pcall(conn.batch, conn, setup)
-    if not ok then
+  if #setup == 0 then return conn end
+  local ok, r = pcall(conn.batch, conn, setup)
+  if not ok then
+    conn:close()
+    error(r, 0)
+  end
+  for i = 1, r.n do
+    if core.iserror(r[i]) then
       conn:close()
-      error(r, 0)
-    end
-    for i = 1, r.n do
-      if core.iserror(r[i]) then
-        conn:close()
-        local e = core.error("connect", ("%s: %s: %s: %s"):format(fname, o.where, setup[i][1],
-          tostring(r[i].message):gsub("^weave%.redis%.call: %w+: ", "")))
-        e.code = r[i].code
-        error(e, 0)
-      end
+      local e = core.error("connect", ("%s: %s: %s: %s"):format(fname, o.where, setup[i][1],
+        (tostring(r[i].message):gsub("^weave%.redis%.call: %w+: ", ""))))
+      e.code = r[i].code
+      error(e, 0)
     end
   end
   return conn
+end
+
+local function open(o, fname)
+  if not o.timeout then return dial(o, fname) end
+  local ok, conn = pcall(weave.timeout, o.timeout, dial, o, fname)
+  if ok then return conn end
+  if core.iserror(conn, "timeout") then
+    conn = core.error("connect", ("%s: %s: timed out after %g s"):format(fname, o.where, o.timeout))
+  end
+  error(conn, 0)
 end
 
 ---------------------------------------------------------------------------
