@@ -269,14 +269,18 @@ function Queue:work(handler, o)
   local block_ms = max(1, floor(c.block * 1000))
   local idle_ms = max(1, floor(c.claim_idle * 1000))
 
-  local function freed()
-    inflight = inflight - 1
-    last_busy = now()
+  local function wake_reader()
     if slot then
       local f = slot
       slot = nil
       f:resolve(true)
     end
+  end
+
+  local function freed()
+    inflight = inflight - 1
+    last_busy = now()
+    wake_reader()
   end
 
   local function bury(id, job, f, err)
@@ -389,7 +393,7 @@ function Queue:work(handler, o)
       if stopping then return end
       stopping = true
       stopf:resolve(true)
-      if slot then slot:resolve(true) end
+      wake_reader()
     end
     local watchers = {}
     if c.signals then
