@@ -4,7 +4,7 @@ cd "$(dirname "$0")/.." || exit 1
 PY=/usr/bin/python3
 W="lua5.4 bench/tasks.lua"
 P="$PY bench/tasks.py"
-# BENCH_ONLY=key[,key...]: only those sections; this file's are tasks, offload, map.
+# BENCH_ONLY=key[,key...]: only those sections; this file's are tasks, offload, map, api, queue.
 want() { [ -z "$BENCH_ONLY" ] || case ",$BENCH_ONLY," in *",$1,"*) true ;; *) false ;; esac; }
 best() { # best-of-5 "<seconds> <rss>" of a command (lowest seconds)
   for _ in 1 2 3 4 5; do $1; done | sort -n | head -n 1
@@ -123,4 +123,12 @@ echo "$N $R $FN | $wl | $pl | $wls | $pls | $wf | $pf" | awk -F'|' '{
   printf "%-44s %11.2fs %11.2fs %10.1fx less\n", "  CPU time, no limit", wf[2], pf[2], pf[2] / wf[2]
 }'
 kill $api_pids 2>/dev/null; api_pids=""
+fi
+
+if want queue; then
+# weave.queue vs Celery vs RQ: the same 50 ms I/O-bound jobs, 4 worker
+# processes each, one private redis-server; then weave on 1 and 2 workers.
+# bench/queue/run.sh starts and stops everything (QUEUE_N, QUEUE_RQ_N).
+echo
+sh bench/queue/run.sh
 fi

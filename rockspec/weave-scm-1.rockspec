@@ -23,6 +23,7 @@ external_dependencies = {
   -- Debian keeps curl/curl.h in the multiarch include dir, which the compiler
   -- searches but luarocks' header probe does not: probe the library only.
   LIBCURL = { library = "curl" },
+  HIREDIS = { header = "hiredis/adapters/libuv.h", library = "hiredis" },
 }
 build = {
   type = "builtin",
@@ -30,12 +31,12 @@ build = {
     ["weave.core"] = {
       sources = {
         "csrc/buf.c", "csrc/capi.c", "csrc/curl.c", "csrc/error.c", "csrc/fs.c", "csrc/future.c", "csrc/http.c",
-        "csrc/loop.c", "csrc/module.c", "csrc/options.c", "csrc/process.c", "csrc/response.c", "csrc/scope.c",
-        "csrc/session.c", "csrc/task.c", "csrc/timer.c", "csrc/transfer.c", "csrc/work.c",
+        "csrc/loop.c", "csrc/module.c", "csrc/options.c", "csrc/process.c", "csrc/redis.c", "csrc/response.c",
+        "csrc/scope.c", "csrc/session.c", "csrc/signal.c", "csrc/task.c", "csrc/timer.c", "csrc/transfer.c", "csrc/work.c",
       },
-      libraries = { "uv", "curl", "pthread" },
-      incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)" },
-      libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)" },
+      libraries = { "uv", "curl", "hiredis", "pthread" },
+      incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)", "$(HIREDIS_INCDIR)" },
+      libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)", "$(HIREDIS_LIBDIR)" },
     },
     ["weave"] = "lua/weave/init.lua",
     ["weave.combinators"] = "lua/weave/combinators.lua",
@@ -44,6 +45,9 @@ build = {
     ["weave.http"] = "lua/weave/http.lua",
     ["weave.fs"] = "lua/weave/fs.lua",
     ["weave.process"] = "lua/weave/process.lua",
+    ["weave.options"] = "lua/weave/options.lua",
+    ["weave.redis"] = "lua/weave/redis.lua",
+    ["weave.queue"] = "lua/weave/queue.lua",
   },
   copy_directories = { "docs", "examples" },
 }
