@@ -259,6 +259,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     snprintf(c->err, sizeof c->err, "%s",
              status == REDIS_OK ? "the server closed the connection" : ac->errstr[0] ? ac->errstr : "lost");
   }
+  wake(c, &c->cwaiter); /* a subscribe waiting for its confirmations */
   wake(c, &c->swaiter);
 }
 
@@ -849,6 +850,8 @@ static int c_next(lua_State *L) {
   }
   if (c->state == RC_LOST) return raise_lost(L, c);
   if (c->state != RC_READY) return 0;
+  if (!c->subbed)
+    return weave__raise(L, "invalid_state", "weave.redis.subscribe: this connection is not subscribed to anything");
   if (calltask(L, rt, "weave.redis.subscribe") == NULL) return weave__blocking(L, c_next);
   c->swaiter = rt->current;
   hold(c, 1);

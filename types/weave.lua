@@ -354,6 +354,13 @@ function fs.exists(path) end
 ---@field stderr string
 ---@field pid integer
 
+---@class weave.Signal
+local Signal = {}
+---Wait for the signal; how many times it came since the last wait (nil once closed).
+---@return integer?
+function Signal:wait() end
+function Signal:close() end
+
 ---@class weave.Process
 ---@field pid integer
 local Process = {}
@@ -547,6 +554,10 @@ function weave.PriorityQueue(maxsize) end
 ---@param ... any
 ---@return any ...
 function weave.to_thread(fn, ...) end
+---Watch a POSIX signal ("INT", "TERM", "HUP", "USR1", "USR2").
+---@param name string|integer
+---@return weave.Signal
+function weave.signal(name) end
 ---@param x weave.Awaitable
 ---@return "pending"|"resolved"|"failed"|"cancelled"
 function weave.state(x) end
@@ -781,5 +792,87 @@ function http.options(url, opts) end
 ---@param opts? weave.http.SessionOptions
 ---@return weave.http.Session
 function http.session(opts) end
+
+---@class weave.redis.Options
+---@field host? string default "127.0.0.1"
+---@field port? integer default 6379
+---@field path? string a Unix socket
+---@field db? integer
+---@field password? string
+---@field username? string
+---@field timeout? number|false seconds for connect + AUTH/SELECT, default 10
+---@field url? string "redis://[user:pw@]host[:port][/db]" or "unix:///path[?db=N]"
+
+---@class weave.redis.Client
+local Client = {}
+---@param cmd string
+---@param ... string|number
+---@return any reply string, integer, nil or a table with n; an error reply raises kind "redis"
+function Client:call(cmd, ...) end
+---@param cmds (string|number)[][]
+---@return table replies with n; error replies as error objects
+function Client:pipeline(cmds) end
+---@param cmds (string|number)[][]
+---@return table replies of EXEC, with n
+function Client:transaction(cmds) end
+---@param ... string channels
+---@return fun(): string?, string? iterator of channel, message
+function Client:subscribe(...) end
+---@param ... string patterns
+---@return fun(): string?, string?, string? iterator of channel, message, pattern
+function Client:psubscribe(...) end
+function Client:close() end
+
+---@class weave.redis
+local redis = {}
+---@param opts? weave.redis.Options|string
+---@return weave.redis.Client
+function redis.connect(opts) end
+
+---@class weave.queue.Job
+---@field id string
+---@field entry string the stream entry id
+---@field deliveries integer
+
+---@class weave.queue.WorkOptions
+---@field concurrency? integer default 100
+---@field claim_idle? number seconds, default 30
+---@field max_deliveries? integer default 5
+---@field dead? string default stream..":dead"
+---@field results? string default stream..":results"
+---@field idle_exit? number seconds
+---@field block? number seconds a read waits, default 0.5
+---@field signals? boolean default true: SIGINT/SIGTERM stop reading and finish
+---@field on_error? fun(err: any, job: weave.queue.Job)
+
+---@class weave.queue.Queue
+---@field stream string
+---@field group string
+---@field consumer string
+local Queue = {}
+---@param payload string|table
+---@param opts? {id?: string|integer}
+---@return string id
+function Queue:enqueue(payload, opts) end
+---@param payloads (string|table)[]
+---@param opts? {ids?: (string|integer)[], chunk?: integer}
+---@return string[] ids
+function Queue:enqueue_many(payloads, opts) end
+---@param handler fun(payload: any, job: weave.queue.Job): any
+---@param opts? weave.queue.WorkOptions
+---@return {done: integer, failed: integer, dead: integer, claimed: integer}
+function Queue:work(handler, opts) end
+---@param id string|integer
+---@return any value, "done"|"dead"|"pending" state, string? error
+function Queue:result(id) end
+---@return {length: integer, pending: integer, dead: integer, consumers: integer, done: integer}
+function Queue:stats() end
+function Queue:close() end
+
+---@class weave.queue
+local queue = {}
+---@param opts {redis?: weave.redis.Options|string|weave.redis.Client, stream?: string, group?: string, consumer?: string, dead?: string, results?: string}
+---@return weave.queue.Queue
+function queue.open(opts) end
 
 return weave
