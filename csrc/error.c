@@ -111,6 +111,11 @@ static int l_iserror(lua_State *L) {
 static int error_tostring(lua_State *L) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
+  if (lua_getfield(L, 1, "where") == LUA_TSTRING) { /* set when it escaped weave.run */
+    luaL_addvalue(&b);
+    luaL_addstring(&b, ": ");
+  } else
+    lua_pop(L, 1);
   lua_getfield(L, 1, "kind");
   luaL_addvalue(&b);
   luaL_addstring(&b, ": ");

@@ -468,6 +468,24 @@ static void on_sigint(uv_signal_t *h, int signum) {
   }
 }
 
+/* Push "file:line" of the first frame of traceback `tb` in the script, not
+** in weave's own Lua files or in C (nil when there is none): where an error
+** object escaping weave.run came from, which lua5.4 would not show. */
+static void pushwhere(lua_State *L, const char *tb) {
+  const char *p = strstr(tb, "\nstack traceback:\n");
+  for (p = p != NULL ? strchr(p + 1, '\n') : NULL; p != NULL; p = strchr(p + 1, '\n')) {
+    const char *line = p + 1, *end = strstr(line, ": in "), *nl = strchr(line, '\n'), *q;
+    while (*line == '\t' || *line == ' ') line++;
+    if (end == NULL || (nl != NULL && end > nl) || line[0] == '[' || line[0] == '(') continue;
+    for (q = end; q > line && q[-1] != '/'; q--) {
+    }
+    if (q - line >= 6 && strncmp(q - 6, "weave/", 6) == 0) continue; /* weave's own modules */
+    lua_pushlstring(L, line, (size_t)(end - line));
+    return;
+  }
+  lua_pushnil(L);
+}
+
 /* Push the root task's outcome: its values, or raise its error.  `plain`
 ** (blocking convenience) raises errors untouched; run adds the traceback. */
 static int outcome(lua_State *L, wv_rt *rt, int rootidx, int plain) {
@@ -497,9 +515,15 @@ static int outcome(lua_State *L, wv_rt *rt, int rootidx, int plain) {
       lua_pop(L, 1);
     else if (lua_type(L, -2) == LUA_TSTRING)
       lua_remove(L, -2); /* the traceback starts with the message */
-    else if (weave__iserror(L, -2, NULL))
+    else if (weave__iserror(L, -2, NULL)) {
+      pushwhere(L, lua_tostring(L, -1));
+      if (lua_getfield(L, -3, "where") == LUA_TNIL && lua_type(L, -2) == LUA_TSTRING) {
+        lua_pop(L, 1);
+        lua_setfield(L, -3, "where");
+      } else
+        lua_pop(L, 2);
       lua_setfield(L, -2, "traceback");
-    else
+    } else
       lua_pop(L, 1);
   }
   return lua_error(L);

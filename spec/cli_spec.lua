@@ -139,4 +139,30 @@ describe("SIGINT", function()
     os.remove(path)
     assert.matches("rc=130", out)
   end)
+
+  it("an uncaught weave error shows where in the script it came from, under lua5.4 and weave, once", function()
+    local code = [[
+local weave = require "weave"
+weave.run(function()
+  weave.sleep(0)
+  weave.timeout(0.01, weave.sleep, 1)
+end)
+]]
+    local out, err, rc = helpers.lua(code)
+    assert.are_not.equal(0, rc)
+    assert.matches("^lua5.4: [^\n]*%.lua:4: timeout: weave.timeout: ", err)
+    out, err, rc = helpers.weave(code)
+    assert.are.equal(1, rc)
+    assert.matches("^weave: [^\n]*%.lua:4: timeout: weave.timeout: ", err)
+    local _, n = err:gsub("timeout: weave.timeout", "")
+    assert.are.equal(1, n, err)
+    -- a caught error is untouched, and one that escapes says where
+    out = helpers.lua([[
+local weave = require "weave"
+weave.run(function() print(tostring(select(2, pcall(weave.timeout, 0.01, weave.sleep, 1)))) end)
+print(tostring(select(2, pcall(weave.run, function() weave.timeout(0.01, weave.sleep, 1) end))))
+]])
+    assert.matches("^timeout: weave.timeout", out)
+    assert.matches("\n[^\n]*%.lua:3: timeout: weave.timeout", out)
+  end)
 end)

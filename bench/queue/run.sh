@@ -6,7 +6,9 @@
 #   weave:  N jobs, WORKERS weave processes (bench/queue/weave_worker.lua,
 #           concurrency 50 each), q:enqueue_many; then 1 and 2 workers.
 #   Celery: N jobs, WORKERS `celery worker -P threads -c 50` processes,
-#           apply_async on one producer, results in Redis (db 1).
+#           apply_async on one producer, results in Redis (db 1); the task
+#           GETs with urllib (a connection per job), then again with one
+#           kept-alive connection per thread (as a requests.Session would).
 #   RQ:     RQ_N jobs, WORKERS `rq worker` processes (each forks a work horse
 #           per job and runs one job at a time), Queue.enqueue_many.
 # Timed the same way for all three: from the first enqueue (every worker up
@@ -58,10 +60,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-cpu() { # PID...: their CPU seconds so far (user + system, reaped children too)
-  for p in "$@"; do sed 's/.*) //' "/proc/$p/stat" 2>/dev/null; done |
-    awk -v hz="$HZ" '{ s += $12 + $13 + $14 + $15 } END { printf "%.2f", s / hz }'
-}
 
 # One redis-server (Unix socket only, no persistence), one API server.
 SOCK=$dir/redis.sock
@@ -87,91 +85,104 @@ api_total() { curl -s "$API/stats" | $PY -c 'import json,sys; print(json.load(sy
 fresh() { rcli FLUSHALL; curl -s -o /dev/null "$API/reset"; }
 
 # run NAME WORKERS DRIVER...: the workers are already started ($wk_pids);
-# runs the driver, then prints one line:
-#   NAME WORKERS SECONDS ENQ_SECONDS OK FAILED GETS WORKER_CPU REDIS_CPU API_CPU
+# runs the driver (in the background, so that a signal ends this script at
+# once; it measures the CPU time of the workers, redis-server and the API
+# server over the timed part), then adds one line to $dir/results:
+#   NAME WORKERS SECONDS ENQ_SECONDS OK FAILED WORKER_CPU REDIS_CPU API_CPU GETS
 run() {
   name=$1; w=$2; shift 2
-  r0=$(cpu $RPID); a0=$(cpu $APID)
-  out=$("$@" 2>"$dir/$name.err") || { echo "bench/queue: $name failed: $(tail -n 5 "$dir/$name.err")" >&2; out=""; }
-  wc=$(cpu $wk_pids); r1=$(cpu $RPID); a1=$(cpu $APID)
-  [ -n "$out" ] || out="nan nan 0 0"
-  echo "$name $w $out $(api_total) $wc $(awk -v a="$r0" -v b="$r1" 'BEGIN { printf "%.2f", b - a }') $(awk -v a="$a0" -v b="$a1" 'BEGIN { printf "%.2f", b - a }')"
+  BENCH_CPU_PIDS="$wk_pids,$RPID,$APID" BENCH_HZ=$HZ "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
+  drv=$!; wk_pids="$wk_pids $drv"
+  if wait $drv && [ -s "$dir/$name.out" ]; then out=$(cat "$dir/$name.out")
+  else echo "bench/queue: $name failed: $(head -n 4 "$dir/$name.err")" >&2; out="-1 -1 0 0 0 0 0"; fi
+  wk_pids=${wk_pids% $drv}
+  echo "$name $w $out $(api_total)" >>"$dir/results"
+}
+
+start_workers() { # N LOGPREFIX CMD...: N workers, CMD's "@K" replaced by their number
+  n=$1; lp=$2; shift 2
+  wk_pids=""
+  for k in $(seq "$n"); do
+    cmd="exec"
+    for a in "$@"; do cmd="$cmd '$(printf %s "$a" | sed "s/@K/$k/g")'"; done
+    eval "$cmd" >"$lp$k.log" 2>&1 &
+    wk_pids="$wk_pids $!"
+  done
 }
 
 weave_run() { # WORKERS JOBS
   fresh
-  wk_pids=""
-  for k in $(seq "$1"); do
-    "$WEAVE" bench/queue/weave_worker.lua "$SOCK" "$API" "w$k" $C 2 >"$dir/weave$1-$k.log" 2>&1 &
-    wk_pids="$wk_pids $!"
-  done
-  line=$(run "weave$1" "$1" lua5.4 bench/queue/weave_bench.lua "$SOCK" "$2" "$1")
+  start_workers "$1" "$dir/weave$1-" "$WEAVE" bench/queue/weave_worker.lua "$SOCK" "$API" w@K $C 2
+  run "weave$1" "$1" lua5.4 bench/queue/weave_bench.lua "$SOCK" "$2" "$1"
   # They leave by themselves (idle_exit = 2 s); bounded, then killed.
-  if ! wait_gone 15 $wk_pids; then echo "bench/queue: weave workers still up 15 s after the run: killed" >&2; fi
+  wait_gone 15 $wk_pids || echo "bench/queue: weave workers still up 15 s after the run: killed" >&2
   stop 2 $wk_pids; wk_pids=""
-  echo "$line"
 }
 
-celery_run() { # WORKERS JOBS
+celery_run() { # NAME WORKERS JOBS KEEPALIVE(0/1)
   fresh
-  wk_pids=""
-  for k in $(seq "$1"); do
-    env -u LD_PRELOAD $PY -m celery -A celery_app worker -P threads -c $C -n "c$k@%h" -l WARNING \
-      --without-gossip --without-mingle --without-heartbeat >"$dir/celery$k.log" 2>&1 &
-    wk_pids="$wk_pids $!"
-  done
-  line=$(run celery "$1" env -u LD_PRELOAD $PY bench/queue/celery_bench.py "$2" "$1")
+  start_workers "$2" "$dir/$1" env -u LD_PRELOAD BENCH_KEEPALIVE="$4" $PY -m celery -A celery_app worker -P threads -c $C \
+    -n c@K@%h -l WARNING --without-gossip --without-mingle --without-heartbeat
+  run "$1" "$2" env -u LD_PRELOAD $PY bench/queue/celery_bench.py "$3" "$2"
   stop 10 $wk_pids; wk_pids=""
-  echo "$line"
 }
 
 rq_run() { # WORKERS JOBS
   fresh
-  wk_pids=""
-  for k in $(seq "$1"); do
-    env -u LD_PRELOAD $PY -m rq.cli worker -u "unix://$SOCK" -n "rq$k" bench >"$dir/rq$k.log" 2>&1 &
-    wk_pids="$wk_pids $!"
-  done
-  line=$(run rq "$1" env -u LD_PRELOAD $PY bench/queue/rq_bench.py "$SOCK" "$2" "$1")
+  start_workers "$1" "$dir/rq" env -u LD_PRELOAD $PY -m rq.cli worker -u "unix://$SOCK" -n rq@K bench
+  run rq "$1" env -u LD_PRELOAD $PY bench/queue/rq_bench.py "$SOCK" "$2" "$1"
   stop 10 $wk_pids; wk_pids=""
-  echo "$line"
 }
 
 CV=$($PY -c 'import celery; print(celery.__version__)')
 RV=$($PY -c 'import rq; print(rq.__version__)')
 echo "== bench/queue: $N jobs (RQ: $RN), each one GET of a 50 ms API call, $WK worker processes; weave.queue vs Celery $CV vs RQ $RV"
-echo "weave: $WK x weave_worker.lua, concurrency $C each; Celery: $WK x 'celery worker -P threads -c $C' (urllib);"
+echo "weave: $WK x weave_worker.lua, concurrency $C each; Celery: $WK x 'celery worker -P threads -c $C' (urllib: a connection per job; then kept alive);"
 echo "RQ: $WK x 'rq worker' (forks a work horse per job, one job at a time per worker; urllib)."
 echo "Redis on a Unix socket for all three; timed from the first enqueue (all workers up) to the last result stored."
 t_start=$(date +%s)
-{
-  weave_run "$WK" "$N"
-  celery_run "$WK" "$N"
-  rq_run "$WK" "$RN"
-  [ "$WK" -gt 1 ] && weave_run 1 "$N"
-  [ "$WK" -gt 2 ] && weave_run 2 "$N"
-} >"$dir/results"
+: >"$dir/results"
+weave_run "$WK" "$N"
+celery_run celery "$WK" "$N" 0
+celery_run celeryka "$WK" "$N" 1
+rq_run "$WK" "$RN"
+[ "$WK" -gt 1 ] && weave_run 1 "$N"
+[ "$WK" -gt 2 ] && weave_run 2 "$N"
 t_end=$(date +%s)
 awk -v c="$C" -v wk="$WK" -v took=$((t_end - t_start)) '
-  { name[NR] = $1; w[NR] = $2; t[NR] = $3; te[NR] = $4; ok[NR] = $5; bad[NR] = $6; gets[NR] = $7
-    wc[NR] = $8; rc[NR] = $9; ac[NR] = $10; jobs[NR] = $5 + $6; rate[NR] = (t[NR] > 0) ? jobs[NR] / t[NR] : 0 }
+  function per(x, n) { return n > 0 ? 1000 * x / n : 0 }
+  { i = $1; order[NR] = i; w[i] = $2; t[i] = $3; te[i] = $4; bad[i] = $6; gets[i] = $10
+    wc[i] = $7; rc[i] = $8; ac[i] = $9; jobs[i] = $5 + $6; rate[i] = (t[i] > 0) ? jobs[i] / t[i] : 0 }
   END {
-    wr = rate[1]; cr = rate[2]; rr = rate[3]
-    label["weave" wk] = sprintf("weave.queue, %d workers x %d", wk, c)
+    top = "weave" wk; wr = rate[top]
+    label[top] = sprintf("weave.queue, %d workers x %d", wk, c)
     label["celery"] = sprintf("Celery, %d workers -P threads -c %d", wk, c)
+    label["celeryka"] = "  same, keep-alive conn per thread"
     label["rq"] = sprintf("RQ, %d workers (fork per job)", wk)
     label["weave1"] = sprintf("weave.queue, 1 worker x %d", c)
     label["weave2"] = sprintf("weave.queue, 2 workers x %d", c)
-    printf "%-36s %6s %8s %9s %9s %9s %7s %7s %7s %7s\n", "system", "jobs", "time(s)", "enq(s)", "jobs/s", "weave/x", "failed", "wCPU(s)", "redis", "api"
-    for (i = 1; i <= NR; i++) {
-      ratio = (i == 2 || i == 3) && rate[i] > 0 ? sprintf("%8.1fx", wr / rate[i]) : ""
-      printf "%-36s %6d %8.3f %9.3f %9.1f %9s %7d %7.2f %7.2f %7.2f\n", label[name[i]], jobs[i], t[i], te[i], rate[i], ratio, bad[i], wc[i], rc[i], ac[i]
-      if (gets[i] != jobs[i]) printf "  (the API server saw %d GETs for %d jobs)\n", gets[i], jobs[i]
+    printf "%-36s %6s %8s %8s %8s %8s %6s %8s %6s %6s\n", "system", "jobs", "time(s)", "enq(s)", "jobs/s", "weave/x", "failed", "wCPU(s)", "redis", "api"
+    for (k = 1; k <= NR; k++) {
+      i = order[k]
+      ratio = ""
+      if (i !~ /^weave/) ratio = rate[i] > 0 && wr > 0 ? sprintf("%.1fx", wr / rate[i]) : "-"
+      printf "%-36s %6d %8.3f %8.3f %8.1f %8s %6d %8.2f %6.2f %6.2f\n", label[i], jobs[i], t[i], te[i], rate[i], ratio, bad[i], wc[i], rc[i], ac[i]
+      if (t[i] < 0) printf "  (this run failed: see the message above)\n"
+      else if (gets[i] != jobs[i]) printf "  (the API server saw %d GETs for %d jobs)\n", gets[i], jobs[i]
     }
-    printf "ideal (I/O only): %d x %d / 0.05 s = %d jobs/s; goal weave >= 10x Celery: %s (%.1fx)\n",
-      wk, c, wk * c / 0.05, (cr > 0 && wr >= 10 * cr) ? "met" : "NOT met", cr > 0 ? wr / cr : 0
+    cr = rate["celery"]
+    printf "ideal (50 ms of I/O only): %d x %d / 0.05 s = %d jobs/s; weave reached %.0f%%\n", wk, c, wk * c / 0.05, 100 * wr / (wk * c / 0.05)
+    met = (cr > 0 && wr >= 10 * cr) ? "met" : "not met"
+    x1 = (cr > 0) ? wr / cr : 0
+    x2 = (rate["celeryka"] > 0) ? wr / rate["celeryka"] : 0
+    printf "goal weave >= 10x Celery: %s (%.1fx; %.1fx the keep-alive Celery)\n", met, x1, x2
+    printf "workers%s CPU per job: weave %.2f ms, Celery %.2f ms (%.1fx), keep-alive Celery %.2f ms, RQ %.2f ms\n", "\047",
+      per(wc[top], jobs[top]), per(wc["celery"], jobs["celery"]),
+      (per(wc[top], jobs[top]) > 0 ? per(wc["celery"], jobs["celery"]) / per(wc[top], jobs[top]) : 0),
+      per(wc["celeryka"], jobs["celeryka"]), per(wc["rq"], jobs["rq"])
     s = ""
-    for (i = 4; i <= NR; i++) s = s sprintf("%d worker%s %.0f jobs/s, ", w[i], w[i] > 1 ? "s" : "", rate[i])
-    printf "weave scaling: %s%d workers %.0f jobs/s\n", s, wk, wr
-    printf "wCPU: the workers%s CPU seconds (user + system, work horses included); redis, api: those servers%s during the run. Section: %d s.\n", "\047", "\047", took
+    for (n = 1; n < wk; n *= 2) if (("weave" n) in rate) s = s sprintf("%d worker%s %.0f, ", n, n > 1 ? "s" : "", rate["weave" n])
+    printf "weave scaling, jobs/s: %s%d workers %.0f\n", s, wk, wr
+    printf "enq: time to enqueue, inside time(s). wCPU, redis, api: CPU seconds (user + system) of the workers (RQ%ss\n", "\047"
+    printf "work horses included), redis-server and the API server over time(s). Section: %d s.\n", took
   }' "$dir/results"

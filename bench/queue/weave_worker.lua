@@ -14,7 +14,8 @@ weave.run(function()
   local q <close> = queue.open { redis = { path = path }, stream = "bench", consumer = name }
   local s <close> = http.session { max_connections = conc }
   local st = q:work(function(p)
-    local r = s:get(api .. "/item/" .. p.n, { timeout = 30 })
+    -- (%d: the payload comes back from JSON with n a float, 1.0)
+    local r = s:get(("%s/item/%d"):format(api, p.n), { timeout = 30 })
     if r.status ~= 200 then error("status " .. r.status) end
     return r:json().id
   end, { concurrency = conc, idle_exit = idle })
