@@ -475,7 +475,8 @@ static void pushwhere(lua_State *L, const char *tb) {
   const char *p = strstr(tb, "\nstack traceback:\n");
   for (p = p != NULL ? strchr(p + 1, '\n') : NULL; p != NULL; p = strchr(p + 1, '\n')) {
     const char *line = p + 1, *end = strstr(line, ": in "), *nl = strchr(line, '\n'), *q;
-    while (*line == '\t' || *line == ' ') line++;
+    while (*line == '\t' || *line == ' ')
+      line++;
     if (end == NULL || (nl != NULL && end > nl) || line[0] == '[' || line[0] == '(') continue;
     for (q = end; q > line && q[-1] != '/'; q--) {
     }

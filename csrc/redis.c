@@ -61,8 +61,8 @@ struct wv_rconn {
   wv_rconn *prev, *next; /* the runtime's list */
   int state, waiting;    /* waiting: calls and waits that keep the loop alive */
   int drop_on_cancel, closing;
-  int shared; /* a client's main connection: blocking commands and a lost connection go back to Lua */
-  wv_task *cwaiter;      /* the task in connect */
+  int shared;       /* a client's main connection: blocking commands and a lost connection go back to Lua */
+  wv_task *cwaiter; /* the task in connect */
   uv_getaddrinfo_t *dns; /* in flight while resolving */
   struct addrinfo *addrs, *next_addr;
   int port;
@@ -257,7 +257,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   if (c->state < RC_CLOSED) {
     c->state = RC_LOST;
     snprintf(c->err, sizeof c->err, "%s",
-             status == REDIS_OK ? "the server closed the connection" : ac->errstr[0] ? ac->errstr : "lost");
+             status == REDIS_OK ? "the server closed the connection"
+             : ac->errstr[0]    ? ac->errstr
+                                : "lost");
   }
   wake(c, &c->cwaiter); /* a subscribe waiting for its confirmations */
   wake(c, &c->swaiter);
@@ -310,7 +312,7 @@ static int attach(wv_rconn *c, redisAsyncContext *ac) {
   p = ac->ev.data;
   uv_unref((uv_handle_t *)&p->handle);
   c->waiting = 0;
-  hold(c, 1); /* the connect */
+  hold(c, 1);   /* the connect */
   add_write(p); /* writable = connected (or failed): hiredis checks */
   return 0;
 }
@@ -324,7 +326,10 @@ static void try_next(wv_rconn *c) {
     if (uv_ip_name(a->ai_addr, ip, sizeof ip) != 0) continue;
     c->state = RC_CONNECTING;
     c->err[0] = '\0';
-    if (attach(c, redisAsyncConnect(ip, c->port)) == 0) return;
+    if (attach(c, redisAsyncConnect(ip, c->port)) == 0) {
+      redisEnableKeepAlive(&c->ac->c); /* a silent peer is found within a minute or two */
+      return;
+    }
   }
   if (c->addrs != NULL) uv_freeaddrinfo(c->addrs), c->addrs = NULL;
   if (c->state < RC_CLOSED) c->state = RC_CLOSED;
@@ -440,23 +445,31 @@ static int l_connect(lua_State *L) {
 /* --- commands ------------------------------------------------------------- */
 
 /* Commands that would take the connection out of request/reply step. */
-static const char *refused(lua_State *L, int first, int argc, int multi) {
-  static const char *const names[] = {"subscribe",   "psubscribe",   "ssubscribe", "unsubscribe",
+enum { RF_SHARED = 1, RF_TX = 2 }; /* a client's shared connection; inside c:transaction */
+
+static int blocking(lua_State *L, int first, int argc);
+
+static const char *refused(lua_State *L, int first, int argc, int flags) {
+  static const char *const names[] = {"subscribe",    "psubscribe",   "ssubscribe", "unsubscribe",
                                       "punsubscribe", "sunsubscribe", NULL};
   static const char *const streams[] = {"monitor", "sync", "psync", NULL};
   const char *cmd = lua_tostring(L, first);
   int i;
   for (i = 0; names[i] != NULL; i++)
-    if (strcasecmp(cmd, names[i]) == 0) return "use c:subscribe(...) or c:psubscribe(...) (a connection of its own)";
+    if (strcasecmp(cmd, names[i]) == 0)
+      return "use c:subscribe(...) or c:psubscribe(...) (a connection of its own)";
   for (i = 0; streams[i] != NULL; i++)
     if (strcasecmp(cmd, streams[i]) == 0) return "it turns the connection into a stream weave does not read";
-  if (multi) {
+  if ((flags & RF_SHARED) && !(flags & RF_TX)) {
     static const char *const tx[] = {"multi", "exec", "discard", "watch", "unwatch", NULL};
     for (i = 0; tx[i] != NULL; i++)
       if (strcasecmp(cmd, tx[i]) == 0)
         return "other tasks' calls share this connection and would land inside the transaction; use "
                "c:transaction{...} (or a Lua script with EVAL)";
   }
+  if ((flags & RF_SHARED) && strcasecmp(cmd, "select") == 0)
+    return "every connection of a client uses the database given to redis.connect{db=}; connect again with "
+           "another db";
   if (strcasecmp(cmd, "client") == 0 && argc > 1 && strcasecmp(lua_tostring(L, first + 1), "reply") == 0)
     return "replies are how calls are matched to their callers";
   if (strcasecmp(cmd, "hello") == 0 && argc > 1 && strcmp(lua_tostring(L, first + 1), "2") != 0)
@@ -467,8 +480,9 @@ static const char *refused(lua_State *L, int first, int argc, int multi) {
 /* Commands that block the connection until something happens: a client
 ** runs them on a connection of their own. */
 static int blocking(lua_State *L, int first, int argc) {
-  static const char *const names[] = {"blpop",  "brpop",    "brpoplpush", "blmove", "blmpop", "bzpopmin",
-                                      "bzpopmax", "bzmpop", "wait",       "waitaof", NULL};
+  /* (WAIT and WAITAOF stay: they wait for this connection's own writes) */
+  static const char *const names[] = {"blpop",    "brpop",    "brpoplpush", "blmove", "blmpop",
+                                      "bzpopmin", "bzpopmax", "bzmpop",     NULL};
   const char *cmd = lua_tostring(L, first);
   int i;
   for (i = 0; names[i] != NULL; i++)
@@ -499,11 +513,14 @@ static void toargs(lua_State *L, const char *fname, int first, int argc, int cmd
       } else {
         lua_Number x = lua_tonumber(L, idx);
         char buf[64];
-        if (x == floor(x) && fabs(x) < 9007199254740992.0)
+        if (isnan(x) || isinf(x)) {
+          const char *what = isnan(x) ? "nan" : x > 0 ? "inf" : "-inf";
+          if (cmdno > 0)
+            weave__argerror(L, fname, "command %d, argument %d is %s; Redis takes finite numbers", cmdno,
+                            i + 1, what);
+          weave__argerror(L, fname, "argument %d is %s; Redis takes finite numbers", i + 1, what);
+        } else if (x == floor(x) && fabs(x) < 1e19)
           snprintf(buf, sizeof buf, "%.0f", x); /* 30.0 -> "30": Redis wants integers written so */
-        else if (isnan(x) || isinf(x))
-          weave__argerror(L, fname, "argument %d is %s; Redis takes finite numbers", i + 1 + (cmdno > 0),
-                          isnan(x) ? "nan" : x > 0 ? "inf" : "-inf");
         else
           snprintf(buf, sizeof buf, "%.17g", x);
         lua_pushstring(L, buf);
@@ -514,7 +531,8 @@ static void toargs(lua_State *L, const char *fname, int first, int argc, int cmd
       if (cmdno > 0)
         weave__argerror(L, fname, "command %d, argument %d is a %s; pass strings or numbers", cmdno, i + 1,
                         luaL_typename(L, idx));
-      weave__argerror(L, fname, "argument %d is a %s; pass strings or numbers%s", i + 1, luaL_typename(L, idx),
+      weave__argerror(L, fname, "argument %d is a %s; pass strings or numbers%s", i + 1,
+                      luaL_typename(L, idx),
                       lua_type(L, idx) == LUA_TBOOLEAN ? " (Redis has no booleans)" : "");
     }
   }
@@ -537,7 +555,8 @@ static int sendcmd(lua_State *L, wv_rconn *c, wv_rcall *q, int first, int argc) 
       return -1;
     }
   }
-  for (i = 0; i < argc; i++) argv[i] = lua_tolstring(L, first + i, &lens[i]);
+  for (i = 0; i < argc; i++)
+    argv[i] = lua_tolstring(L, first + i, &lens[i]);
   r = redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens);
   if (argv != small) free((void *)argv), free(lens);
   return r == REDIS_OK ? 0 : -1;
@@ -550,7 +569,8 @@ static void call_unblock(wv_rt *rt, wv_task *t) {
   int i;
   (void)rt;
   q->waiter = NULL; /* the replies still to come are dropped */
-  for (i = 0; i < q->got; i++) freeReplyObject(q->r[i]), q->r[i] = NULL;
+  for (i = 0; i < q->got; i++)
+    freeReplyObject(q->r[i]), q->r[i] = NULL;
   if (q->c->drop_on_cancel) shut(q->c, RC_CLOSED, "closed: a blocking call on it was cancelled");
 }
 
@@ -594,13 +614,15 @@ static void pushreply(lua_State *L, const redisReply *r, const char *cmd) {
 }
 
 /* Raise for a call whose connection went away. */
-static int raise_lost(lua_State *L, wv_rconn *c) {
+static int raise_lostf(lua_State *L, wv_rconn *c, const char *fname) {
   if (c == NULL)
-    return weave__raise(L, "closed", "weave.redis.call: the connection was closed while the call waited");
-  lua_pushfstring(L, "weave.redis.call: %s: %s", c->where, lostmsg(c));
+    return weave__raise(L, "closed", "%s: the connection was closed while the call waited", fname);
+  lua_pushfstring(L, "%s: %s: %s", fname, c->where, lostmsg(c));
   weave__newerror(L, c->state == RC_CLOSED ? "closed" : "network", lua_tostring(L, -1));
   return lua_error(L);
 }
+
+static int raise_lost(lua_State *L, wv_rconn *c) { return raise_lostf(L, c, "weave.redis.call"); }
 
 static void freecall(wv_rcall *q) {
   int i;
@@ -659,7 +681,8 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
 
 static wv_rconn *ready(lua_State *L, const char *fname) {
   wv_rconn *c = checkconn(L, fname);
-  if (c->subbed) weave__raise(L, "invalid_state", "%s: this connection is subscribed; it only receives messages", fname);
+  if (c->subbed)
+    weave__raise(L, "invalid_state", "%s: this connection is subscribed; it only receives messages", fname);
   if (c->state != RC_READY) {
     lua_pushfstring(L, "%s: %s: %s", fname, c->where, lostmsg(c));
     weave__newerror(L, c->state == RC_LOST ? "network" : "closed", lua_tostring(L, -1));
@@ -694,7 +717,7 @@ static int c_call(lua_State *L) {
   }
   c = ready(L, fname);
   toargs(L, fname, 2, argc, 0);
-  if ((why = refused(L, 2, argc, c->shared)) != NULL)
+  if ((why = refused(L, 2, argc, c->shared ? RF_SHARED : 0)) != NULL)
     return weave__argerror(L, fname, "%s is refused: %s", lua_tostring(L, 2), why);
   if (c->shared && blocking(L, 2, argc)) {
     lua_pushlightuserdata(L, (void *)&BLOCKMARK);
@@ -711,33 +734,44 @@ static int c_call(lua_State *L) {
 }
 
 /* Push the elements of command table i (at idx 2) and check them. */
-static int pushcmd(lua_State *L, const char *fname, int i) {
-  int argc, j;
+static int pushcmd(lua_State *L, const char *fname, int i, int flags) {
+  int argc, j, no = (flags & RF_TX) ? i - 1 : i; /* (a transaction's MULTI is not the caller's) */
   if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
-    weave__argerror(L, fname, "command %d is a %s; pass tables like {\"SET\", \"k\", \"v\"}", i, luaL_typename(L, -1));
+    weave__argerror(L, fname, "command %d is a %s; pass tables like {\"SET\", \"k\", \"v\"}", no,
+                    luaL_typename(L, -1));
   argc = (int)lua_rawlen(L, -1);
   if (argc > 500000 || !lua_checkstack(L, argc + 8))
-    weave__argerror(L, fname, "command %d has %d arguments (at most 500000)", i, argc);
-  for (j = 1; j <= argc; j++) lua_rawgeti(L, -1 - (j - 1), j);
-  toargs(L, fname, lua_gettop(L) - argc + 1, argc, i);
+    weave__argerror(L, fname, "command %d has %d arguments (at most 500000)", no, argc);
+  for (j = 1; j <= argc; j++)
+    lua_rawgeti(L, -1 - (j - 1), j);
+  toargs(L, fname, lua_gettop(L) - argc + 1, argc, no > 0 ? no : 1);
   {
-    const char *why = refused(L, lua_gettop(L) - argc + 1, argc, 0);
-    if (why != NULL) weave__argerror(L, fname, "command %d: %s is refused: %s", i, lua_tostring(L, -argc), why);
+    const char *why = refused(L, lua_gettop(L) - argc + 1, argc, flags);
+    if (why != NULL)
+      weave__argerror(L, fname, "command %d: %s is refused: %s", no, lua_tostring(L, -argc), why);
+    if ((flags & RF_SHARED) && !(flags & RF_TX) && blocking(L, lua_gettop(L) - argc + 1, argc))
+      weave__argerror(L, fname,
+                      "command %d: %s blocks the connection every task shares; run it with c:call, which "
+                      "gives it a connection of its own",
+                      no, lua_tostring(L, -argc));
   }
   return argc;
 }
 
-/* conn:batch({cmd, ...}, ...) -> {reply, ..., n=}: the commands go out
-** together, with nothing from another task between them; error replies are
-** error objects in the table. */
+/* conn:batch({cmd, ...}, ...[, "pipeline" | "transaction"]) -> {reply, ...,
+** n=}: the commands go out together, with nothing from another task between
+** them; error replies are error objects in the table. */
 static int c_batch(lua_State *L) {
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
-  const char *fname = "weave.redis.batch";
+  int tx = lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "transaction") == 0;
+  const char *fname = tx                              ? "weave.redis.transaction"
+                      : lua_type(L, 3) == LUA_TSTRING ? "weave.redis.pipeline"
+                                                      : "weave.redis.batch";
   wv_rconn *c = ready(L, fname);
-  int n, i, sent = 0;
+  int n, i, sent = 0, flags = (c->shared ? RF_SHARED : 0) | (tx ? RF_TX : 0);
   wv_rcall *q;
   weave__checktype(L, 2, LUA_TTABLE, fname, "a list of commands");
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   n = (int)lua_rawlen(L, 2);
   if (n == 0) {
     lua_createtable(L, 0, 1);
@@ -747,16 +781,17 @@ static int c_batch(lua_State *L) {
   }
   if (n > 10000000) return weave__argerror(L, fname, "%d commands (at most 10000000)", n);
   if (calltask(L, rt, fname) == NULL) return weave__blocking(L, c_batch);
-  for (i = 1; i <= n; i++) lua_settop(L, 2), pushcmd(L, fname, i); /* all checked before any is sent */
+  for (i = 1; i <= n; i++)
+    lua_settop(L, 3), pushcmd(L, fname, i, flags); /* all checked before any is sent */
   q = newcall(L, c, n);
   for (i = 1; i <= n; i++) {
     int argc;
-    lua_settop(L, 2);
-    argc = pushcmd(L, fname, i);
+    lua_settop(L, 3);
+    argc = pushcmd(L, fname, i, flags);
     if (sendcmd(L, c, q, lua_gettop(L) - argc + 1, argc) != 0) break;
     sent++;
   }
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   if (sent == 0) {
     free(q);
     return raise_lost(L, c);
@@ -787,7 +822,7 @@ static int sub_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   weave__woken(L, rt);
-  if (c == NULL || c->state != RC_READY) return raise_lost(L, c);
+  if (c == NULL || c->state != RC_READY) return raise_lostf(L, c, "weave.redis.subscribe");
   if (c->subwant > 0) {
     c->cwaiter = rt->current;
     return weave__park(L, rt, sub_unblock, c, sub_k, 0);
@@ -805,7 +840,7 @@ static int c_subscribe(lua_State *L) {
   int argc = lua_gettop(L) - 1, i;
   const char *argv[256];
   size_t lens[256];
-  if (c->state != RC_READY) return raise_lost(L, c);
+  if (c->state != RC_READY) return raise_lostf(L, c, fname);
   if (c->waiting > 0 && !c->subbed)
     return weave__raise(L, "invalid_state", "%s: calls are pending on this connection", fname);
   if (argc < 2) return weave__argerror(L, fname, "expected at least one channel");
@@ -814,8 +849,9 @@ static int c_subscribe(lua_State *L) {
   if (strcasecmp(lua_tostring(L, 2), "subscribe") != 0 && strcasecmp(lua_tostring(L, 2), "psubscribe") != 0)
     return weave__argerror(L, fname, "kind must be SUBSCRIBE or PSUBSCRIBE");
   if (calltask(L, rt, fname) == NULL) return weave__blocking(L, c_subscribe);
-  for (i = 0; i < argc; i++) argv[i] = lua_tolstring(L, 2 + i, &lens[i]);
-  if (redisAsyncCommandArgv(c->ac, on_sub, c, argc, argv, lens) != REDIS_OK) return raise_lost(L, c);
+  for (i = 0; i < argc; i++)
+    argv[i] = lua_tolstring(L, 2 + i, &lens[i]);
+  if (redisAsyncCommandArgv(c->ac, on_sub, c, argc, argv, lens) != REDIS_OK) return raise_lostf(L, c, fname);
   c->subbed = 1;
   if (c->subwant == 0) hold(c, 1); /* until the server has confirmed them all */
   c->subwant += argc - 1;
@@ -848,10 +884,11 @@ static int c_next(lua_State *L) {
     }
     return 2 + p;
   }
-  if (c->state == RC_LOST) return raise_lost(L, c);
+  if (c->state == RC_LOST) return raise_lostf(L, c, "weave.redis.subscribe");
   if (c->state != RC_READY) return 0;
   if (!c->subbed)
-    return weave__raise(L, "invalid_state", "weave.redis.subscribe: this connection is not subscribed to anything");
+    return weave__raise(L, "invalid_state",
+                        "weave.redis.subscribe: this connection is not subscribed to anything");
   if (calltask(L, rt, "weave.redis.subscribe") == NULL) return weave__blocking(L, c_next);
   c->swaiter = rt->current;
   hold(c, 1);
@@ -926,14 +963,9 @@ static void closeall(wv_rt *rt, int phase) {
 }
 
 void weave__redislib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg meths[] = {{"call", c_call},
-                                   {"batch", c_batch},
-                                   {"subscribe", c_subscribe},
-                                   {"next_message", c_next},
-                                   {"status", c_status},
-                                   {"mode", c_mode},
-                                   {"waiting", c_waiting},
-                                   {NULL, NULL}};
+  static const luaL_Reg meths[] = {{"call", c_call},         {"batch", c_batch},   {"subscribe", c_subscribe},
+                                   {"next_message", c_next}, {"status", c_status}, {"mode", c_mode},
+                                   {"waiting", c_waiting},   {NULL, NULL}};
   weave__class(L, rt, WV_RCONN_MT, meths, c_close);
   weave__onclose(rt, closeall);
   lua_pushlightuserdata(L, rt);

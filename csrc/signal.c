@@ -20,8 +20,8 @@
 typedef struct wv_sig wv_sig;
 struct wv_sig {
   uv_signal_t h;
-  wv_rt *rt;             /* NULL once the runtime has closed it */
-  wv_sig *prev, *next;   /* the runtime's list */
+  wv_rt *rt;           /* NULL once the runtime has closed it */
+  wv_sig *prev, *next; /* the runtime's list */
   wv_task *waiter;
   int signum, count;
 };
@@ -157,7 +157,7 @@ static int l_signal(lua_State *L) {
   if (uv_signal_start(&s->h, on_signal, num) != 0) {
     s->rt = NULL;
     uv_close((uv_handle_t *)&s->h, on_close);
-    return weave__raise(L, "invalid_state", "%s: cannot watch SIG%s", fname, lua_tostring(L, 1));
+    return weave__raise(L, "invalid_state", "%s: cannot watch signal %d", fname, num);
   }
   uv_unref((uv_handle_t *)&s->h);
   s->next = rt->sigs;
@@ -170,7 +170,8 @@ static int l_signal(lua_State *L) {
 
 static void closeall(wv_rt *rt, int phase) {
   if (phase != 0) return;
-  while (rt->sigs != NULL) release(rt->sigs);
+  while (rt->sigs != NULL)
+    release(rt->sigs);
 }
 
 void weave__signallib(lua_State *L, wv_rt *rt) {

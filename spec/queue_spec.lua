@@ -95,6 +95,7 @@ describe("weave.queue", function()
       local st = q:work(function(p, job)
         seen[job.id] = p
         assert.are.equal(1, job.deliveries)
+        assert.are.equal(1, q:stats().consumers) -- registered while it works
         if type(p) == "table" then return { double = p.n * 2 } end
         return #p
       end, { concurrency = 2, idle_exit = 0 })
@@ -102,10 +103,13 @@ describe("weave.queue", function()
       assert.are.same({ "x", "y" }, seen[a].tags)
       assert.are.equal("raw \0 bytes", seen["job-b"])
       assert.are.equal(4, q:result("c").double)
+      assert.are.equal("integer", math.type(q:result("c").double)) -- whole JSON numbers are integers
+      assert.are.equal("integer", math.type(seen.c.n))
       assert.are.equal(11, q:result("job-b"))
       assert.are.same({ nil, "pending" }, { q:result("nope") })
       local s = q:stats()
-      assert.are.same({ length = 0, pending = 0, dead = 0, consumers = 1, done = 4 }, s)
+      -- a graceful end leaves the group (nothing was pending for it)
+      assert.are.same({ length = 0, pending = 0, dead = 0, consumers = 0, done = 4 }, s)
     end)
   end)
 
@@ -165,6 +169,38 @@ describe("weave.queue", function()
       local s = q:stats()
       assert.are.equal(0, s.pending)
       assert.are.equal(1, s.dead)
+    end)
+  end)
+
+  it("q:stop() ends work gracefully from another task; a table error is stored as JSON", function()
+    run(function()
+      local q <close> = queue.open { redis = { path = r.path }, stream = "s5" }
+      for i = 1, 30 do q:enqueue { n = i } end
+      q:enqueue({ n = 0 }, { id = "bad" })
+      local started = 0
+      local stopper = weave.spawn(function()
+        while started < 5 do sleep(0.005) end
+        q:stop()
+      end)
+      local st = q:work(function(p)
+        if p.n == 0 then error({ code = 7 }) end
+        started = started + 1
+        sleep(0.05)
+        return p.n
+      end, { concurrency = 5, max_deliveries = 1 })
+      stopper:await()
+      assert.is_true(st.done >= 5 and st.done < 30, "done " .. st.done)
+      assert.are.equal(0, q:stats().pending) -- the ones in flight finished
+      local st2 = q:work(function(p)
+        if p.n == 0 then error({ code = 7 }) end
+        return p.n
+      end, { concurrency = 5, max_deliveries = 1, idle_exit = 0 })
+      assert.are.equal(30, st.done + st2.done)
+      local _, state, err = q:result("bad")
+      assert.are.equal("dead", state)
+      assert.are.equal('{"code":7}', err)
+      assert.are.same({ length = 0, pending = 0, dead = 1, consumers = 0, done = 30 }, q:stats())
+      q:stop() -- not working: nothing
     end)
   end)
 

@@ -160,6 +160,16 @@ describe("weave.redis", function()
       local e = fails(c.transaction, c, { { "INCR", "t" }, { "NOSUCH" } })
       assert.are.equal("redis", e.kind)
       assert.are.equal("4", c:call("GET", "t"))
+      -- a pipeline is no way around the rules of the shared connection
+      for _, cmd in ipairs { { "MULTI" }, { "EXEC" }, { "SELECT", 1 }, { "BLPOP", "q", 0 }, { "SUBSCRIBE", "x" } } do
+        local e = fails(c.pipeline, c, { { "PING" }, cmd })
+        assert.are.equal("invalid_argument", e.kind)
+        assert.matches("^weave%.redis%.pipeline: command 2: ", e.message)
+      end
+      assert.matches("weave.redis.transaction: command 2: SELECT is refused", fails(c.transaction, c,
+        { { "PING" }, { "SELECT", 2 } }).message, 1, true)
+      assert.matches("db=", fails(c.call, c, "SELECT", 1).message, 1, true)
+      assert.are.equal("PONG", c:call("PING")) -- and nothing of those was sent
       assert.matches("list of commands", fails(c.pipeline, c, "SET").message)
       assert.matches("command 2 is a string", fails(c.pipeline, c, { { "PING" }, "PING" }).message)
       assert.matches("command 1 is empty", fails(c.pipeline, c, { {} }).message)
@@ -193,6 +203,18 @@ describe("weave.redis", function()
       assert.are.equal(n1 - 1, nclients(c))
       -- a timeout reply (nil) is a reply
       assert.is_nil(c:call("BLPOP", "empty", 0.05))
+      -- WAIT waits for this connection's own writes: it stays on it
+      c:call("SET", "w", "1")
+      assert.are.equal(0, c:call("WAIT", 0, 10))
+      -- closing the client closes the blocking calls in flight: none takes an item later
+      local c2 = connect()
+      local b2 = spawn(function() return c2:call("BLPOP", "q3", 0) end)
+      sleep(0.05)
+      c2:close()
+      assert.are.equal("closed", select(2, pcall(b2.await, b2)).kind)
+      c:call("RPUSH", "q3", "stays")
+      sleep(0.05)
+      assert.are.equal(1, c:call("LLEN", "q3"))
     end)
   end)
 
@@ -226,6 +248,16 @@ describe("weave.redis", function()
       sleep(0.05)
       c:call("PUBLISH", "ev.one", "hello")
       assert.are.same({ "ev.one", "hello", "ev.*" }, { pat:await() })
+      -- closing the client ends its subscriptions
+      local c3 = connect()
+      local ended = spawn(function()
+        local n = 0
+        for _ in c3:subscribe("never") do n = n + 1 end
+        return n
+      end)
+      sleep(0.05)
+      c3:close()
+      assert.are.equal(0, ended:await())
       assert.matches("at least one channel", fails(c.subscribe, c).message)
       assert.matches("channel 1 is a table", fails(c.subscribe, c, {}).message)
     end)
@@ -292,6 +324,19 @@ describe("weave.redis", function()
       assert.is_nil(connect():call("GET", "in3")) -- db 0
       local p <close> = redis.connect { path = s3.path, password = "s3cret" }
       assert.are.equal("PONG", p:call("PING"))
+      -- URLs: a password with '@' and ':' percent-encoded or not, the password alone, unix:// with a query
+      assert.are.equal("OK", p:call("CONFIG", "SET", "requirepass", "p@ss:w%rd"))
+      local u1 <close> = redis.connect("unix://:p@ss:w%25rd@" .. s3.path)
+      assert.are.equal("PONG", u1:call("PING"))
+      local u2 <close> = redis.connect("unix://" .. s3.path .. "?password=p%40ss%3Aw%25rd&db=2")
+      assert.are.equal("PONG", u2:call("PING"))
+      local u3 <close> = redis.connect("unix://default:p%40ss%3Aw%25rd@" .. s3.path)
+      assert.are.equal("PONG", u3:call("PING"))
+      local bad = fails(redis.connect, "unix://:wrong-p@ss@" .. s3.path)
+      assert.are.equal("connect", bad.kind)
+      assert.not_matches("wrong", bad.message) -- the password is never in a message
+      assert.matches("user name but no password", fails(redis.connect, "redis://word@127.0.0.1").message)
+      assert.are.equal("OK", u1:call("CONFIG", "SET", "requirepass", "s3cret"))
       local e = fails(redis.connect, { path = s3.path, password = "wrong" })
       assert.are.equal("connect", e.kind)
       assert.matches("AUTH", e.message)

@@ -34,10 +34,10 @@ q.enqueue_many(jobs)
 te = time.monotonic() - t0
 fin = FinishedJobRegistry(queue=q).key
 fail = FailedJobRegistry(queue=q).key
-deadline = t0 + 300
+deadline = t0 + 120
 while conn.zcard(fin) + conn.zcard(fail) < n:
     if time.monotonic() > deadline:
-        sys.exit("the rq jobs did not finish in 300 s")
+        sys.exit("the rq jobs did not finish in 120 s")
     time.sleep(0.005)
 t = time.monotonic() - t0
 used = since(c0)

@@ -81,7 +81,7 @@ done
 API=http://127.0.0.1:$(cat "$dir/api.port")
 export BENCH_REDIS_SOCK="$SOCK" BENCH_API="$API" PYTHONPATH="$PWD/bench/queue${PYTHONPATH:+:$PYTHONPATH}"
 rcli() { env -u LD_PRELOAD redis-cli -s "$SOCK" "$@" >/dev/null; }
-api_total() { curl -s "$API/stats" | $PY -c 'import json,sys; print(json.load(sys.stdin)["total"])'; }
+api_total() { curl -s "$API/stats" 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["total"])' 2>/dev/null || echo 0; }
 fresh() { rcli FLUSHALL; curl -s -o /dev/null "$API/reset"; }
 
 # run NAME WORKERS DRIVER...: the workers are already started ($wk_pids);

@@ -155,26 +155,47 @@ function Queue:enqueue_many(list, o)
   return out
 end
 
-local function decode_result(s)
-  local v = cjson.decode(s)
-  if type(v) ~= "table" then return nil, "pending" end
-  if v.dead then return nil, "dead", v.error ~= NULL and v.error or nil end
-  local r = v.r
-  if r == NULL then r = nil end
-  return r, "done"
+-- JSON has one kind of number and lua-cjson 2.1 decodes every one as a
+-- float: whole numbers come back as integers (as Python's json does), so
+-- "/item/" .. job.n is "/item/7", not "/item/7.0". null inside is nil.
+local function lua_value(v)
+  if v == NULL then return nil end
+  if mtype(v) == "float" and v == floor(v) and v >= -2 ^ 63 and v < 2 ^ 63 then return math.tointeger(v) end
+  if type(v) == "table" then
+    for k, x in pairs(v) do v[k] = lua_value(x) end
+  end
+  return v
 end
 
+local function decode(s)
+  local v = cjson.decode(s or "")
+  return lua_value(v)
+end
+M._decode = decode
+
 --- q:result(id) -> value, "done" | nil, "dead", error | nil, "pending"
+-- ("pending": not finished yet, or an id the queue never had)
 function Queue:result(id)
   if type(id) ~= "string" and mtype(id) ~= "integer" then
     argerror("weave.queue.result: id must be a string or an integer, got %s", type(id))
   end
-  local s = self.redis:call("HGET", self.results, tostring(id))
-  if s == nil then return nil, "pending" end
-  return decode_result(s)
+  id = tostring(id)
+  local r = self.redis:pipeline { { "HGET", self.results, id }, { "HGET", self.dead .. ":ids", id } }
+  if r[1] ~= nil and not iserror(r[1]) then
+    local v = cjson.decode(r[1])
+    return type(v) == "table" and lua_value(v.r) or nil, "done"
+  end
+  if r[2] ~= nil and not iserror(r[2]) then
+    local v = cjson.decode(r[2])
+    return nil, "dead", type(v) == "table" and v.error ~= NULL and v.error or nil
+  end
+  return nil, "pending"
 end
 
 --- q:stats() -> {length=, pending=, dead=, consumers=, done=}
+-- length: entries not yet done (waiting + pending); done: jobs with a result;
+-- dead: entries in the dead stream; consumers: names in the group (a worker
+-- registers when work starts and leaves when it stops gracefully).
 function Queue:stats()
   local r = self.redis:pipeline {
     { "XLEN", self.stream }, { "XPENDING", self.stream, self.group }, { "XLEN", self.dead },
@@ -215,6 +236,10 @@ local function errtext(e)
   if type(e) == "table" and e.message ~= nil then
     return (e.kind and (e.kind .. ": ") or "") .. tostring(e.message)
   end
+  if type(e) == "table" and not (getmetatable(e) or {}).__tostring then
+    local s = cjson.encode(e) -- error({code = 7}) is stored as {"code":7}
+    if s then return s end
+  end
   return tostring(e)
 end
 
@@ -248,17 +273,25 @@ local function check_work(fname, handler, o)
   return c, o
 end
 
+-- Redis outages: the reader and the janitor wait and try again (with a
+-- growing pause, up to 5 s) instead of ending the worker; a job whose ack
+-- cannot be stored stays pending and runs again later (at least once).
+local OUTAGE = { network = true, connect = true, closed = false, timeout = true }
+local CALL_TIMEOUT = 30 -- seconds for any one of the queue's own Redis calls (a silent partition)
+
 --- q:work(handler, opts) -> {done=, failed=, dead=, claimed=}
 -- handler(payload, job) -> result (JSON-able); job = {id=, entry=, deliveries=}.
 -- opts: concurrency (100), claim_idle (30 s), max_deliveries (5), dead,
--- results, idle_exit (s; nil: run until a signal or a cancel), block (0.5 s:
--- the longest one read waits), signals (true: SIGINT/SIGTERM stop reading,
--- the jobs in flight finish, work returns), on_error(err, job).
+-- results, idle_exit (s; nil: run until q:stop(), a signal or a cancel),
+-- block (0.5 s: the longest one read waits), signals (true: SIGINT/SIGTERM
+-- stop reading, the jobs in flight finish, work returns), on_error(err, job).
 function Queue:work(handler, o)
   local fname = "weave.queue.work"
   local c, raw = check_work(fname, handler, o)
+  if self._stop then error(core.error("invalid_state", fname .. ": this queue is already working; one work at a time"), 2) end
   local client, stream, group, consumer = self.redis, self.stream, self.group, self.consumer
   local dead = raw.dead or self.dead
+  local dead_ids = dead .. ":ids"
   local results = raw.results or self.results
   local errors = self.errors
   local stats = { done = 0, failed = 0, dead = 0, claimed = 0 }
@@ -268,6 +301,14 @@ function Queue:work(handler, o)
   local last_busy = now()
   local block_ms = max(1, floor(c.block * 1000))
   local idle_ms = max(1, floor(c.claim_idle * 1000))
+
+  local function report(err, job)
+    if c.on_error then pcall(c.on_error, err, job) end
+  end
+
+  -- One of the queue's own calls, bounded (a silent partition never hangs it).
+  local function rcall(...) return weave.timeout(CALL_TIMEOUT, client.call, client, ...) end
+  local function rtx(cmds) return weave.timeout(CALL_TIMEOUT, client.transaction, client, cmds) end
 
   local function wake_reader()
     if slot then
@@ -287,9 +328,9 @@ function Queue:work(handler, o)
     local cmd = { "XADD", dead, "*", "id", job.id, "entry", id, "p", f.p or "", "error", err,
       "deliveries", job.deliveries }
     if f.t then cmd[#cmd + 1] = "t"; cmd[#cmd + 1] = f.t end
-    client:transaction {
+    rtx {
       cmd,
-      { "HSET", results, job.id, cjson.encode { dead = true, error = err, deliveries = job.deliveries } },
+      { "HSET", dead_ids, job.id, cjson.encode { error = err, deliveries = job.deliveries, entry = id } },
       { "XACK", stream, group, id }, { "XDEL", stream, id }, { "HDEL", errors, id },
     }
     stats.dead = stats.dead + 1
@@ -299,11 +340,7 @@ function Queue:work(handler, o)
     local f = fields(list)
     local job = { id = f.id or id, entry = id, deliveries = deliveries }
     local payload = f.p
-    if f.t == "json" then
-      local v = cjson.decode(payload or "")
-      if v == NULL then v = nil end
-      payload = v
-    end
+    if f.t == "json" then payload = decode(payload) end
     local ok, res = pcall(handler, payload, job)
     local encoded
     if ok then
@@ -314,7 +351,7 @@ function Queue:work(handler, o)
       error(res, 0) -- a hard stop: the job stays pending and is taken again
     end
     if ok then
-      client:transaction {
+      rtx {
         { "HSET", results, job.id, encoded }, { "XACK", stream, group, id }, { "XDEL", stream, id },
         { "HDEL", errors, id },
       }
@@ -323,11 +360,11 @@ function Queue:work(handler, o)
     end
     local err = errtext(res)
     stats.failed = stats.failed + 1
-    if c.on_error then pcall(c.on_error, res, job) end
+    report(res, job)
     if deliveries >= c.max_deliveries then
       bury(id, job, f, err)
     else
-      client:call("HSET", errors, id, err) -- stays pending: the janitor takes it again after claim_idle
+      rcall("HSET", errors, id, err) -- stays pending: the janitor takes it again after claim_idle
     end
   end
 
@@ -338,9 +375,27 @@ function Queue:work(handler, o)
       local ok, err = pcall(run, id, list, deliveries)
       busy[id] = nil
       freed()
-      if not ok and not weave.is_cancelled(err) and c.on_error then pcall(c.on_error, err, { entry = id }) end
-      if not ok and weave.is_cancelled(err) then error(err, 0) end
+      if not ok then
+        if weave.is_cancelled(err) then error(err, 0) end
+        report(err, { entry = id }) -- its ack or its error could not be stored: it runs again later
+      end
     end)
+  end
+
+  -- Keep this worker's jobs in flight fresh (idle time 0), so no one takes a
+  -- long job from a live worker: only those Redis still has as ours (after a
+  -- partition another worker may have taken one; it keeps it).
+  local function refresh()
+    if next(busy) == nil then return end
+    local mine = rcall("XPENDING", stream, group, "-", "+", c.concurrency + 100, consumer)
+    local cmd = { "XCLAIM", stream, group, consumer, 0 }
+    for i = 1, mine.n do
+      local id = mine[i][1]
+      if busy[id] then cmd[#cmd + 1] = id end
+    end
+    if #cmd == 5 then return end
+    cmd[#cmd + 1] = "JUSTID"
+    rcall(table.unpack(cmd))
   end
 
   -- Entries idle for claim_idle (failed, or their worker died): take as many
@@ -350,7 +405,7 @@ function Queue:work(handler, o)
     repeat
       local free = c.concurrency - inflight
       if free <= 0 or stopping then return end
-      local r = client:call("XAUTOCLAIM", stream, group, consumer, idle_ms, cursor, "COUNT", free)
+      local r = rcall("XAUTOCLAIM", stream, group, consumer, idle_ms, cursor, "COUNT", free)
       cursor = r[1]
       local claimed = {}
       for i = 1, (r[2] and r[2].n or 0) do
@@ -360,9 +415,10 @@ function Queue:work(handler, o)
       if #claimed > 0 then
         local q = {}
         for i, e in ipairs(claimed) do q[i] = { "XPENDING", stream, group, e[1], e[1], 1 } end
-        q[#q + 1] = { "HMGET", errors }
-        for _, e in ipairs(claimed) do q[#q][#q[#q] + 1] = e[1] end
-        local p = client:pipeline(q)
+        local hm = { "HMGET", errors }
+        for _, e in ipairs(claimed) do hm[#hm + 1] = e[1] end
+        q[#q + 1] = hm
+        local p = weave.timeout(CALL_TIMEOUT, client.pipeline, client, q)
         local lasterr = p[#q]
         for i, e in ipairs(claimed) do
           local info = not iserror(p[i]) and p[i][1]
@@ -383,18 +439,38 @@ function Queue:work(handler, o)
   end
 
   local function drained()
-    local p = client:call("XPENDING", stream, group)
+    local p = rcall("XPENDING", stream, group)
     return p[1] == 0
   end
 
-  weave.group(function(g)
-    local stopf = core.future()
-    local function stop()
-      if stopping then return end
-      stopping = true
-      stopf:resolve(true)
-      wake_reader()
+  -- Run step(); on a Redis outage wait (0.1 s, doubling up to 5 s) and say so
+  -- once through on_error; other errors end the worker.
+  local pause = 0
+  local function guarded(step, ...)
+    local ok, err = pcall(step, ...)
+    if ok then
+      pause = 0
+      return
     end
+    if weave.is_cancelled(err) or not (type(err) == "table" and OUTAGE[err.kind]) then error(err, 0) end
+    if pause == 0 then report(err, nil) end
+    pause = min(max(pause * 2, 0.1), 5)
+    weave.move_on_after(pause, core.await, self._stopf)
+  end
+
+  local stopf = core.future()
+  self._stopf = stopf
+  local function stop()
+    if stopping then return end
+    stopping = true
+    stopf:resolve(true)
+    wake_reader()
+  end
+  self._stop = stop
+
+  local ok, err = pcall(weave.group, function(g)
+    -- registered before it reads, so stats() counts it from the start
+    guarded(rcall, "XGROUP", "CREATECONSUMER", stream, group, consumer)
     local watchers = {}
     if c.signals then
       for _, name in ipairs { "INT", "TERM" } do
@@ -405,42 +481,56 @@ function Queue:work(handler, o)
         end)
       end
     end
-    -- The janitor: keeps this worker's jobs in flight fresh (so no one takes
-    -- a long job from a live worker) and takes idle ones; it ends between
-    -- two rounds, never in the middle of a claim.
+    -- The janitor ends between two rounds, never in the middle of a claim.
     g:spawn(function()
       local every = min(max(c.claim_idle / 3, 0.05), 5)
       while not stopping do
-        if next(busy) then
-          local cmd = { "XCLAIM", stream, group, consumer, 0 }
-          for id in pairs(busy) do cmd[#cmd + 1] = id end
-          cmd[#cmd + 1] = "JUSTID"
-          client:call(table.unpack(cmd))
-        end
-        janitor(g)
+        guarded(function()
+          refresh()
+          janitor(g)
+        end)
         weave.move_on_after(every, core.await, stopf)
       end
     end)
+    local function read(free)
+      local r = weave.timeout(c.block + CALL_TIMEOUT, client.call, client, "XREADGROUP", "GROUP", group, consumer,
+        "COUNT", free, "BLOCK", block_ms, "STREAMS", stream, ">")
+      local entries = r and r[1] and r[1][2]
+      if entries and entries.n > 0 then
+        for i = 1, entries.n do start(g, entries[i][1], entries[i][2], 1) end
+        last_busy = now()
+      elseif c.idle_exit and inflight == 0 and now() - last_busy >= c.idle_exit and drained() then
+        stop()
+      end
+    end
     while not stopping do
       local free = c.concurrency - inflight
       if free <= 0 then
         slot = core.future()
         core.await(slot)
       else
-        local r = client:call("XREADGROUP", "GROUP", group, consumer, "COUNT", free, "BLOCK", block_ms,
-          "STREAMS", stream, ">")
-        local entries = r and r[1] and r[1][2]
-        if entries and entries.n > 0 then
-          for i = 1, entries.n do start(g, entries[i][1], entries[i][2], 1) end
-          last_busy = now()
-        elseif c.idle_exit and inflight == 0 and now() - last_busy >= c.idle_exit and drained() then
-          stop()
-        end
+        guarded(read, free)
       end
     end
     for _, t in ipairs(watchers) do t:cancel() end
   end)
-  return stats
+  self._stop, self._stopf = nil, nil
+  if ok then
+    -- a graceful end: leave the group if nothing is pending here (a name with
+    -- pending entries stays, so they can be taken)
+    pcall(function()
+      local mine = rcall("XPENDING", stream, group, "-", "+", 1, consumer)
+      if mine.n == 0 then rcall("XGROUP", "DELCONSUMER", stream, group, consumer) end
+    end)
+    return stats
+  end
+  error(err, 0)
+end
+
+--- q:stop(): a running q:work stops reading, finishes the jobs in flight and
+-- returns (as on SIGTERM). Nothing when it is not working.
+function Queue:stop()
+  if self._stop then self._stop() end
 end
 
 return M

@@ -25,36 +25,56 @@ local OPTS = { host = true, port = true, path = true, db = true, password = true
   url = true }
 local IDLE_BLOCKING = 4 -- connections for blocking commands kept for reuse
 
--- "redis://[user:password@]host[:port][/db]" or "unix:///path[?db=N]"
+local function unescape(v) return (v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)) end
+
+-- "user:password@" (percent-encoded; the password alone as ":password@")
+local function userinfo(fname, o, auth)
+  local u, p = auth:match("^([^:]*):(.*)$")
+  if not u then
+    argerror("%s: the URL has a user name but no password (for a password alone write redis://:password@host)", fname)
+  end
+  o.username, o.password = u ~= "" and unescape(u) or nil, unescape(p)
+end
+
+-- The query of a unix:// URL: db= and password=.
+local function query(fname, o, q)
+  for k, v in (q or ""):gmatch("([^&=]+)=([^&]*)") do
+    if k == "db" then
+      o.db = tonumber(v) or argerror("%s: bad database number '%s' in the URL", fname, v)
+    elseif k == "password" then
+      o.password = unescape(v)
+    end
+  end
+end
+
+-- "redis://[[user]:password@]host[:port][/db]" or "unix://[[user]:password@]/path[?db=N&password=P]"
+-- (errors never repeat the URL: it may hold a password)
 local function parse_url(fname, url)
   local o = {}
   local rest = url:match("^redis://(.*)$")
   if rest then
-    local auth, hostport, db = rest:match("^([^@]*)@([^/]*)/?(.*)$")
-    if not auth then hostport, db = rest:match("^([^/]*)/?(.*)$") end
-    if auth then
-      local u, p = auth:match("^([^:]*):(.*)$")
-      if u then
-        o.username, o.password = u ~= "" and u or nil, p
-      else
-        o.password = auth
-      end
-    end
+    local auth, tail = rest:match("^(.*)@([^@]*)$")
+    if auth then userinfo(fname, o, auth) else tail = rest end
+    local hostport, db = tail:match("^([^/]*)/?(.*)$")
     local h, p = hostport:match("^%[(.*)%]:?(%d*)$")
     if not h then h, p = hostport:match("^([^:]*):?(%d*)$") end
+    if not h then argerror("%s: cannot read the host and port of the redis:// URL", fname) end
     o.host = h ~= "" and h or nil
     o.port = p ~= "" and tonumber(p) or nil
-    if db and db ~= "" then o.db = tonumber(db) or argerror("%s: bad database number in %s", fname, url) end
+    if db and db ~= "" then o.db = tonumber(db) or argerror("%s: bad database number '%s' in the URL", fname, db) end
     return o
   end
-  local path, q = url:match("^unix://([^?]+)%??(.*)$")
-  if path then
+  rest = url:match("^unix://(.*)$")
+  if rest then
+    local auth, tail = rest:match("^(.*)@(/[^@]*)$")
+    if auth then userinfo(fname, o, auth) else tail = rest end
+    local path, q = tail:match("^([^?]+)%??(.*)$")
+    if not path then argerror("%s: the unix:// URL has no socket path", fname) end
     o.path = path
-    local db = q and q:match("db=(%d+)")
-    o.db = db and tonumber(db) or nil
+    query(fname, o, q)
     return o
   end
-  argerror("%s: expected a redis:// or unix:// URL, got '%s'", fname, url)
+  argerror("%s: expected a redis:// or unix:// URL, got '%s'", fname, url:match("^[%w+.-]*:?") or "?")
 end
 
 local function check(fname, o)
@@ -153,7 +173,10 @@ function M.connect(o)
   local c = check(fname, o or {})
   local conn = open(c, fname)
   conn:mode("shared")
-  return setmetatable({ _o = c, _conn = conn, _idle = {}, _closed = false }, Client)
+  -- _busy: connections of blocking calls in flight and of subscriptions (weak:
+  -- a subscription dropped without closing is collected)
+  return setmetatable({ _o = c, _conn = conn, _idle = {}, _busy = setmetatable({}, { __mode = "k" }), _closed = false },
+    Client)
 end
 
 local function reconnect(self)
@@ -184,7 +207,9 @@ local function blocking_call(self, ...)
     conn = open(self._o, "weave.redis.call")
     conn:mode("blocking")
   end
+  self._busy[conn] = true
   local ok, r = pcall(conn.call, conn, ...)
+  self._busy[conn] = nil
   if conn:status() == "ready" and not self._closed and #idle < IDLE_BLOCKING then
     idle[#idle + 1] = conn
   else
@@ -211,19 +236,19 @@ function Client:call(...)
   return r
 end
 
-local function batch(self, fname, cmds)
+local function batch(self, fname, cmds, mode)
   if type(cmds) ~= "table" then argerror("%s: expected a list of commands like {{\"SET\", \"k\", \"v\"}}, got %s", fname, type(cmds)) end
   local conn = self._conn
   if conn:status() == "lost" and not self._closed then
     reconnect(self)
     conn = self._conn
   end
-  return conn:batch(cmds)
+  return conn:batch(cmds, mode)
 end
 
 --- c:pipeline{ {cmd, ...}, ... } -> { reply, ..., n = }
 -- The commands go out together; error replies are error objects in the list.
-function Client:pipeline(cmds) return batch(self, "weave.redis.pipeline", cmds) end
+function Client:pipeline(cmds) return batch(self, "weave.redis.pipeline", cmds, "pipeline") end
 
 --- c:transaction{ {cmd, ...}, ... } -> { reply, ..., n = }
 -- MULTI, the commands, EXEC: they run atomically. A command Redis refuses
@@ -235,7 +260,7 @@ function Client:transaction(cmds)
   local all = { { "MULTI" } }
   for i = 1, n do all[i + 1] = cmds[i] end
   all[n + 2] = { "EXEC" }
-  local r = batch(self, fname, all)
+  local r = batch(self, fname, all, "transaction")
   for i = 1, n + 2 do
     if core.iserror(r[i]) then error(r[i], 2) end
   end
@@ -258,6 +283,7 @@ local function subscription(self, kind, fname, ...)
     conn:close()
     error(err, 0)
   end
+  self._busy[conn] = true
   local next_message = conn.next_message
   return function() return next_message(conn) end, nil, nil, conn
 end
@@ -270,13 +296,15 @@ function Client:subscribe(...) return subscription(self, "SUBSCRIBE", "weave.red
 --- for channel, message, pattern in c:psubscribe(pattern, ...) do ... end
 function Client:psubscribe(...) return subscription(self, "PSUBSCRIBE", "weave.redis.psubscribe", ...) end
 
---- c:close(): closes every connection; calls in flight raise kind "closed".
+--- c:close(): closes every connection (blocking calls and subscriptions
+-- included); calls in flight raise kind "closed", iterators end.
 function Client:close()
   if self._closed then return end
   self._closed = true
   self._conn:close()
   for i = #self._idle, 1, -1 do self._idle[i]:close() end
   self._idle = {}
+  for conn in pairs(self._busy) do conn:close() end
 end
 Client.__close = Client.close
 Client.__gc = Client.close
