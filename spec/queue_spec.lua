@@ -204,6 +204,32 @@ describe("weave.queue", function()
     end)
   end)
 
+  it("a Redis outage does not end a worker: it waits, reconnects and goes on (also when Redis came back empty)", function()
+    run(function()
+      local q <close> = queue.open { redis = { path = r.path }, stream = "s6" }
+      q:enqueue { n = 1 }
+      local seen, errs = {}, {}
+      local worker = weave.spawn(function()
+        return q:work(function(p) seen[#seen + 1] = p.n; return p.n end,
+          { concurrency = 4, block = 0.05, claim_idle = 0.2, on_error = function(e) errs[#errs + 1] = e.kind end })
+      end)
+      while #seen < 1 do sleep(0.01) end
+      r.restart()
+      sleep(0.5)
+      local c <close> = redis.connect { path = r.path }
+      c:call("XADD", "s6", "*", "p", '{"n":2}', "t", "json")
+      for _ = 1, 300 do
+        if #seen >= 2 then break end
+        sleep(0.02)
+      end
+      q:stop()
+      local st = worker:await()
+      assert.are.same({ 1, 2 }, seen)
+      assert.are.equal(2, st.done)
+      assert.is_true(#errs >= 1, "on_error heard of the outage")
+    end)
+  end)
+
   it("a long job is not taken from a live worker (its claim is kept fresh)", function()
     run(function()
       local q <close> = queue.open { redis = { path = r.path }, stream = "s4" }

@@ -452,6 +452,13 @@ function Queue:work(handler, o)
       pause = 0
       return
     end
+    if iserror(err, "redis") and err.code == "NOGROUP" then
+      -- Redis came back empty (a restart without persistence): make the
+      -- group again and go on with whatever is enqueued from now on
+      report(err, nil)
+      pcall(rcall, "XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+      return
+    end
     if weave.is_cancelled(err) or not (type(err) == "table" and OUTAGE[err.kind]) then error(err, 0) end
     if pause == 0 then report(err, nil) end
     pause = min(max(pause * 2, 0.1), 5)

@@ -292,20 +292,32 @@ function M.redis(opts)
     "--enable-debug-command", "local", "--maxclients", "2000",
   }
   if opts.password then args[#args + 1] = "--requirepass"; args[#args + 1] = opts.password end
-  local pid = sh(("env -u LD_PRELOAD redis-server %s >%s/out.log 2>&1 & echo $!")
-    :format(table.concat(args, " "), dir)):gsub("%s+$", "")
-  local function up() return not alive(pid) and "exited" or os.execute("test -S " .. path) == true end
-  if wait_for(up, 15) ~= true then
-    local out = sh(("cat %s/out.log %s/redis.log 2>/dev/null"):format(dir, dir))
-    kill_all({ pid }, 2)
-    os.execute("rm -rf " .. dir)
-    error("redis-server did not start: " .. out)
-  end
-  local srv = { path = path, url = "unix://" .. path, pid = pid, dir = dir, port = opts.port and port or nil,
+  local srv = { path = path, url = "unix://" .. path, dir = dir, port = opts.port and port or nil,
     password = opts.password }
-  function srv.kill(sig) os.execute(("kill -%s %s 2>/dev/null"):format(sig or "KILL", pid)) end
+  local function start()
+    local pid = sh(("env -u LD_PRELOAD redis-server %s >>%s/out.log 2>&1 & echo $!")
+      :format(table.concat(args, " "), dir)):gsub("%s+$", "")
+    local function up() return not alive(pid) and "exited" or os.execute("test -S " .. path) == true end
+    if wait_for(up, 15) ~= true then
+      local out = sh(("cat %s/out.log %s/redis.log 2>/dev/null"):format(dir, dir))
+      kill_all({ pid }, 2)
+      os.execute("rm -rf " .. dir)
+      error("redis-server did not start: " .. out)
+    end
+    srv.pid = pid
+  end
+  start()
+  function srv.kill(sig) os.execute(("kill -%s %s 2>/dev/null"):format(sig or "KILL", srv.pid)) end
+  --- kill -9 and start again on the same socket, empty (no persistence)
+  function srv.restart()
+    kill_all({ srv.pid }, 0)
+    os.execute("kill -9 " .. srv.pid .. " 2>/dev/null")
+    wait_for(function() return not alive(srv.pid) end, 5)
+    os.remove(path)
+    start()
+  end
   function srv.stop()
-    kill_all({ pid }, 5)
+    kill_all({ srv.pid }, 5)
     os.execute("rm -rf " .. dir)
   end
   return srv
