@@ -344,6 +344,8 @@ static void reap(wv_rt *rt) {
 }
 
 static const char DEADMSG = 'd'; /* registry: the message of the run's deadlock */
+static const char ORIGIN =
+    'o'; /* registry: {err, label, traceback} of the last error a combinator re-raised */
 
 /* Push the name of the Task whose wv_task is t. */
 static void pushname(lua_State *L, wv_task *t) {
@@ -487,6 +489,47 @@ static void pushwhere(lua_State *L, const char *tb) {
   lua_pushnil(L);
 }
 
+/* When the error at idx is the one a combinator last re-raised from a task
+** (core.origin), push "\ncaused by <label> (its traceback):\n..." and
+** return 1; else push nothing and return 0.  The slot is cleared. */
+static int origin_tb(lua_State *L, int idx) {
+  int found = 0;
+  idx = lua_absindex(L, idx);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ORIGIN) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, 1);
+    if (lua_rawequal(L, -1, idx)) {
+      lua_rawgeti(L, -2, 2);
+      lua_rawgeti(L, -3, 3);
+      if (lua_type(L, -1) == LUA_TSTRING && lua_type(L, -2) == LUA_TSTRING) {
+        const char *tb = lua_tostring(L, -1), *st = strstr(tb, "stack traceback:");
+        lua_pushfstring(L, "\ncaused by %s:\n%s", lua_tostring(L, -2), st != NULL ? st : tb);
+        lua_replace(L, -5);
+        found = 1;
+      }
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+  }
+  if (!found) lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &ORIGIN);
+  return found;
+}
+
+/* core.origin(err, label, traceback): err, about to be re-raised by a
+** combinator, came from `label` (a task, a map item) with that traceback;
+** if it ends the run, the run's report shows it too. */
+static int l_origin(lua_State *L) {
+  lua_settop(L, 3);
+  lua_createtable(L, 3, 0);
+  lua_insert(L, 1);
+  lua_rawseti(L, 1, 3);
+  lua_rawseti(L, 1, 2);
+  lua_rawseti(L, 1, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &ORIGIN);
+  return 0;
+}
+
 /* Push the root task's outcome: its values, or raise its error.  `plain`
 ** (blocking convenience) raises errors untouched; run adds the traceback. */
 static int outcome(lua_State *L, wv_rt *rt, int rootidx, int plain) {
@@ -514,10 +557,22 @@ static int outcome(lua_State *L, wv_rt *rt, int rootidx, int plain) {
     weave__pushtb(L, rootidx);
     if (lua_type(L, -1) != LUA_TSTRING)
       lua_pop(L, 1);
-    else if (lua_type(L, -2) == LUA_TSTRING)
+    else if (lua_type(L, -2) == LUA_TSTRING) {
+      if (origin_tb(L, -2)) lua_concat(L, 2);
       lua_remove(L, -2); /* the traceback starts with the message */
-    else if (weave__iserror(L, -2, NULL)) {
+    } else if (weave__iserror(L, -2, NULL)) {
       pushwhere(L, lua_tostring(L, -1));
+      if (origin_tb(L, -3)) {              /* err, tb, where, caused-by */
+        pushwhere(L, lua_tostring(L, -1)); /* where in the task that failed, if it says */
+        if (lua_isnil(L, -1))
+          lua_pop(L, 1);
+        else
+          lua_replace(L, -3);
+        lua_insert(L, -2);
+        lua_insert(L, -3); /* err, where, tb, caused-by */
+        lua_concat(L, 2);  /* the run's traceback, then the task's */
+        lua_insert(L, -2); /* err, tb, where */
+      }
       if (lua_getfield(L, -3, "where") == LUA_TNIL && lua_type(L, -2) == LUA_TSTRING) {
         lua_pop(L, 1);
         lua_setfield(L, -3, "where");
@@ -880,9 +935,13 @@ static void guard_coroutines(lua_State *L) {
 }
 
 void weave__looplib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg fns[] = {{"run", l_run},         {"on_unhandled", l_on_unhandled},
-                                 {"running", l_running}, {"report", l_report},
-                                 {"tasks", l_tasks},     {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"run", l_run},
+                                 {"on_unhandled", l_on_unhandled},
+                                 {"running", l_running},
+                                 {"report", l_report},
+                                 {"tasks", l_tasks},
+                                 {"origin", l_origin},
+                                 {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
   guard_coroutines(L);

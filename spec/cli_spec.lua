@@ -165,4 +165,38 @@ print(tostring(select(2, pcall(weave.run, function() weave.timeout(0.01, weave.s
     assert.matches("^timeout: weave.timeout", out)
     assert.matches("\n[^\n]*%.lua:3: timeout: weave.timeout", out)
   end)
+
+  it("a failure raised out of gather, group and map keeps the failing task's name and its own traceback", function()
+    local cases = {
+      { [[weave.gather(function() weave.sleep(0.01) end, weave.spawn { name = "fetcher", function()
+  weave.sleep(0.01)
+  local t = nil
+  return t.x
+end })]], "caused by task 'fetcher'" },
+      { [[weave.group(function(g)
+  g:spawn { name = "fetcher", function()
+    weave.sleep(0.01)
+    error(weave.error("network", "boom"))
+  end }
+end)]], "caused by task 'fetcher' %(the group's first failure%)" },
+      { [[weave.map(function(i)
+  weave.sleep(0.001)
+  if i == 3 then error(weave.error("network", "boom")) end
+  return i
+end, { 1, 2, 3, 4 })]], "caused by weave.map's call for item 3" },
+    }
+    for _, case in ipairs(cases) do
+      local code = "local weave = require 'weave'\nweave.run(function()\n" .. case[1] .. "\nend)\n"
+      for _, runner in ipairs { helpers.lua, helpers.weave } do
+        local _, err, rc = runner(code)
+        assert.are_not.equal(0, rc)
+        -- the first line says where the failing task failed
+        assert.matches("^[%w.]+: [^\n]*%.lua:[5-7]: ", err)
+        -- its traceback follows the run's (lua5.4 prints no traceback for an error table)
+        if runner == helpers.weave or case[2]:find("fetcher'$") then
+          assert.matches(case[2] .. ":\nstack traceback:\n[^\n]*\n?[^\n]*%.lua:[5-7]: in ", err)
+        end
+      end
+    end
+  end)
 end)

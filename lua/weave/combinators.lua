@@ -69,6 +69,19 @@ local function reap(items, n)
 end
 M._reap = reap
 
+-- err is about to be re-raised from the item that failed with it: if it ends
+-- the run, the report shows that task's name and traceback too.
+function M.origin(err, items, n)
+  for i = 1, n do
+    local x = items[i]
+    if state(x) == "failed" and rawequal(x:error(), err) then
+      local tb = x.traceback and x:traceback()
+      if tb then core.origin(err, ("task '%s'"):format(x.name), tb) end
+      return
+    end
+  end
+end
+
 -- Cancel what is still running, wait for it, then raise err.  A sibling
 -- that failed for real (not by the cancel), e.g. in its cleanup, is
 -- reported as unhandled, never dropped silently.
@@ -81,6 +94,7 @@ local function abort(items, n, err)
       core.report(x:error(), x)
     end
   end
+  M.origin(err, items, n)
   error(err, 0)
 end
 
@@ -275,6 +289,7 @@ function Group:spawn(fn, ...)
   t:on_done(function(x)
     self._live = self._live - 1
     if state(x) == "failed" then
+      if #self.errors == 0 then self._first_task = x end
       self.errors[#self.errors + 1] = x:error()
       self:_stop()
     end
@@ -375,8 +390,13 @@ function M.group(body, ...)
   end
   if #g.errors > 0 then
     local first = g.errors[1]
-    error(core.error("group", ("weave.group: %d failure(s); first: %s"):format(#g.errors, tostring(first)),
-      { errors = g.errors }), 2)
+    local e = core.error("group", ("weave.group: %d failure(s); first: %s"):format(#g.errors, tostring(first)),
+      { errors = g.errors })
+    local t = g._first_task
+    if t and rawequal(t:error(), first) and t:traceback() then
+      core.origin(e, ("task '%s' (the group's first failure)"):format(t.name), t:traceback())
+    end
+    error(e, 2)
   end
   if r[1] and r[2] then return unpack(r, 3, r.n) end
 end

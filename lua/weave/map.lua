@@ -306,6 +306,13 @@ local spawn_worker
 local function worker(st)
   local fn, settle, wait_room = st.fn, st.settle, st.wait_room
   local first = true
+  -- keeps the traceback of a failing call (pcall would lose it), for the
+  -- run's report if the failure ends it; runs only on an error
+  local tb
+  local function keep(e)
+    tb = debug.traceback(nil, 2)
+    return e
+  end
   while true do
     if wait_room then wait_room() end
     local i, item = pull(st)
@@ -319,7 +326,7 @@ local function worker(st)
         spawn_worker(st)
       end
     end
-    local ok, v = pcall(fn, item, i)
+    local ok, v = xpcall(fn, keep, item, i)
     if st.stop then return end
     if ok then
       st.ok(st, i, v)
@@ -329,6 +336,7 @@ local function worker(st)
       st.bad(st, i, v)
     else
       st.failed, st.err = true, v
+      if tb then core.origin(v, ("weave.map's call for item %d"):format(i), tb) end
       stop(st, current())
       return
     end
