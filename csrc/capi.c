@@ -353,3 +353,41 @@ void weave__capilib(lua_State *L, wv_rt *rt) {
   (void)L;
   weave__onclose(rt, capi_close);
 }
+
+/* --- weave_dump ------------------------------------------------------------ */
+
+/* The io library's close for a host's FILE: never fclose it. */
+static int noclose(lua_State *L) {
+  luaL_Stream *p = (luaL_Stream *)luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  p->closef = &noclose;
+  luaL_pushfail(L);
+  lua_pushliteral(L, "weave_dump: the host's FILE is not closed by Lua");
+  return 2;
+}
+
+static int pdump(lua_State *L) {
+  FILE *f = lua_touserdata(L, 1);
+  luaL_Stream *p;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "weave");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "dump");
+  p = (luaL_Stream *)lua_newuserdatauv(L, sizeof *p, 0);
+  p->closef = NULL;
+  luaL_setmetatable(L, LUA_FILEHANDLE);
+  p->f = f;
+  p->closef = &noclose;
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+int weave_dump(lua_State *L, FILE *f) {
+  if (L == NULL || f == NULL || !lua_checkstack(L, 4)) return UV_EINVAL;
+  lua_pushcfunction(L, pdump);
+  lua_pushlightuserdata(L, f);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return UV_EINVAL;
+  }
+  return 0;
+}

@@ -269,6 +269,10 @@ static int t_tostring(lua_State *L) {
 /* Task.__index: the name field, then the methods (upvalue 1). */
 static int t_index(lua_State *L) {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (k != NULL && strcmp(k, "id") == 0) {
+    lua_pushinteger(L, (lua_Integer)weave__checktask(L, 1, "Task.__index")->id);
+    return 1;
+  }
   if (k != NULL && strcmp(k, "name") == 0) {
     wv_task *t = weave__checktask(L, 1, "Task.__index");
     if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE && lua_getfield(L, -1, "name") == LUA_TSTRING) return 1;

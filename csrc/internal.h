@@ -126,7 +126,13 @@ struct wv_task {
   int depth;               /* scope bodies running in coroutines of their own (co's parents) */
   int swargs;              /* arguments of the scope body to start */
   int pscopes;             /* scopes under lua_pcallk in the running coroutine (C stack levels) */
+  unsigned parent;         /* id of the task that spawned it (0: none) */
+  uint64_t born;           /* uv_hrtime() at spawn */
 };
+
+/* Says in words what a task parked with a given unblock hook waits on
+** (weave.tasks, weave.dump, the deadlock message): pushes one string. */
+typedef void (*wv_describe_fn)(lua_State *L, wv_task *t);
 
 struct wv_rt {
   lua_State *L;                /* main thread */
@@ -162,7 +168,14 @@ struct wv_rt {
   int nprocs;          /* children not yet reaped */
   void *redis;         /* live Redis connections (redis.c) */
   void *sigs;          /* open signal watchers (signal.c) */
-  int sigtaken;        /* SIGINT watchers open: weave's own SIGINT handling steps aside */
+  uv_signal_t *usr1;   /* the weave command's SIGUSR1 -> weave.dump */
+  int dumpreq;         /* SIGUSR1 came: dump at the next drain */
+  struct {
+    wv_unblock_fn unblock;
+    wv_describe_fn describe;
+  } describers[8];
+  int ndescribers;
+  int sigtaken; /* SIGINT watchers open: weave's own SIGINT handling steps aside */
   int idleon;
   /* Subsystems' shutdown hooks, run by weave__close in order: phase 0 with
   ** the loop still open (close handles, kill children), phase 1 once every
@@ -182,6 +195,7 @@ int weave__blocking(lua_State *L, lua_CFunction fn);
 wv_task *weave__enter(lua_State *L, wv_rt *rt, const char *fname);
 wv_task *weave__task(lua_State *L, wv_rt *rt, const char *fname);
 void weave__onclose(wv_rt *rt, void (*fn)(wv_rt *rt, int phase));
+void weave__describer(wv_rt *rt, wv_unblock_fn unblock, wv_describe_fn describe);
 int weave__checklive(lua_State *L, wv_rt *rt, const char *fname);
 void weave__report(wv_rt *rt, int errindex, int taskindex);
 void weave__queuecbs(lua_State *L, wv_rt *rt, wv_fut *f, int idx);

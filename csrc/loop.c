@@ -23,6 +23,10 @@ static const char CBQKEY = 'c';     /* registry: futures with callbacks due */
 static const char POOLKEY = 'p';    /* registry: coroutine pool */
 static const char COSET = 'k';      /* registry: weak set of weave's coroutines */
 
+/* registry: what SIGUSR1 runs (core.dump_on_usr1); {err, label, traceback} of the last error a
+** combinator re-raised (core.origin) */
+static const char DUMPFN = 'u', ORIGIN = 'o';
+
 wv_rt *weave__rt(lua_State *L) {
   wv_rt *rt;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &RTKEY);
@@ -253,6 +257,15 @@ static int drain(lua_State *L) {
   rt->running++;
   luaL_checkstack(rt->L, 16, "weave");
   if (rt->npend > 0) report_list(rt, &PENDKEY, &rt->npend, 0);
+  if (rt->dumpreq) { /* SIGUSR1 under the weave command: weave.dump() */
+    rt->dumpreq = 0;
+    lua_rawgetp(rt->L, LUA_REGISTRYINDEX, &DUMPFN);
+    if (lua_pcall(rt->L, 0, 0, 0) != LUA_OK) {
+      fprintf(stderr, "weave: the task dump failed: %s\n",
+              lua_type(rt->L, -1) == LUA_TSTRING ? lua_tostring(rt->L, -1) : "?");
+      lua_pop(rt->L, 1);
+    }
+  }
   while (n-- > 0 && rt->rhead != NULL) {
     wv_task *t = rt->rhead;
     rt->rhead = t->rnext;
@@ -298,7 +311,7 @@ void weave__drain(wv_rt *rt) {
     }
   }
   lua_settop(L, top);
-  if (rt->rhead == NULL && rt->ncbq == 0 && rt->npend == 0 && rt->idleon) {
+  if (rt->rhead == NULL && rt->ncbq == 0 && rt->npend == 0 && !rt->dumpreq && rt->idleon) {
     uv_idle_stop(rt->idle);
     rt->idleon = 0;
   }
@@ -344,8 +357,6 @@ static void reap(wv_rt *rt) {
 }
 
 static const char DEADMSG = 'd'; /* registry: the message of the run's deadlock */
-static const char ORIGIN =
-    'o'; /* registry: {err, label, traceback} of the last error a combinator re-raised */
 
 /* Push the name of the Task whose wv_task is t. */
 static void pushname(lua_State *L, wv_task *t) {
@@ -359,6 +370,17 @@ static void pushname(lua_State *L, wv_task *t) {
   lua_pushfstring(L, "task-%d", (int)t->id);
 }
 
+static int describe(lua_State *L, wv_task *t) {
+  wv_rt *rt = weave__rt(L);
+  int i;
+  for (i = 0; i < rt->ndescribers; i++)
+    if (rt->describers[i].unblock == t->unblock) {
+      rt->describers[i].describe(L, t);
+      return 1;
+    }
+  return 0;
+}
+
 /* Push what the blocked task t awaits, in words; `future`: the words for
 ** a plain Future. */
 static void pushwait(lua_State *L, wv_task *t, const char *future, const char *other) {
@@ -370,9 +392,12 @@ static void pushwait(lua_State *L, wv_task *t, const char *future, const char *o
       lua_remove(L, -2);
     } else
       lua_pushstring(L, future);
+  } else if (other == NULL && t->unblock != NULL && describe(L, t)) {
   } else if (other == NULL && t->tm.idx >= 0) {
     uint64_t now = uv_hrtime();
-    lua_pushfstring(L, "sleep, %f s left", t->tm.when > now ? (double)(t->tm.when - now) / 1e9 : 0.0);
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.1f", t->tm.when > now ? (double)(t->tm.when - now) / 1e9 : 0.0);
+    lua_pushfstring(L, "sleep, %s s left", secs);
   } else
     lua_pushstring(L, other != NULL ? other : "an operation (HTTP, to_thread, a process or a file)");
 }
@@ -416,7 +441,9 @@ static void note_deadlock(wv_rt *rt) {
 static int l_tasks(lua_State *L) {
   static const char *const states[] = {"new", "ready", "running", "blocked", "done"};
   wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
-  int n = 0, out;
+  int n = 0, out, tracebacks = lua_toboolean(L, 1);
+  uint64_t now = uv_hrtime();
+  lua_settop(L, 0);
   lua_newtable(L);
   out = lua_gettop(L);
   lua_pushnil(L);
@@ -438,6 +465,34 @@ static int l_tasks(lua_State *L) {
     if (t->status == WV_TBLOCKED) {
       pushwait(L, t, "a future (a Lock, Event, Queue, Semaphore... or your own)", NULL);
       lua_setfield(L, -2, "awaits");
+    }
+    if (t->parent != 0) {
+      lua_pushinteger(L, (lua_Integer)t->parent);
+      lua_setfield(L, -2, "parent");
+    }
+    lua_pushnumber(L, now > t->born ? (lua_Number)(now - t->born) / 1e9 : 0);
+    lua_setfield(L, -2, "age");
+    { /* its scopes, innermost first: {deadline = s left | nil, shield =, cancelled =} */
+      const wv_scope *sc;
+      int k = 0;
+      lua_newtable(L);
+      for (sc = t->scope; sc != NULL; sc = sc->parent) {
+        lua_createtable(L, 0, 3);
+        if (sc->deadline.idx >= 0) {
+          lua_pushnumber(L, sc->deadline.when > now ? (lua_Number)(sc->deadline.when - now) / 1e9 : 0);
+          lua_setfield(L, -2, "deadline");
+        }
+        lua_pushboolean(L, sc->shield);
+        lua_setfield(L, -2, "shield");
+        lua_pushboolean(L, sc->cancelled);
+        lua_setfield(L, -2, "cancelled");
+        lua_rawseti(L, -2, ++k);
+      }
+      lua_setfield(L, -2, "scopes");
+    }
+    if (tracebacks && t->co != NULL && t != rt->current && t->status != WV_TNEW) {
+      luaL_traceback(L, t->co, NULL, 0);
+      lua_setfield(L, -2, "traceback");
     }
     lua_rawseti(L, out, ++n);
   }
@@ -514,6 +569,34 @@ static int origin_tb(lua_State *L, int idx) {
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &ORIGIN);
   return found;
+}
+
+static void on_usr1(uv_signal_t *h, int signum) {
+  wv_rt *rt = h->data;
+  (void)signum;
+  rt->dumpreq = 1;
+  kick(rt); /* the next drain runs it (no Lua in a libuv callback) */
+}
+
+/* core.dump_on_usr1(fn): SIGUSR1 runs fn() at the next loop turn and the
+** program goes on (the weave command passes weave.dump). */
+static int l_dump_on_usr1(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &DUMPFN);
+  if (rt->usr1 == NULL && rt->loop != NULL) {
+    rt->usr1 = malloc(sizeof *rt->usr1);
+    if (rt->usr1 == NULL || uv_signal_init(rt->loop, rt->usr1) != 0) {
+      free(rt->usr1);
+      rt->usr1 = NULL;
+      return 0;
+    }
+    rt->usr1->data = rt;
+    uv_signal_start(rt->usr1, on_usr1, SIGUSR1);
+    uv_unref((uv_handle_t *)rt->usr1);
+  }
+  return 0;
 }
 
 /* core.origin(err, label, traceback): err, about to be re-raised by a
@@ -683,6 +766,14 @@ wv_task *weave__task(lua_State *L, wv_rt *rt, const char *fname) {
   return NULL;
 }
 
+/* Register how to describe a wait parked with `unblock` (weave.tasks). */
+void weave__describer(wv_rt *rt, wv_unblock_fn unblock, wv_describe_fn describe) {
+  if (rt->ndescribers < (int)(sizeof rt->describers / sizeof rt->describers[0])) {
+    rt->describers[rt->ndescribers].unblock = unblock;
+    rt->describers[rt->ndescribers++].describe = describe;
+  }
+}
+
 /* Register a shutdown hook: weave__close calls it, loop still open. */
 void weave__onclose(wv_rt *rt, void (*fn)(wv_rt *rt, int phase)) {
   if (rt->ncloser < (int)(sizeof rt->closers / sizeof rt->closers[0])) rt->closers[rt->ncloser++] = fn;
@@ -735,6 +826,8 @@ void weave__close(wv_rt *rt) {
   close_handle(rt->idle);
   close_handle(rt->timer);
   close_handle(rt->sigint);
+  close_handle(rt->usr1);
+  rt->usr1 = NULL;
   rt->idle = NULL;
   rt->timer = NULL;
   rt->sigint = NULL;
@@ -941,6 +1034,7 @@ void weave__looplib(lua_State *L, wv_rt *rt) {
                                  {"report", l_report},
                                  {"tasks", l_tasks},
                                  {"origin", l_origin},
+                                 {"dump_on_usr1", l_dump_on_usr1},
                                  {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);

@@ -41,6 +41,14 @@ static int pmain(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "weave");
   lua_call(L, 1, 1);
+  /* kill -USR1 <pid>: the live tasks on stderr (weave.dump), and on */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "weave.core");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "dump_on_usr1");
+  lua_getfield(L, -3, "dump");
+  lua_call(L, 1, 0);
+  lua_pop(L, 1);
   lua_getfield(L, -1, "run");
   if (code)
     st = luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)");

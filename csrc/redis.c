@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "internal.h"
 
@@ -47,6 +48,8 @@ typedef struct {
   wv_rconn *c;
   wv_task *waiter; /* NULL: abandoned, replies are dropped */
   int n, got, lost;
+  uint64_t t0;      /* when it was sent (weave.tasks) */
+  char cmd[24];     /* its (first) command, for weave.tasks */
   redisReply *r[1]; /* n of them */
 } wv_rcall;
 
@@ -93,9 +96,30 @@ static void hold(wv_rconn *c, int d) {
     uv_unref((uv_handle_t *)&p->handle);
 }
 
+static void shut(wv_rconn *c, int state, const char *why);
+
+/* Bytes to read while no call waits for a reply: hiredis 0.14 asserts (the
+** process aborts) on a reply nobody asked for, unless it is an error reply
+** (Redis' "max number of clients reached"). Such a server is cut off here. */
+static int unsolicited(redisAsyncContext *ac) {
+  char ch;
+  ssize_t n;
+  if (ac->replies.head != NULL || !(ac->c.flags & REDIS_CONNECTED) || (ac->c.flags & REDIS_SUBSCRIBED))
+    return 0;
+  if (ac->c.reader != NULL && ac->c.reader->len > ac->c.reader->pos) return 1;
+  n = recv(ac->c.fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 1 && ch != '-';
+}
+
 static void poll_cb(uv_poll_t *h, int status, int events) {
   redisLibuvEvents *p = h->data;
   if (status < 0) events = p->events; /* let hiredis read or write and see the error */
+  if (p->context != NULL && (events & UV_READABLE) && p->context->data != NULL && unsolicited(p->context)) {
+    wv_rconn *c = p->context->data;
+    snprintf(c->err, sizeof c->err, "the server sent a reply nobody asked for (not a Redis server?)");
+    shut(c, RC_LOST, NULL);
+    return;
+  }
   if (p->context != NULL && (events & UV_READABLE)) redisAsyncHandleRead(p->context);
   if (p->context != NULL && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
 }
@@ -467,6 +491,8 @@ static const char *refused(lua_State *L, int first, int argc, int flags) {
         return "other tasks' calls share this connection and would land inside the transaction; use "
                "c:transaction{...} (or a Lua script with EVAL)";
   }
+  if ((flags & RF_SHARED) && strcasecmp(cmd, "reset") == 0)
+    return "it forgets the connection's AUTH and database, for every task that shares it";
   if ((flags & RF_SHARED) && strcasecmp(cmd, "select") == 0)
     return "every connection of a client uses the database given to redis.connect{db=}; connect again with "
            "another db";
@@ -636,14 +662,20 @@ static void freecall(wv_rcall *q) {
 static int finish(lua_State *L, wv_rconn *c, wv_rcall *q, int batch, int cmdidx) {
   int i, n = q->n;
   if (q->lost) {
+    const char *fname = !batch                                                    ? "weave.redis.call"
+                        : lua_type(L, cmdidx + 1) != LUA_TSTRING                  ? "weave.redis.batch"
+                        : strcmp(lua_tostring(L, cmdidx + 1), "transaction") == 0 ? "weave.redis.transaction"
+                                                                                  : "weave.redis.pipeline";
     freecall(q);
-    return raise_lost(L, c);
+    return raise_lostf(L, c, fname);
   }
   if (batch) lua_createtable(L, n, 1);
   for (i = 0; i < n; i++) {
-    if (batch) {
-      lua_rawgeti(L, cmdidx, i + 1);
-      lua_rawgeti(L, -1, 1);
+    if (batch) { /* (the caller's list may have changed meanwhile: only a name is read from it) */
+      if (lua_rawgeti(L, cmdidx, i + 1) == LUA_TTABLE)
+        lua_rawgeti(L, -1, 1);
+      else
+        lua_pushnil(L);
       pushreply(L, q->r[i], lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
       lua_replace(L, -3);
       lua_pop(L, 1);
@@ -691,11 +723,13 @@ static wv_rconn *ready(lua_State *L, const char *fname) {
   return c;
 }
 
-static wv_rcall *newcall(lua_State *L, wv_rconn *c, int n) {
+static wv_rcall *newcall(lua_State *L, wv_rconn *c, int n, const char *cmd) {
   wv_rcall *q = calloc(1, sizeof *q + sizeof q->r[0] * (size_t)(n > 1 ? n - 1 : 0));
   if (q == NULL) weave__raise(L, "network", "weave.redis.call: out of memory");
   q->c = c;
   q->n = n;
+  q->t0 = uv_hrtime();
+  snprintf(q->cmd, sizeof q->cmd, "%s", cmd != NULL ? cmd : "?");
   return q;
 }
 
@@ -724,7 +758,7 @@ static int c_call(lua_State *L) {
     return 1;
   }
   if (calltask(L, rt, fname) == NULL) return weave__blocking(L, c_call);
-  q = newcall(L, c, 1);
+  q = newcall(L, c, 1, lua_tostring(L, 2));
   if (sendcmd(L, c, q, 2, argc) != 0) {
     free(q);
     return raise_lost(L, c);
@@ -783,7 +817,7 @@ static int c_batch(lua_State *L) {
   if (calltask(L, rt, fname) == NULL) return weave__blocking(L, c_batch);
   for (i = 1; i <= n; i++)
     lua_settop(L, 3), pushcmd(L, fname, i, flags); /* all checked before any is sent */
-  q = newcall(L, c, n);
+  q = newcall(L, c, n, tx ? "MULTI ... EXEC" : "a pipeline");
   for (i = 1; i <= n; i++) {
     int argc;
     lua_settop(L, 3);
@@ -843,6 +877,8 @@ static int c_subscribe(lua_State *L) {
   if (c->state != RC_READY) return raise_lostf(L, c, fname);
   if (c->waiting > 0 && !c->subbed)
     return weave__raise(L, "invalid_state", "%s: calls are pending on this connection", fname);
+  if (c->cwaiter != NULL)
+    return weave__raise(L, "invalid_state", "%s: another subscribe on it is waiting", fname);
   if (argc < 2) return weave__argerror(L, fname, "expected at least one channel");
   if (argc > 256) return weave__argerror(L, fname, "at most 255 channels per call, got %d", argc - 1);
   toargs(L, fname, 2, argc, 0);
@@ -886,6 +922,9 @@ static int c_next(lua_State *L) {
   }
   if (c->state == RC_LOST) return raise_lostf(L, c, "weave.redis.subscribe");
   if (c->state != RC_READY) return 0;
+  if (c->swaiter != NULL)
+    return weave__raise(L, "invalid_state",
+                        "weave.redis.subscribe: another task reads this subscription; read it from one task");
   if (!c->subbed)
     return weave__raise(L, "invalid_state",
                         "weave.redis.subscribe: this connection is not subscribed to anything");
@@ -926,7 +965,10 @@ static int c_status(lua_State *L) {
 ** blocking commands (closed when a call on it is cancelled) */
 static int c_mode(lua_State *L) {
   wv_rconn *c = checkconn(L, "weave.redis.connection");
-  const char *m = luaL_checkstring(L, 2);
+  const char *m = lua_tostring(L, 2);
+  if (m == NULL || (strcmp(m, "shared") != 0 && strcmp(m, "blocking") != 0 && strcmp(m, "plain") != 0))
+    return weave__argerror(L, "weave.redis.connection:mode",
+                           "expected \"shared\", \"blocking\" or \"plain\"");
   c->shared = strcmp(m, "shared") == 0;
   c->drop_on_cancel = strcmp(m, "blocking") == 0;
   return 0;
@@ -962,11 +1004,32 @@ static void closeall(wv_rt *rt, int phase) {
   }
 }
 
+/* weave.tasks: what a task waits on here, in words */
+static void describe_call(lua_State *L, wv_task *t) {
+  wv_rcall *q = t->wdata;
+  uint64_t now = uv_hrtime();
+  char secs[32];
+  snprintf(secs, sizeof secs, "%.1f", now > q->t0 ? (double)(now - q->t0) / 1e9 : 0.0);
+  lua_pushfstring(L, "redis %s (%s), %s s", q->cmd, q->c != NULL ? q->c->where : "?", secs);
+}
+
+static void describe_conn(lua_State *L, wv_task *t) {
+  wv_rconn *c = t->wdata;
+  lua_pushfstring(L, "redis %s (%s)",
+                  c->swaiter == t ? "subscription: the next message"
+                  : c->subbed     ? "subscribe"
+                                  : "connect",
+                  c->where);
+}
+
 void weave__redislib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg meths[] = {{"call", c_call},         {"batch", c_batch},   {"subscribe", c_subscribe},
                                    {"next_message", c_next}, {"status", c_status}, {"mode", c_mode},
                                    {"waiting", c_waiting},   {NULL, NULL}};
   weave__class(L, rt, WV_RCONN_MT, meths, c_close);
+  weave__describer(rt, call_unblock, describe_call);
+  weave__describer(rt, connect_unblock, describe_conn);
+  weave__describer(rt, sub_unblock, describe_conn);
   weave__onclose(rt, closeall);
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_connect, 1);

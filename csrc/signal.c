@@ -132,10 +132,13 @@ static int l_signal(lua_State *L) {
   wv_sig *s;
   weave__checklive(L, rt, fname);
   if (lua_type(L, 1) == LUA_TSTRING) {
-    const char *n = lua_tostring(L, 1);
-    if (strncmp(n, "SIG", 3) == 0) n += 3;
-    for (i = 0; i < sizeof names / sizeof names[0]; i++)
-      if (strcmp(n, names[i].name) == 0) num = names[i].num;
+    size_t len;
+    const char *n = lua_tolstring(L, 1, &len);
+    if (strlen(n) == len) { /* (no NUL inside) */
+      if (strncmp(n, "SIG", 3) == 0) n += 3;
+      for (i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(n, names[i].name) == 0) num = names[i].num;
+    }
   } else if (lua_isinteger(L, 1)) {
     for (i = 0; i < sizeof names / sizeof names[0]; i++)
       if (lua_tointeger(L, 1) == names[i].num) num = names[i].num;
@@ -174,9 +177,21 @@ static void closeall(wv_rt *rt, int phase) {
     release(rt->sigs);
 }
 
+static void describe(lua_State *L, wv_task *t) {
+  wv_sig *s = t->wdata;
+  size_t i;
+  for (i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (names[i].num == s->signum) {
+      lua_pushfstring(L, "signal SIG%s", names[i].name);
+      return;
+    }
+  lua_pushliteral(L, "a signal");
+}
+
 void weave__signallib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg meths[] = {{"wait", s_wait}, {NULL, NULL}};
   weave__class(L, rt, WV_SIGNAL_MT, meths, s_close);
+  weave__describer(rt, unblock, describe);
   weave__onclose(rt, closeall);
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_signal, 1);

@@ -40,6 +40,8 @@ int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs) {
   t->f.kind = WV_KTASK;
   t->tm.idx = -1;
   t->id = ++rt->nextid;
+  t->parent = rt->current != NULL ? rt->current->id : 0;
+  t->born = uv_hrtime();
   t->nargs = nargs;
   luaL_setmetatable(L, WV_TASK_MT);
   if (inl) {
@@ -199,7 +201,9 @@ int weave__park(lua_State *L, wv_rt *rt, wv_unblock_fn unblock, void *data, lua_
                 lua_KContext ctx) {
   wv_task *t = rt->current;
   if (!lua_isyieldable(L)) {
+    t->wdata = data; /* what the hook detaches from */
     if (unblock != NULL) unblock(rt, t);
+    t->wdata = NULL;
     return weave__raise(L, "invalid_state",
                         "weave: cannot await here: the call is inside a C boundary "
                         "(a metamethod, an iterator or a sort comparator)");

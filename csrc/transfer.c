@@ -542,6 +542,7 @@ static int xfer_start(lua_State *L, wv_xfer *x) {
   x->errbuf[0] = '\0';
   curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
   x->state = XS_RUNNING;
+  x->started = uv_hrtime();
   x->next = s->active;
   if (s->active) s->active->prev = x;
   s->active = x;
@@ -818,12 +819,47 @@ static int x_done(lua_State *L) {
   return 1;
 }
 
+/* weave.tasks: "http GET https://host/path, 1.2 s" (no credentials, no query) */
+static void describe(lua_State *L, wv_task *t) {
+  wv_xfer *x = t->wdata;
+  char *url = NULL, *method = NULL;
+  const char *u, *at, *slash;
+  uint64_t now = uv_hrtime();
+  if (x == NULL) {
+    lua_pushliteral(L, "http");
+    return;
+  }
+  curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
+  curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_METHOD, &method);
+  u = url != NULL ? url : "?";
+  luaL_checkstack(L, 6, "weave.tasks");
+  lua_pushfstring(L, "http %s ", method != NULL ? method : "GET");
+  /* scheme://[user:pass@]host... : drop the credentials and the query */
+  at = strchr(u, '@');
+  slash = strstr(u, "://");
+  if (at != NULL && slash != NULL && at > slash &&
+      (strchr(slash + 3, '/') == NULL || at < strchr(slash + 3, '/'))) {
+    lua_pushlstring(L, u, (size_t)(slash + 3 - u));
+    u = at + 1;
+    lua_concat(L, 2);
+  }
+  lua_pushlstring(L, u, strcspn(u, "?#"));
+  {
+    char secs[32];
+    snprintf(secs, sizeof secs, ", %.1f s",
+             x->started && now > x->started ? (double)(now - x->started) / 1e9 : 0.0);
+    lua_pushstring(L, secs);
+  }
+  lua_concat(L, 3);
+}
+
 void weave__xferlib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg meths[] = {
       {"start", x_start},       {"wait", x_wait},   {"take", x_take},         {"feed", x_feed},
       {"progress", x_progress}, {"check", x_check}, {"response", x_response}, {"done", x_done},
       {"fetch", x_fetch},       {NULL, NULL}};
   weave__class(L, rt, WV_XFER_MT, meths, x_close);
+  weave__describer(rt, wait_unblock, describe);
   luaL_getmetatable(L, WV_XFER_MT);
   rt->xfermt = lua_topointer(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &weave__XFER_MT);

@@ -8,6 +8,7 @@
 #define WEAVE_H
 
 #include <lua.h>
+#include <stdio.h>
 #include <uv.h>
 
 #ifdef __cplusplus
@@ -71,6 +72,11 @@ WEAVE_API int weave_future_post(weave_future *f, weave_settle_fn fn, void *ud);
 /* Cancel every task, wait for their cleanup, close every handle weave put on
 ** the loop and free weave's memory.  lua_close(L) does the same. */
 WEAVE_API void weave_close(lua_State *L);
+
+/* Write the live tasks to f as weave.dump does (a tree: name, state, age,
+** what each awaits, its scopes and deadlines, its traceback); f stays open.
+** Call it between steps or from a task.  0, or a negative code. */
+WEAVE_API int weave_dump(lua_State *L, FILE *f);
 
 /* The Lua module loader for "weave.core" (for package.preload or a static
 ** Lua build). */

@@ -88,6 +88,8 @@ int weave__job_await(lua_State *L, wv_rt *rt, wv_job *j, const char *fname) {
   j->rt = rt;
   j->waiter = t;
   j->req.data = j;
+  snprintf(j->what, sizeof j->what, "%s", fname);
+  j->t0 = uv_hrtime();
   r = uv_queue_work(rt->loop, &j->req, job_work, job_after);
   if (r != 0) {
     j->release(j);
@@ -95,6 +97,15 @@ int weave__job_await(lua_State *L, wv_rt *rt, wv_job *j, const char *fname) {
   }
   rt->njobs++;
   return weave__park(L, rt, job_unblock, j, job_k_safe, (lua_KContext)j);
+}
+
+/* weave.tasks: "weave.to_thread, 0.3 s" */
+static void describe(lua_State *L, wv_task *t) {
+  wv_job *j = t->wdata;
+  uint64_t now = uv_hrtime();
+  char secs[32];
+  snprintf(secs, sizeof secs, "%.1f", now > j->t0 ? (double)(now - j->t0) / 1e9 : 0.0);
+  lua_pushfstring(L, "%s (on a thread), %s s", j->what, secs);
 }
 
 /* --- the copy codec -------------------------------------------------------- */
@@ -644,4 +655,5 @@ void weave__worklib(lua_State *L, wv_rt *rt) {
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
   weave__onclose(rt, workers_close);
+  weave__describer(rt, job_unblock, describe);
 }

@@ -18,6 +18,8 @@ struct wv_job {
   void (*abandon)(wv_job *j);           /* loop thread, on cancel (may be NULL) */
   int finished, status;
   int abandoned; /* set (atomically) by a cancel; read by the pool thread */
+  char what[32]; /* the function that made it, for weave.tasks */
+  uint64_t t0;   /* when it was queued */
 };
 
 /* Registry field marking a to_thread worker state (weave refuses to load). */

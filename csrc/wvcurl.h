@@ -111,6 +111,7 @@ struct wv_xfer {
   wv_timer rtm;            /* read timeout */
   uint64_t read_ns;
   uint64_t last_progress;
+  uint64_t started; /* uv_hrtime() when it started (weave.tasks says how long it runs) */
   curl_off_t dlnow, dltotal, ulnow, ultotal;
   char reason[64]; /* the final response's reason phrase */
   char errbuf[CURL_ERROR_SIZE];

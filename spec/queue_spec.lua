@@ -324,6 +324,13 @@ describe("weave.queue", function()
       assert.matches("concurrency must be an integer >= 1", fails(q.work, q, print, { concurrency = 0 }).message)
       assert.matches("did you mean 'claim_idle'", fails(q.work, q, print, { claim_idl = 1 }).message)
       assert.matches("id must be", fails(q.result, q, {}).message)
+      for _, chunk in ipairs { -1, 0, 0.5, "x" } do
+        assert.matches("chunk must be an integer >= 1", fails(q.enqueue_many, q, { "a" }, { chunk = chunk }).message)
+      end
+      local c <close> = redis.connect { path = r.path }
+      c:call("SET", "notastream", "x")
+      local e = fails(queue.open, { redis = c, stream = "notastream" })
+      assert.matches("^weave%.queue%.open: cannot make the consumer group on 'notastream': .*WRONGTYPE", e.message)
     end)
   end)
 end)

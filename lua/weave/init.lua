@@ -219,22 +219,65 @@ for _, k in ipairs { "map", "imap", "progress" } do M[k] = require("weave.map")[
 local sync = require "weave.sync"
 for _, k in ipairs { "Lock", "Event", "Semaphore", "BoundedSemaphore", "Condition", "Queue", "LifoQueue", "PriorityQueue", "Barrier", "CapacityLimiter", "RateLimiter" } do M[k] = sync[k] end
 
---- weave.tasks() -> { {name=, id=, state=, awaits=, task=}, ... }: every
--- live task, by id; `awaits` says in words what a blocked one waits on.
+--- weave.tasks() -> { {name=, id=, state=, parent=, age=, awaits=, scopes=, task=}, ... }:
+-- every live task, by id; `awaits` says in words what a blocked one waits on
+-- ("http GET https://host/path, 1.2 s", "sleep, 0.4 s left", "task 'x'");
+-- `scopes` its cancel scopes, innermost first ({deadline = s left, shield =,
+-- cancelled =}); `parent` the id of the task that spawned it.
 function M.tasks()
   local list = core.tasks()
   table.sort(list, function(a, b) return a.id < b.id end)
   return list
 end
 
---- weave.dump([file]): the live tasks, one line each (default: stderr).
+local function secs(x)
+  if x >= 10 then return ("%.0f s"):format(x) end
+  return ("%.1f s"):format(x)
+end
+
+--- weave.dump([file]): the live tasks as a tree (a task under the one that
+-- spawned it), each with its state, age, what it awaits, its scopes and
+-- deadlines and where it is (its traceback); default file: stderr.
 function M.dump(file)
   file = file or io.stderr
-  local list = M.tasks()
-  file:write(("weave: %d live task(s)\n"):format(#list))
+  local list = core.tasks(true)
+  table.sort(list, function(a, b) return a.id < b.id end)
+  local byid, kids, roots = {}, {}, {}
+  for _, t in ipairs(list) do byid[t.id] = t end
   for _, t in ipairs(list) do
-    file:write(("  %s #%d [%s]%s\n"):format(t.name, t.id, t.state, t.awaits and (": awaits " .. t.awaits) or ""))
+    if t.parent and byid[t.parent] then
+      kids[t.parent] = kids[t.parent] or {}
+      table.insert(kids[t.parent], t)
+    else
+      roots[#roots + 1] = t
+    end
   end
+  local out = { ("weave: %d live task(s)"):format(#list) }
+  local function line(t, depth)
+    local pad = ("  "):rep(depth + 1)
+    local s = ("%s%s #%d [%s, %s]"):format(pad, t.name, t.id, t.state, secs(t.age))
+    if t.awaits then s = s .. ": awaits " .. t.awaits end
+    out[#out + 1] = s
+    for i = #t.scopes, 1, -1 do -- outermost first
+      local sc = t.scopes[i]
+      local bits = {}
+      if sc.deadline then bits[#bits + 1] = "deadline in " .. secs(sc.deadline) end
+      if sc.shield then bits[#bits + 1] = "shield" end
+      if sc.cancelled then bits[#bits + 1] = "cancelled" end
+      if #bits > 0 then out[#out + 1] = pad .. "  scope: " .. table.concat(bits, ", ") end
+    end
+    if t.traceback then
+      for l in t.traceback:gmatch("[^\n]+") do
+        if not l:find("^stack traceback:") and not l:find("%[C%]: in %?") then
+          out[#out + 1] = pad .. "  at " .. l:gsub("^%s+", "")
+        end
+      end
+    end
+    for _, k in ipairs(kids[t.id] or {}) do line(k, depth + 1) end
+  end
+  for _, t in ipairs(roots) do line(t, 0) end
+  file:write(table.concat(out, "\n"), "\n")
+  if file.flush then file:flush() end
 end
 
 --- x's lifecycle: "pending", "resolved", "failed" or "cancelled".

@@ -84,7 +84,11 @@ function M.open(o)
   local ok, err = pcall(client.call, client, "XGROUP", "CREATE", stream, self.group, "0", "MKSTREAM")
   if not ok and not (iserror(err, "redis") and err.code == "BUSYGROUP") then
     if own then client:close() end
-    error(err, 0)
+    if iserror(err, "redis") then -- e.g. WRONGTYPE: the stream's key holds something else
+      err = core.error("redis", ("%s: cannot make the consumer group on '%s': %s"):format(fname, stream,
+        tostring(err.message):gsub("^weave%.redis%.call: ", "")), { code = err.code })
+    end
+    error(err, 2)
   end
   return self
 end
@@ -140,6 +144,10 @@ function Queue:enqueue_many(list, o)
   local ids = o and o.ids
   if ids ~= nil and type(ids) ~= "table" then argerror("%s: ids must be a list, got %s", fname, type(ids)) end
   local chunk = o and o.chunk or 1000
+  if mtype(chunk) ~= "integer" and not (type(chunk) == "number" and chunk % 1 == 0) or chunk < 1 then
+    argerror("%s: chunk must be an integer >= 1, got %s", fname, tostring(chunk))
+  end
+  chunk = math.tointeger(chunk) or argerror("%s: chunk must be an integer >= 1, got %s", fname, tostring(chunk))
   local n, out = #list, {}
   local cmds = {}
   for i = 1, n do cmds[i] = xadd(self, fname, list[i], ids and ids[i], i) end -- all checked before any is sent
@@ -240,7 +248,8 @@ local function errtext(e)
     local s = cjson.encode(e) -- error({code = 7}) is stored as {"code":7}
     if s then return s end
   end
-  return tostring(e)
+  local ok, s = pcall(tostring, e) -- (a __tostring that raises)
+  return ok and type(s) == "string" and s or ("(an error value that cannot be printed: %s)"):format(type(e))
 end
 
 local function check_work(fname, handler, o)

@@ -23,6 +23,7 @@ local function argerror(fmt, ...) error(core.error("invalid_argument", fmt:forma
 
 local OPTS = { host = true, port = true, path = true, db = true, password = true, username = true, timeout = true,
   url = true }
+local TX = { MULTI = true, EXEC = true, DISCARD = true, WATCH = true, UNWATCH = true }
 local IDLE_BLOCKING = 4 -- connections for blocking commands kept for reuse
 
 local function unescape(v) return (v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)) end
@@ -98,8 +99,8 @@ local function check(fname, o)
     argerror("%s: port must be an integer 1..65535, got %s", fname, tostring(c.port))
   end
   if c.port ~= nil and (c.port < 1 or c.port > 65535) then argerror("%s: port must be 1..65535, got %s", fname, tostring(c.port)) end
-  if c.db ~= nil and not (type(c.db) == "number" and c.db >= 0 and c.db % 1 == 0) then
-    argerror("%s: db must be an integer >= 0, got %s", fname, tostring(c.db))
+  if c.db ~= nil and not (type(c.db) == "number" and c.db >= 0 and c.db % 1 == 0 and c.db < 2 ^ 31) then
+    argerror("%s: db must be an integer 0..2^31-1, got %s", fname, tostring(c.db))
   end
   for _, k in ipairs { "password", "username" } do
     if c[k] ~= nil and type(c[k]) ~= "string" then argerror("%s: %s must be a string, got %s", fname, k, type(c[k])) end
@@ -189,7 +190,11 @@ local function reconnect(self)
   self._reconnecting = f
   local ok, err = pcall(open, self._o, "weave.redis.call")
   self._reconnecting = nil
-  if ok then
+  if ok and self._closed then -- closed while it reconnected
+    err:close()
+    f:resolve(false)
+    error(core.error("closed", "weave.redis.call: the client is closed"), 0)
+  elseif ok then
     err:mode("shared")
     self._conn = err
     f:resolve(true)
@@ -258,7 +263,13 @@ function Client:transaction(cmds)
   if type(cmds) ~= "table" then argerror("%s: expected a list of commands like {{\"SET\", \"k\", \"v\"}}, got %s", fname, type(cmds)) end
   local n = #cmds
   local all = { { "MULTI" } }
-  for i = 1, n do all[i + 1] = cmds[i] end
+  for i = 1, n do
+    local name = type(cmds[i]) == "table" and cmds[i][1]
+    if type(name) == "string" and TX[name:upper()] then
+      argerror("%s: command %d: %s is refused: c:transaction sends MULTI and EXEC itself", fname, i, name)
+    end
+    all[i + 1] = cmds[i]
+  end
   all[n + 2] = { "EXEC" }
   local r = batch(self, fname, all, "transaction")
   for i = 1, n + 2 do

@@ -668,6 +668,25 @@ int main(void) {
   check(step_until(L, &loop, "done1", 3000) && global_int(L, "result1") == 42, "tasks progress under weave_step");
   check(weave_spawn(L, 0) == UV_EINVAL, "weave_spawn refuses a missing function");
 
+  /* weave_dump: the live tasks to the host's FILE, which stays open */
+  {
+    FILE *tf = tmpfile();
+    char buf[4096];
+    size_t got;
+    run_lua(L, "weave.spawn{name = 'dumped', function() weave.sleep(0.5) end}");
+    weave_step(L);
+    check(tf != NULL && weave_dump(L, tf) == 0, "weave_dump returns 0");
+    rewind(tf);
+    got = fread(buf, 1, sizeof buf - 1, tf);
+    buf[got] = '\0';
+    check(strstr(buf, "dumped #") != NULL && strstr(buf, "awaits sleep") != NULL,
+          "weave_dump writes each task with what it awaits");
+    check(fputs("still open\n", tf) >= 0, "weave_dump leaves the FILE open");
+    check(weave_dump(NULL, tf) == UV_EINVAL && weave_dump(L, NULL) == UV_EINVAL, "weave_dump refuses NULL");
+    fclose(tf);
+    run_lua(L, "collectgarbage()");
+  }
+
   /* a future resolved and rejected on the loop thread */
   f = weave_future_new(L);
   check(f != NULL, "weave_future_new");

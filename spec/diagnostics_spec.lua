@@ -1,0 +1,115 @@
+-- Seeing inside a running program (API.md §13): weave.tasks() and
+-- weave.dump() say what every task awaits, in words, as a tree with scopes,
+-- deadlines and tracebacks; the weave command dumps on SIGUSR1 and goes on.
+local weave = require "weave"
+local http = require "weave.http"
+local redis = require "weave.redis"
+local servers = require "support.servers"
+local H = require "support.helpers"
+
+local run, spawn, sleep = weave.run, weave.spawn, weave.sleep
+
+local function find(list, name)
+  for _, t in ipairs(list) do if t.name == name then return t end end
+end
+
+-- A file handle collecting what is written to it.
+local function sink()
+  local parts = {}
+  return { write = function(self, ...) for _, s in ipairs { ... } do parts[#parts + 1] = s end return self end,
+    flush = function() end, text = function() return table.concat(parts) end }
+end
+
+describe("diagnostics", function()
+  local fault, r
+  setup(function()
+    fault = servers.fault()
+    r = servers.redis()
+  end)
+  teardown(function()
+    http.default_session():close()
+    if fault then fault.stop() end
+    if r then r.stop() end
+  end)
+
+  it("weave.tasks() says what each task awaits: HTTP (method, URL without credentials or query), Redis, threads, sleeps, signals, tasks", function()
+    run(function()
+      local c <close> = redis.connect { path = r.path }
+      local url = fault.url:gsub("^http://", "http://user:secret@") .. "/delay?ms=400&token=abc"
+      spawn { name = "fetch", function() http.get(url) end }
+      spawn { name = "slow-redis", function() c:call("DEBUG", "SLEEP", "0.4") end }
+      spawn { name = "thread", function() weave.to_thread(function() local t = os.clock() while os.clock() - t < 0.3 do end end) end }
+      local sleeper = spawn { name = "sleeper", function() weave.move_on_after(5, sleep, 10) end }
+      spawn { name = "waiter", function() sleeper:await() end }
+      spawn { name = "sig", function() local s <close> = weave.signal("USR2"); s:wait() end }
+      sleep(0.15)
+      local list = weave.tasks()
+      local port = fault.url:match(":(%d+)$")
+      assert.matches("^http GET http://127%.0%.0%.1:" .. port .. "/delay, 0%.%d s$", find(list, "fetch").awaits)
+      assert.matches("^redis DEBUG %(.*redis%.sock%), 0%.%d s$", find(list, "slow-redis").awaits)
+      assert.matches("^weave%.to_thread %(on a thread%), 0%.%d s$", find(list, "thread").awaits)
+      assert.matches("^sleep, 9%.%d s left$", find(list, "sleeper").awaits)
+      assert.are.equal("task 'sleeper'", find(list, "waiter").awaits)
+      assert.are.equal("signal SIGUSR2", find(list, "sig").awaits)
+      local s = find(list, "sleeper")
+      assert.are.equal(weave.current().id, s.parent)
+      assert.is_true(s.age >= 0.1 and s.age < 5)
+      assert.are.equal(1, #s.scopes)
+      assert.is_true(s.scopes[1].deadline > 4 and s.scopes[1].deadline < 5)
+      for _, t in ipairs(list) do if t.task ~= weave.current() then t.task:cancel() end end
+    end)
+  end)
+
+  it("weave.dump() prints the tree with scopes, deadlines and where each task is", function()
+    run(function()
+      local out = sink()
+      weave.group(function(g)
+        g:spawn { name = "outer", function()
+          weave.spawn { name = "inner", function() weave.shield(sleep, 0.3) end }
+          weave.move_on_after(2, sleep, 0.3)
+        end }
+        sleep(0.05)
+        weave.dump(out)
+      end)
+      local text = out:text()
+      assert.matches("^weave: %d+ live task%(s%)\n", text)
+      -- inner under outer under the root, deeper by two spaces each
+      assert.matches("\n(%s+)outer #%d+ %[blocked, 0%.%d s%]: awaits sleep, 0%.%d s left\n", text)
+      local outer_pad = text:match("\n(%s+)outer #")
+      local inner_pad = text:match("\n(%s+)inner #")
+      assert.are.equal(#outer_pad + 2, #inner_pad)
+      assert.matches("scope: deadline in 1%.%d s", text)
+      assert.matches("scope: shield", text)
+      assert.matches("at [^\n]*diagnostics_spec%.lua:%d+: in function", text)
+    end)
+  end)
+
+  it("the weave command prints the dump on SIGUSR1 and goes on", function()
+    local path = H.script([[
+      local weave = require "weave"
+      weave.spawn { name = "busy-worker", function() weave.sleep(5) end }
+      local f = assert(io.open(arg[1], "w")); f:write("ready"); f:close()
+      weave.sleep(0.8)
+      print("finished")
+    ]])
+    local ready = os.tmpname()
+    os.remove(ready)
+    local out, err = os.tmpname(), os.tmpname()
+    local pid = H.sh(("%s %s %s >%s 2>%s & echo $!"):format(H.shquote(H.weave_bin), path, ready, out, err)):gsub("%s+$", "")
+    for _ = 1, 100 do
+      if io.open(ready) then break end
+      os.execute("sleep 0.05")
+    end
+    os.execute("kill -USR1 " .. pid)
+    for _ = 1, 100 do
+      if not servers.alive(pid) then break end
+      os.execute("sleep 0.05")
+    end
+    local function read(p) local f = io.open(p); local s = f and f:read("a") or ""; if f then f:close() end; os.remove(p); return s end
+    local o, e = read(out), read(err)
+    os.remove(path)
+    os.remove(ready)
+    assert.matches("finished", o)
+    assert.matches("busy%-worker #%d+ %[blocked, [%d.]+ s%]: awaits sleep", e)
+  end)
+end)
