@@ -404,7 +404,7 @@ describe("what is my program doing", function()
       f:close()
       os.remove(path)
       assert.matches("weave: 4 live task%(s%)", text)
-      assert.matches("waiter #%d+ %[blocked%]: awaits task 'sleeper'", text)
+      assert.matches("waiter #%d+ %[blocked, [%d.]+ s%]: awaits task 'sleeper'", text)
       for _, t in ipairs { a, b, c } do t:cancel() end
     end)
   end)
