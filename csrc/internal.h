@@ -175,7 +175,14 @@ struct wv_rt {
     wv_describe_fn describe;
   } describers[8];
   int ndescribers;
-  int sigtaken; /* SIGINT watchers open: weave's own SIGINT handling steps aside */
+  /* diagnostics (weave.debug, weave.on): all off by default, one test each */
+  uint64_t slow_ns; /* report a task step longer than this (0: off) */
+  int leftover;     /* list the tasks still alive when run ends */
+  int evmask;       /* WV_EV_* with listeners */
+  int inevent;      /* a listener runs: no events from inside it */
+  int hasctx;       /* some task has set weave.context: children copy it */
+  int naming;       /* weave.spawn{name=}: task_spawn waits for the name */
+  int sigtaken;     /* SIGINT watchers open: weave's own SIGINT handling steps aside */
   int idleon;
   /* Subsystems' shutdown hooks, run by weave__close in order: phase 0 with
   ** the loop still open (close handles, kill children), phase 1 once every
@@ -183,6 +190,8 @@ struct wv_rt {
   void (*closers[8])(wv_rt *rt, int phase);
   int ncloser;
 };
+
+enum { WV_EV_SPAWN = 1, WV_EV_DONE = 2, WV_EV_SLOW = 4 };
 
 /* The most arguments weave.spawn passes to a task (documented). */
 #define WV_MAXARGS 100000
@@ -196,6 +205,8 @@ wv_task *weave__enter(lua_State *L, wv_rt *rt, const char *fname);
 wv_task *weave__task(lua_State *L, wv_rt *rt, const char *fname);
 void weave__onclose(wv_rt *rt, void (*fn)(wv_rt *rt, int phase));
 void weave__describer(wv_rt *rt, wv_unblock_fn unblock, wv_describe_fn describe);
+void weave__emit(wv_rt *rt, const char *name, wv_task *t, int nextra);
+void weave__slowstep(wv_rt *rt, wv_task *t, uint64_t ns, lua_State *co);
 int weave__checklive(lua_State *L, wv_rt *rt, const char *fname);
 void weave__report(wv_rt *rt, int errindex, int taskindex);
 void weave__queuecbs(lua_State *L, wv_rt *rt, wv_fut *f, int idx);

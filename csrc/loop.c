@@ -26,6 +26,7 @@ static const char COSET = 'k';      /* registry: weak set of weave's coroutines 
 /* registry: what SIGUSR1 runs (core.dump_on_usr1); {err, label, traceback} of the last error a
 ** combinator re-raised (core.origin) */
 static const char DUMPFN = 'u', ORIGIN = 'o';
+static const char EVENTS = 'e'; /* registry: weave.on's listeners, {name = {fn, ...}} */
 
 wv_rt *weave__rt(lua_State *L) {
   wv_rt *rt;
@@ -499,6 +500,31 @@ static int l_tasks(lua_State *L) {
   return 1;
 }
 
+/* weave.debug{leftover=true}: the tasks still alive when the root ended,
+** before they are cancelled (a spawn nobody awaited, a forgotten loop). */
+static void report_leftover(wv_rt *rt, wv_task *root) {
+  lua_State *L = rt->L;
+  int top = lua_gettop(L), n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {
+    wv_task *t = weave__testtask(L, -1);
+    lua_pop(L, 1);
+    if (t == NULL || t == root || t->status == WV_TDONE) continue;
+    if (n++ == 0)
+      fprintf(stderr, "weave: tasks still running when weave.run ended (weave.debug{leftover=true}); "
+                      "they are cancelled now:\n");
+    pushname(L, t);
+    if (t->status == WV_TBLOCKED)
+      pushwait(L, t, "a future", NULL);
+    else
+      lua_pushliteral(L, "ready to run");
+    fprintf(stderr, "  %s #%u: %s\n", lua_tostring(L, -2), t->id, lua_tostring(L, -1));
+    lua_pop(L, 2);
+  }
+  fflush(stderr);
+  lua_settop(L, top);
+}
+
 /* Turn the loop until `until` settles.  When nothing can ever settle it, the
 ** root is cancelled (flagging a deadlock) so that its cleanup runs. */
 static void rununtil(wv_rt *rt, wv_task *root) {
@@ -599,6 +625,115 @@ static int l_dump_on_usr1(lua_State *L) {
   return 0;
 }
 
+/* Call weave.on's listeners for `name` with the task t and the nextra
+** values on top of rt->L (popped); each under pcall, none inside another
+** (a listener that spawns does not recurse).  A listener's error is
+** printed, never raised. */
+void weave__emit(wv_rt *rt, const char *name, wv_task *t, int nextra) {
+  lua_State *L = rt->L;
+  int base = lua_gettop(L) - nextra, i, n;
+  if (rt->inevent || !lua_checkstack(L, nextra + 8)) {
+    lua_settop(L, base);
+    return;
+  }
+  rt->inevent = 1;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &EVENTS) == LUA_TTABLE && lua_getfield(L, -1, name) == LUA_TTABLE) {
+    n = (int)lua_rawlen(L, -1);
+    for (i = 1; i <= n; i++) {
+      int k;
+      lua_rawgeti(L, -1, i);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref);
+      for (k = 1; k <= nextra; k++)
+        lua_pushvalue(L, base + k);
+      if (lua_pcall(L, 1 + nextra, 0, 0) != LUA_OK) {
+        fprintf(stderr, "weave: a weave.on('%s') listener failed: %s\n", name,
+                lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+        lua_pop(L, 1);
+      }
+    }
+  }
+  rt->inevent = 0;
+  lua_settop(L, base);
+}
+
+/* A task step ran ns without awaiting (weave.debug{slow_step=}): to the
+** slow_step listeners (task, seconds, traceback), else to stderr.  co: the
+** task's coroutine, suspended where it awaits next (NULL: it ended). */
+void weave__slowstep(wv_rt *rt, wv_task *t, uint64_t ns, lua_State *co) {
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  if (!lua_checkstack(L, 8)) return;
+  lua_pushnumber(L, (lua_Number)ns / 1e9);
+  if (co != NULL)
+    luaL_traceback(L, co, "it then awaited at:", 0);
+  else
+    lua_pushliteral(L, "it then ended");
+  if (rt->evmask & WV_EV_SLOW) {
+    weave__emit(rt, "slow_step", t, 2);
+  } else {
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", (lua_Number)ns / 1e9);
+    pushname(L, t);
+    fprintf(stderr, "weave: slow step: task '%s' ran %s s without awaiting (the loop waited meanwhile); %s\n",
+            lua_tostring(L, -1), secs, lua_tostring(L, -2));
+    fflush(stderr);
+  }
+  lua_settop(L, top);
+}
+
+/* core.debug(slow_step_seconds | false [, leftover]); core.debug() -> the
+** slow_step now (false: off), leftover */
+static int l_debug(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  if (lua_isnone(L, 1)) {
+    if (rt->slow_ns != 0)
+      lua_pushnumber(L, (lua_Number)rt->slow_ns / 1e9);
+    else
+      lua_pushboolean(L, 0);
+    lua_pushboolean(L, rt->leftover);
+    return 2;
+  }
+  {
+    lua_Number s = lua_toboolean(L, 1) ? luaL_checknumber(L, 1) : 0;
+    rt->slow_ns = s > 0 ? (uint64_t)(s * 1e9) : 0;
+  }
+  if (!lua_isnoneornil(L, 2)) rt->leftover = lua_toboolean(L, 2);
+  return 0;
+}
+
+/* core.taskctx(task [, tbl]): the task's weave.context table (or sets it) */
+static int l_taskctx(lua_State *L) {
+  weave__checktask(L, 1, "weave.context");
+  if (lua_gettop(L) >= 2) {
+    weave__pushextra(L, 1);
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "ctx");
+    return 0;
+  }
+  if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE) return 0;
+  lua_getfield(L, -1, "ctx");
+  return 1;
+}
+
+/* core.events(tbl, mask): weave.on's listener table and which C-side events
+** (WV_EV_*) have listeners. */
+static int l_events(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  luaL_checktype(L, 1, LUA_TTABLE);
+  rt->evmask = (int)luaL_checkinteger(L, 2);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &EVENTS);
+  return 0;
+}
+
+/* core.setcontext(): a task has weave.context values (from now on,
+** spawning copies the parent's to the child). */
+static int l_setcontext(lua_State *L) {
+  wv_rt *rt = lua_touserdata(L, lua_upvalueindex(1));
+  rt->hasctx = 1;
+  return 0;
+}
+
 /* core.origin(err, label, traceback): err, about to be re-raised by a
 ** combinator, came from `label` (a task, a map item) with that traceback;
 ** if it ends the run, the run's report shows it too. */
@@ -688,6 +823,7 @@ static int runroot(lua_State *L, wv_rt *rt, int plain) {
   rt->root = root;
   if (!plain && rt->sigint != NULL) uv_signal_start(rt->sigint, on_sigint, SIGINT);
   rununtil(rt, root);
+  if (rt->leftover && rt->ntasks > 0) report_leftover(rt, root);
   reap(rt);
   if (rt->sigint != NULL) uv_signal_stop(rt->sigint);
   rt->root = prevroot;
@@ -859,6 +995,14 @@ int weave__newrt(lua_State *L, uv_loop_t *loop) {
   if (weave__rt(L) != NULL) return 0;
   rt = lua_newuserdatauv(L, sizeof *rt, 0);
   memset(rt, 0, sizeof *rt);
+  { /* WEAVE_DEBUG=1: slow steps (> 0.1 s, or WEAVE_DEBUG=<seconds>) and leftover tasks */
+    const char *d = getenv("WEAVE_DEBUG");
+    if (d != NULL && *d != '\0' && strcmp(d, "0") != 0) {
+      double s = strcmp(d, "1") == 0 ? 0.1 : atof(d);
+      rt->slow_ns = (uint64_t)((s > 0 ? s : 0.1) * 1e9);
+      rt->leftover = 1;
+    }
+  }
   if (luaL_newmetatable(L, "weave.Runtime")) {
     lua_pushcfunction(L, rt_gc);
     lua_setfield(L, -2, "__gc");
@@ -1035,6 +1179,10 @@ void weave__looplib(lua_State *L, wv_rt *rt) {
                                  {"tasks", l_tasks},
                                  {"origin", l_origin},
                                  {"dump_on_usr1", l_dump_on_usr1},
+                                 {"debug", l_debug},
+                                 {"events", l_events},
+                                 {"setcontext", l_setcontext},
+                                 {"taskctx", l_taskctx},
                                  {NULL, NULL}};
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);

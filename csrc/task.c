@@ -23,6 +23,27 @@ wv_task *weave__checktask(lua_State *L, int idx, const char *fname) {
 /* Push the userdata of a live (anchored) task. */
 static void pushtask(lua_State *L, wv_task *t) { lua_rawgeti(L, LUA_REGISTRYINDEX, t->f.ref); }
 
+/* weave.context: the new task (on top of L) starts with a copy of its
+** parent's context values (as Python's contextvars: later changes on either
+** side stay there). */
+static void inherit(lua_State *L, wv_task *parent) {
+  int top = lua_gettop(L), child = top; /* the new Task is on top */
+  pushtask(L, parent);
+  if (lua_getiuservalue(L, -1, 2) == LUA_TTABLE && lua_getfield(L, -1, "ctx") == LUA_TTABLE) {
+    int src = lua_gettop(L);
+    weave__pushextra(L, child);
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, src)) { /* copy[k] = v */
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
+    lua_setfield(L, -2, "ctx");
+  }
+  lua_settop(L, top);
+}
+
 /* A task keeps its function and arguments in its own user values (3, 4,
 ** ...) until it first runs, when there are at most WV_INLINEARGS of them
 ** (no table to allocate), else in a table {fn, args...} in user value 3.
@@ -62,6 +83,8 @@ int weave__spawn(lua_State *L, wv_rt *rt, int fnidx, int nargs) {
   rt->ntasks++;
   t->status = WV_TNEW;
   weave__ready(rt, t);
+  if (rt->hasctx && rt->current != NULL) inherit(L, rt->current);
+  if ((rt->evmask & WV_EV_SPAWN) && !rt->naming) weave__emit(rt, "task_spawn", t, 0);
   return 1;
 }
 
@@ -95,6 +118,7 @@ static void finish(wv_rt *rt, wv_task *t, int state) {
   }
   if (state == WV_REJECTED) weave__notefailure(L);
   weave__settled(L, rt, &t->f, idx);
+  if (rt->evmask & WV_EV_DONE) weave__emit(rt, "task_done", t, 0);
   luaL_unref(L, LUA_REGISTRYINDEX, t->f.ref);
   t->f.ref = LUA_NOREF;
   lua_pop(L, 1);
@@ -450,6 +474,7 @@ static int start(wv_rt *rt, wv_task *t) {
 void weave__resume(wv_rt *rt, wv_task *t) {
   lua_State *L = rt->L, *co;
   int nargs = 0, nres = 0, st;
+  uint64_t t0 = rt->slow_ns != 0 ? uv_hrtime() : 0; /* (weave.debug{slow_step=}) */
   if (t->status == WV_TNEW && (nargs = start(rt, t)) < 0) return;
   t->status = WV_TRUNNING;
   rt->current = t;
@@ -499,6 +524,10 @@ void weave__resume(wv_rt *rt, wv_task *t) {
     break;
   }
   rt->current = NULL;
+  if (t0 != 0) {
+    uint64_t dt = uv_hrtime() - t0;
+    if (dt >= rt->slow_ns) weave__slowstep(rt, t, dt, st == LUA_YIELD ? co : NULL);
+  }
   if (st == LUA_YIELD) {
     if (t->status != WV_TRUNNING) return; /* blocked or requeued by weave */
     lua_pop(co, nres);
@@ -583,13 +612,16 @@ static int l_spawn(lua_State *L) {
       return weave__argerror(L, "weave.spawn", "too many arguments (n = %I)", n);
     for (i = 2; i <= n; i++)
       lua_rawgeti(L, 1, i);
+    rt->naming = 1; /* task_spawn once it has its name */
     weave__spawn(L, rt, fnidx, n > 1 ? (int)n - 1 : 0);
+    rt->naming = 0;
     if (!lua_isnil(L, top + 1)) {
       weave__pushextra(L, -1);
       lua_pushvalue(L, top + 1);
       lua_setfield(L, -2, "name");
       lua_pop(L, 1);
     }
+    if (rt->evmask & WV_EV_SPAWN) weave__emit(rt, "task_spawn", (wv_task *)lua_touserdata(L, -1), 0);
     return 1;
   }
   return weave__argerror(L, "weave.spawn", "expected a function or {name=, fn, ...}, got %s",

@@ -112,4 +112,99 @@ describe("diagnostics", function()
     assert.matches("finished", o)
     assert.matches("busy%-worker #%d+ %[blocked, [%d.]+ s%]: awaits sleep", e)
   end)
+
+  it("weave.debug{slow_step=} reports a step that holds the loop, with name, duration and where; leftover lists forgotten tasks", function()
+    local code = [[
+      local weave = require "weave"
+      weave.debug { slow_step = 0.05, leftover = true }
+      weave.run(function()
+        weave.spawn { name = "busy", function()
+          local x = os.clock()
+          while os.clock() - x < 0.1 do end
+          weave.sleep(0)
+        end }
+        weave.sleep(0.3)
+        weave.spawn { name = "forgotten", function() weave.sleep(10) end }
+        weave.sleep(0)
+      end)
+    ]]
+    local _, err, rc = H.lua(code)
+    assert.are.equal(0, rc, err)
+    assert.matches("weave: slow step: task 'busy' ran 0%.%d+ s without awaiting", err)
+    assert.matches("it then awaited at:\nstack traceback:\n[^\n]*\n[^\n]*:7: in function", err)
+    assert.matches("still running when weave.run ended.-forgotten #%d+: sleep, %d+%.%d s left", err)
+    -- WEAVE_DEBUG=1 turns both on; off, nothing is said
+    local path = H.script(code:gsub("weave.debug {[^}]*}", ""))
+    local _, e2 = H.sh("WEAVE_DEBUG=1 lua5.4 " .. path)
+    local _, e3 = H.sh("lua5.4 " .. path)
+    os.remove(path)
+    assert.matches("slow step: task 'busy'", e2)
+    assert.matches("forgotten #", e2)
+    assert.are.equal("", e3)
+  end)
+
+  it("weave.on/off: task_spawn, task_done, slow_step, http_request, http_response; a failing listener is printed", function()
+    local seen = {}
+    local function note(name) return function(x) seen[#seen + 1] = name .. ":" .. tostring(x.name or x.status or x.method) end end
+    local fs, fd = note("spawn"), note("done")
+    weave.on("task_spawn", fs)
+    weave.on("task_done", fd)
+    local req = weave.on("http_request", function(r) seen[#seen + 1] = "request:" .. r.method end)
+    local res = weave.on("http_response", function(r) seen[#seen + 1] = "response:" .. r.status end)
+    local slow = weave.on("slow_step", function(t, secs, tb)
+      seen[#seen + 1] = ("slow:%s:%s:%s"):format(t.name, secs > 0.05 and "long" or "short", tb:match("awaited at") and "tb" or "")
+    end)
+    weave.debug { slow_step = 0.05 }
+    local ok, err = pcall(run, function()
+      spawn { name = "t1", function() end }:await()
+      http.get(fault.url .. "/echo")
+      spawn { name = "hog", function() local x = os.clock() while os.clock() - x < 0.08 do end sleep(0) end }:await()
+    end)
+    weave.debug { slow_step = false }
+    assert.is_true(weave.off("task_spawn", fs))
+    assert.is_false(weave.off("task_spawn", fs))
+    weave.off("task_done", fd)
+    weave.off("http_request", req)
+    weave.off("http_response", res)
+    weave.off("slow_step", slow)
+    assert(ok, err)
+    local text = table.concat(seen, " ")
+    assert.matches("spawn:t1 .*done:t1", text)
+    assert.matches("request:GET response:200", text)
+    assert.matches("slow:hog:long:tb", text)
+    local n = #seen
+    run(function() spawn(function() end):await() end)
+    assert.are.equal(n, #seen) -- off: nothing more
+    assert.matches("unknown event", select(2, pcall(weave.on, "task_spwn", print)).message)
+    assert.matches("expected a function", select(2, pcall(weave.on, "task_done", 42)).message)
+    local _, err2 = H.lua([[
+      local weave = require "weave"
+      weave.on("task_done", function() error("listener boom") end)
+      weave.run(function() weave.spawn(function() end):await() end)
+      print("went on")
+    ]])
+    assert.matches("weave.on%('task_done'%) listener failed: .*listener boom", err2)
+  end)
+
+  it("weave.context: task-local values, copied to the tasks spawned after they are set", function()
+    run(function()
+      assert.is_nil(weave.context.request_id)
+      weave.context.request_id = "r-1"
+      local child = spawn(function()
+        local saw = weave.context.request_id
+        weave.context.request_id = "changed in the child"
+        local grandchild = spawn(function() return weave.context.request_id end)
+        return saw, grandchild:await()
+      end)
+      local a, b = child:await()
+      assert.are.equal("r-1", a)
+      assert.are.equal("changed in the child", b)
+      assert.are.equal("r-1", weave.context.request_id) -- the parent's stays
+      weave.context.request_id = "r-2"
+      local later = {}
+      weave.gather(function() later[1] = weave.context.request_id end)
+      assert.are.equal("r-2", later[1])
+    end)
+    run(function() assert.is_nil(weave.context.request_id) end) -- a new root starts empty
+  end)
 end)

@@ -11,6 +11,15 @@ local core = require "weave.core"
 local options = require "weave.options"
 local weave = require "weave"
 local sync = require "weave.sync"
+local EVENTS = weave._events -- weave.on's listeners: {http_request = {fn, ...}, ...}
+
+-- Call weave.on's listeners for an HTTP event, each under pcall.
+local function emit(name, ...)
+  for _, fn in ipairs(EVENTS[name]) do
+    local ok, err = pcall(fn, ...)
+    if not ok then io.stderr:write(("weave: a weave.on('%s') listener failed: %s\n"):format(name, tostring(err))) end
+  end
+end
 
 local type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math_type =
   type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math.type
@@ -1013,6 +1022,7 @@ local function perform(self, opts, fname, url, method)
     n = n + 1
     req.attempt = n
     if self.on_request then self.on_request(req) end
+    if EVENTS.http_request then emit("http_request", req) end
     -- A slot first: a queued request holds no handle, file or buffer.
     admit(self, req)
     req.deadline, req.timeout = nil, req.total_timeout -- (each attempt has its own timeout)
@@ -1026,6 +1036,7 @@ local function perform(self, opts, fname, url, method)
         error(herr, 0)
       end
     end
+    if ok and EVENTS.http_response then emit("http_response", res, req) end
     if ok and res.new_connections then self._conns = self._conns + res.new_connections end
     local again = policy and n < policy.attempts and not req.body_iter and
       ((ok and policy.statuses[res.status]) or (not ok and core.iserror(res) and policy.errors[res.kind]))
@@ -1139,7 +1150,8 @@ end
 local function verb(method)
   local fname = "http." .. method:lower()
   return function(self, url, opts)
-    if opts == nil and type(self) == "table" and self._plain and type(url) == "string" and running() then
+    if opts == nil and type(self) == "table" and self._plain and type(url) == "string" and running()
+      and not (EVENTS.http_request or EVENTS.http_response) then
       return plain(self, url, method, fname)
     end
     if type(self) ~= "table" or not rawget(self, "_s") then

@@ -280,6 +280,111 @@ function M.dump(file)
   if file.flush then file:flush() end
 end
 
+--- weave.debug{slow_step = s | false, leftover = bool}: report a task step
+-- that runs longer than s without awaiting (it holds up every other task),
+-- with its name, duration and where it awaited next; list the tasks still
+-- alive when weave.run ends, before they are cancelled. WEAVE_DEBUG=1 in the
+-- environment turns both on (slow_step = 0.1 s; WEAVE_DEBUG=0.05 sets it).
+-- Off, they cost one test per task step.
+function M.debug(o)
+  if type(o) ~= "table" then argerror("weave.debug: expected a table {slow_step=, leftover=}, got %s", type(o)) end
+  for k in pairs(o) do
+    if k ~= "slow_step" and k ~= "leftover" then
+      argerror("weave.debug: unknown option '%s' (slow_step, leftover)", tostring(k))
+    end
+  end
+  local s = o.slow_step
+  if s ~= nil and s ~= false and not (type(s) == "number" and s > 0 and s < math.huge) then
+    argerror("weave.debug: slow_step must be seconds > 0 or false, got %s", tostring(s))
+  end
+  if o.leftover ~= nil and type(o.leftover) ~= "boolean" then
+    argerror("weave.debug: leftover must be true or false, got %s", type(o.leftover))
+  end
+  if s == nil then s = core.debug() end -- (unchanged)
+  core.debug(s or false, o.leftover)
+end
+
+-- weave.on(event, fn) / weave.off(event, fn): listeners, called in order,
+-- each under pcall (an error is printed), never inside another listener.
+--   task_spawn(task), task_done(task)    every task, as it starts and ends
+--   http_request(req), http_response(res, req)   every request of every session
+--   slow_step(task, seconds, traceback)  with weave.debug{slow_step=}: instead of the report
+-- Nothing is paid for an event nobody listens to.
+local events = {}
+local EVBITS = { task_spawn = 1, task_done = 2, slow_step = 4, http_request = 0, http_response = 0 }
+M._events = events
+
+local function check_event(fname, name, fn)
+  if EVBITS[name] == nil then
+    local known = {}
+    for k in pairs(EVBITS) do known[#known + 1] = k end
+    table.sort(known)
+    argerror("%s: unknown event %s (%s)", fname, tostring(name), table.concat(known, ", "))
+  end
+  if type(fn) ~= "function" then argerror("%s: expected a function, got %s", fname, type(fn)) end
+end
+
+local function sync_events()
+  local mask = 0
+  for name, list in pairs(events) do
+    if #list > 0 then mask = mask | EVBITS[name] end
+  end
+  core.events(events, mask)
+end
+
+function M.on(name, fn)
+  check_event("weave.on", name, fn)
+  local list = events[name] or {}
+  list[#list + 1] = fn
+  events[name] = list
+  sync_events()
+  return fn
+end
+
+function M.off(name, fn)
+  check_event("weave.off", name, fn)
+  local list = events[name]
+  if not list then return false end
+  for i = #list, 1, -1 do
+    if list[i] == fn then
+      table.remove(list, i)
+      if #list == 0 then events[name] = nil end
+      sync_events()
+      return true
+    end
+  end
+  return false
+end
+
+--- weave.context: values local to a task and inherited by the tasks it
+-- spawns afterwards (each child starts with a copy, as Python's
+-- contextvars): weave.context.request_id = "abc"; any code in that task or
+-- its children reads weave.context.request_id. Outside any task it is the
+-- program's own table.
+local main_ctx = {}
+local function ctx_of(create)
+  local t = core.current()
+  if t == nil then return main_ctx end
+  local c = core.taskctx(t)
+  if c == nil and create then
+    c = {}
+    core.taskctx(t, c)
+    core.setcontext()
+  end
+  return c
+end
+M.context = setmetatable({}, {
+  __name = "weave.context",
+  __index = function(_, k)
+    local c = ctx_of(false)
+    return c and c[k]
+  end,
+  __newindex = function(_, k, v) ctx_of(true)[k] = v end,
+  __pairs = function()
+    return next, ctx_of(false) or {}, nil
+  end,
+})
+
 --- x's lifecycle: "pending", "resolved", "failed" or "cancelled".
 M.state = core.state
 
