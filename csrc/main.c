@@ -6,6 +6,7 @@
 */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -17,8 +18,9 @@ static void usage(const char *prog) {
           "usage: %s script.lua [args...]   run a script as the root task\n"
           "       %s -e 'code' [args...]    run code\n"
           "       %s - [args...]            run the script read from stdin\n"
+          "       %s -i                     a prompt (also: no arguments on a terminal)\n"
           "       %s --version\n",
-          prog, prog, prog, prog);
+          prog, prog, prog, prog, prog);
 }
 
 /* Protected body: require "weave", load the script, weave.run it. */
@@ -26,6 +28,7 @@ static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1), i, first = 2, st;
   char **argv = lua_touserdata(L, 2);
   int code = strcmp(argv[1], "-e") == 0; /* weave -e 'chunk' [args...] */
+  int repl = strcmp(argv[1], "-i") == 0; /* the prompt */
   luaL_openlibs(L);
   if (code && argc < 3) return luaL_error(L, "'-e' needs an argument (the code to run)");
   if (code) first = 3;
@@ -50,6 +53,14 @@ static int pmain(lua_State *L) {
   lua_call(L, 1, 0);
   lua_pop(L, 1);
   lua_getfield(L, -1, "run");
+  if (repl) { /* weave.run(require("weave.repl"), tty) */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "weave.repl");
+    lua_call(L, 1, 1);
+    lua_pushboolean(L, isatty(0));
+    lua_call(L, 2, 0);
+    return 0;
+  }
   if (code)
     st = luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)");
   else
@@ -88,6 +99,15 @@ static int report(lua_State *L) {
 int main(int argc, char **argv) {
   lua_State *L;
   int code = 0;
+  static char opt_i[] = "-i";
+  char *repl_argv[3];
+  if (argc < 2 && isatty(0) && isatty(1)) { /* no script, on a terminal: the prompt */
+    repl_argv[0] = argv[0];
+    repl_argv[1] = opt_i;
+    repl_argv[2] = NULL;
+    argv = repl_argv;
+    argc = 2;
+  }
   if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
     usage(argv[0]);
     return argc < 2 ? 2 : 0;

@@ -199,4 +199,43 @@ end, { 1, 2, 3, 4 })]], "caused by weave.map's call for item 3" },
       end
     end
   end)
+
+  it("weave -i: a prompt whose lines run in the root task (awaits work at top level)", function()
+    local input = table.concat({
+      "x = 1 + 1", "x * 21", "=x", "function f(a)", "  return a .. '!'", "end", "print(f('hi'))",
+      "weave.sleep(0.01) return 'slept'", "error('boom')", "t = weave.spawn(function() weave.sleep(0.05) return 7 end)",
+      "return t:await()", "return type(http.get)", "local nope = ", "",
+    }, "\n")
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(input)
+    f:close()
+    local out, err, rc = helpers.sh(helpers.shquote(helpers.weave_bin) .. " -i < " .. path)
+    os.remove(path)
+    assert.are.equal(0, rc, err)
+    assert.matches("> 42\n", out)
+    assert.matches("> 2\n", out)
+    assert.matches(">> >> > hi!\n", out) -- the function's lines at the continuation prompt
+    assert.matches("slept\n", out)
+    assert.matches("weave: stdin:1: boom\n", out)
+    assert.matches("> 7\n", out)
+    assert.matches("> function\n", out)
+    assert.not_matches("Ctrl%-D", out) -- no banner when stdin is not a terminal
+  end)
+
+  it("weave -i: Ctrl-C cancels the line that runs, the prompt stays; end of input ends it", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local out = helpers.sh(([[
+      cd %s && mkfifo in && (%s -i < in > out 2>&1 & echo $! > pid)
+      exec 7>in; echo 'weave.sleep(5)' >&7; sleep 0.5; kill -INT $(cat pid); sleep 0.3
+      echo '=1+1' >&7; sleep 0.3; exec 7>&-
+      for i in $(seq 50); do kill -0 $(cat pid) 2>/dev/null || break; sleep 0.1; done
+      kill -0 $(cat pid) 2>/dev/null && echo STILL-RUNNING; cat out
+    ]]):format(dir, helpers.shquote(helpers.weave_bin)))
+    os.execute("rm -rf " .. dir)
+    assert.matches("> %(cancelled%)\n> 2\n", out)
+    assert.not_matches("STILL%-RUNNING", out)
+  end)
 end)
