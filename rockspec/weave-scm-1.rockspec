@@ -48,6 +48,11 @@ build = {
     ["weave.options"] = "lua/weave/options.lua",
     ["weave.redis"] = "lua/weave/redis.lua",
     ["weave.queue"] = "lua/weave/queue.lua",
+    ["weave.repl"] = "lua/weave/repl.lua",
   },
+  -- The command (bin/weave.lua: what `make`'s C build/weave does, in Lua) and
+  -- its man page (docs/weave.1, in the rock's docs: `man "$(luarocks doc
+  -- weave --list | grep weave.1)"`; `make install` puts it in man1).
+  install = { bin = { weave = "bin/weave.lua" } },
   copy_directories = { "docs", "examples" },
 }
