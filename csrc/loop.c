@@ -560,7 +560,7 @@ static void pushwhere(lua_State *L, const char *tb) {
     const char *line = p + 1, *end = strstr(line, ": in "), *nl = strchr(line, '\n'), *q;
     while (*line == '\t' || *line == ' ')
       line++;
-    if (end == NULL || (nl != NULL && end > nl) || line[0] == '[' || line[0] == '(') continue;
+    if (end == NULL || (nl != NULL && end > nl) || line[0] == '[' || strncmp(line, "(...", 4) == 0) continue;
     for (q = end; q > line && q[-1] != '/'; q--) {
     }
     if (q - line >= 6 && strncmp(q - 6, "weave/", 6) == 0) continue; /* weave's own modules */
