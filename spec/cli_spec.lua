@@ -184,6 +184,10 @@ end)]], "caused by task 'fetcher' %(the group's first failure%)" },
   if i == 3 then error(weave.error("network", "boom")) end
   return i
 end, { 1, 2, 3, 4 })]], "caused by weave.map's call for item 3" },
+      { [[weave.race { weave.spawn(function() weave.sleep(1) end), weave.spawn { name = "racer", function()
+  weave.sleep(0.01)
+  error(weave.error("network", "boom"))
+end } }]], "caused by task 'racer'" },
     }
     for _, case in ipairs(cases) do
       local code = "local weave = require 'weave'\nweave.run(function()\n" .. case[1] .. "\nend)\n"
@@ -237,5 +241,41 @@ end, { 1, 2, 3, 4 })]], "caused by weave.map's call for item 3" },
     os.execute("rm -rf " .. dir)
     assert.matches("> %(cancelled%)\n> 2\n", out)
     assert.not_matches("STILL%-RUNNING", out)
+  end)
+
+  it("the prompt on a pseudo-terminal: no script on a terminal starts it, with its banner", function()
+    local drive = helpers.script([=[
+import os, pty, sys, time, select
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1]])
+out = b""
+def read_for(secs):
+    global out
+    end = time.time() + secs
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                return
+read_for(1.0)
+os.write(fd, b"t = weave.spawn(function() weave.sleep(0.05) return 6 * 7 end)\n")
+read_for(0.3)
+os.write(fd, b"=t:await()\n")
+read_for(0.5)
+os.write(fd, b"\x04")
+read_for(1.0)
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode("utf-8", "replace"))
+sys.stdout.write("\nEXIT %d\n" % os.waitstatus_to_exitcode(status))
+]=])
+    local out = helpers.sh(("env -u LD_PRELOAD /usr/bin/python3 %s %s"):format(helpers.shquote(drive),
+      helpers.shquote(helpers.weave_bin)))
+    os.remove(drive)
+    assert.matches("weave [%d.]+ %(Lua 5%.4%): each line runs in the root task; Ctrl%-D to quit", out)
+    assert.matches("\n42\r?\n", out)
+    assert.matches("EXIT 0", out)
   end)
 end)

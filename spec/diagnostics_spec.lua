@@ -204,6 +204,11 @@ describe("diagnostics", function()
       local later = {}
       weave.gather(function() later[1] = weave.context.request_id end)
       assert.are.equal("r-2", later[1])
+      weave.group(function(g) g:spawn(function() later[2] = weave.context.request_id end) end)
+      assert.are.equal("r-2", later[2])
+      local seen = weave.map(function(i) weave.sleep(0) return weave.context.request_id .. "/" .. i end, { 1, 2, 3 },
+        { concurrency = 2 })
+      assert.are.same({ "r-2/1", "r-2/2", "r-2/3", n = 3 }, seen)
     end)
     run(function() assert.is_nil(weave.context.request_id) end) -- a new root starts empty
   end)

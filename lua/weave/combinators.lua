@@ -239,6 +239,11 @@ function M.race(list)
   if not ok then abort(items, n, first) end
   cancel_all(items, n)
   reap(items, n)
+  if failed(items[first]) then
+    local err = items[first]:error()
+    M.origin(err, items, n)
+    error(err, 0)
+  end
   return items[first]:result()
 end
 
