@@ -140,10 +140,30 @@ static int l_state(lua_State *L) {
 }
 
 /* weave.future() -> a pending Future */
+/* What the primitives' waiters wait on, for weave.tasks (core.future(id)). */
+static const char *const LABELS[] = {NULL,
+                                     "Lock:acquire",
+                                     "Semaphore:acquire",
+                                     "Queue:put",
+                                     "Queue:get",
+                                     "RateLimiter:acquire",
+                                     "Event:wait",
+                                     "Condition:wait",
+                                     "Barrier:wait",
+                                     "CapacityLimiter:acquire",
+                                     "Queue:join"};
+
+const char *weave__futlabel(const wv_fut *f) {
+  return f->label < sizeof LABELS / sizeof LABELS[0] ? LABELS[f->label] : NULL;
+}
+
+/* core.future([label id]) -> Future; core.future_labels: {name = id} */
 static int l_future(lua_State *L) {
+  lua_Integer id = lua_isinteger(L, 1) ? lua_tointeger(L, 1) : 0;
   wv_fut *f = lua_newuserdatauv(L, sizeof *f, 2);
   memset(f, 0, sizeof *f);
   f->kind = WV_KFUTURE;
+  if (id > 0 && id < (lua_Integer)(sizeof LABELS / sizeof LABELS[0])) f->label = (unsigned char)id;
   f->ref = LUA_NOREF;
   luaL_setmetatable(L, WV_FUTURE_MT);
   return 1;
@@ -331,4 +351,13 @@ void weave__futlib(lua_State *L, wv_rt *rt) {
 
   lua_pushlightuserdata(L, rt);
   luaL_setfuncs(L, fns, 1);
+  { /* core.future_labels = {["Queue:get"] = 4, ...} */
+    size_t n;
+    lua_createtable(L, 0, (int)(sizeof LABELS / sizeof LABELS[0]));
+    for (n = 1; n < sizeof LABELS / sizeof LABELS[0]; n++) {
+      lua_pushinteger(L, (lua_Integer)n);
+      lua_setfield(L, -2, LABELS[n]);
+    }
+    lua_setfield(L, -2, "future_labels");
+  }
 }

@@ -75,6 +75,7 @@ struct wv_fut {
   unsigned char cbqueued; /* in the runtime's callback queue */
   unsigned char hascbs;   /* on_done callbacks registered */
   unsigned char reported; /* unhandled failure already reported */
+  unsigned char label;    /* what a waiter on this Future waits for (weave__futlabel), 0: unsaid */
   int nvals;              /* number of values when resolved */
   int ref;                /* registry anchor of a live Task */
   wv_waitq waiters;       /* tasks awaiting this */
@@ -219,6 +220,7 @@ lua_State *weave__getco(lua_State *L, wv_rt *rt);
 void weave__putco(lua_State *L, wv_rt *rt, lua_State *co);
 
 /* future.c */
+const char *weave__futlabel(const wv_fut *f);
 wv_fut *weave__testfut(lua_State *L, int idx);
 wv_task *weave__testtask(lua_State *L, int idx);
 wv_fut *weave__checkfut(lua_State *L, int idx, const char *fname);

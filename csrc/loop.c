@@ -391,7 +391,9 @@ static void pushwait(lua_State *L, wv_task *t, const char *future, const char *o
       pushname(L, (wv_task *)f);
       lua_pushfstring(L, "task '%s'", lua_tostring(L, -1));
       lua_remove(L, -2);
-    } else
+    } else if (weave__futlabel(f) != NULL)
+      lua_pushstring(L, weave__futlabel(f));
+    else
       lua_pushstring(L, future);
   } else if (other == NULL && t->unblock != NULL && describe(L, t)) {
   } else if (other == NULL && t->tm.idx >= 0) {

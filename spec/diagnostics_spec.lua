@@ -42,6 +42,12 @@ describe("diagnostics", function()
       local sleeper = spawn { name = "sleeper", function() weave.move_on_after(5, sleep, 10) end }
       spawn { name = "waiter", function() sleeper:await() end }
       spawn { name = "sig", function() local s <close> = weave.signal("USR2"); s:wait() end }
+      local q, lock = weave.Queue(1), weave.Lock()
+      lock:acquire()
+      spawn { name = "getter", function() q:get() end }
+      spawn { name = "locker", function() lock:acquire() end }
+      local ev = weave.Event()
+      spawn { name = "ev", function() ev:wait() end }
       sleep(0.15)
       local list = weave.tasks()
       local port = fault.url:match(":(%d+)$")
@@ -51,6 +57,9 @@ describe("diagnostics", function()
       assert.matches("^sleep, 9%.%d s left$", find(list, "sleeper").awaits)
       assert.are.equal("task 'sleeper'", find(list, "waiter").awaits)
       assert.are.equal("signal SIGUSR2", find(list, "sig").awaits)
+      assert.are.equal("Queue:get", find(list, "getter").awaits)
+      assert.are.equal("Lock:acquire", find(list, "locker").awaits)
+      assert.are.equal("Event:wait", find(list, "ev").awaits)
       local s = find(list, "sleeper")
       assert.are.equal(weave.current().id, s.parent)
       assert.is_true(s.age >= 0.1 and s.age < 5)

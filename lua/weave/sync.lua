@@ -9,6 +9,7 @@ local core = require "weave.core"
 local setmetatable, getmetatable, rawset, error, pcall, type, tostring, pairs =
   setmetatable, getmetatable, rawset, error, pcall, type, tostring, pairs
 local future, await, now, sleep = core.future, core.await, core.now, core.sleep
+local LABEL = core.future_labels -- what a waiter waits for, as weave.tasks() says it
 local huge = math.huge
 
 local M = {}
@@ -113,8 +114,8 @@ function Line:empty() return self.n == 0 end
 
 -- Wait in `ln` until handed something; on cancel leave the line, and when the
 -- hand-over had already happened, pass it on with `pass(obj)`.
-local function wait_in(ln, obj, pass)
-  local f = future()
+local function wait_in(ln, obj, pass, label)
+  local f = future(label)
   ln:push(f)
   local ok, err = pcall(await, f)
   if not ok then
@@ -141,7 +142,7 @@ function Lock:acquire()
     self._held = true
     return self
   end
-  wait_in(self._line, self, Lock.release)
+  wait_in(self._line, self, Lock.release, LABEL["Lock:acquire"])
   return self
 end
 
@@ -212,7 +213,7 @@ end
 function Event:wait()
   if getmetatable(self) ~= Event then wrongself(self, Event, "Event:wait") end
   if self._set then return true end
-  local f = future()
+  local f = future(LABEL["Event:wait"])
   self._waiters[#self._waiters + 1] = f
   local ok, err = pcall(await, f)
   if not ok then
@@ -257,7 +258,7 @@ function Semaphore:acquire()
     self._value = self._value - 1
     return self
   end
-  wait_in(self._line, self, Semaphore.release)
+  wait_in(self._line, self, Semaphore.release, LABEL["Semaphore:acquire"])
   return self
 end
 
@@ -356,7 +357,7 @@ function Condition:wait()
   if getmetatable(self) ~= Condition then wrongself(self, Condition, "Condition:wait") end
   local lock = self._lock
   if not lock._held then raise("invalid_state", "Condition:wait: the lock is not held (acquire it first)") end
-  local f = future()
+  local f = future(LABEL["Condition:wait"])
   self._line:push(f)
   lock:release()
   local ok, err = pcall(await, f)
@@ -465,7 +466,7 @@ function Barrier:wait()
     end
     return i
   end
-  local f = future()
+  local f = future(LABEL["Barrier:wait"])
   ln:push(f)
   local ok, idx, why = pcall(await, f)
   if not ok then
@@ -582,7 +583,7 @@ local function acquire_for(l, b, fname)
     lend(l, b)
     return
   end
-  local f = future()
+  local f = future(LABEL["CapacityLimiter:acquire"])
   l._line:push(f)
   l._pending[f], l._waiting[b] = b, f
   local ok, err = pcall(await, f)
@@ -744,7 +745,7 @@ end
 function RateLimiter:acquire()
   if getmetatable(self) ~= RateLimiter then wrongself(self, RateLimiter, "RateLimiter:acquire") end
   if self._busy then
-    wait_in(self._line, self, pass_turn)
+    wait_in(self._line, self, pass_turn, LABEL["RateLimiter:acquire"])
   else
     refill(self)
     if self._tokens >= 1 - EPS then return take(self) end
@@ -960,7 +961,7 @@ function Queue:put(item, prio)
   local fname = self._kind .. ":put"
   checkprio(self, fname, prio)
   while isfull(self) and not self._closed do
-    wait_in(self._putters, self._putters, wake)
+    wait_in(self._putters, self._putters, wake, LABEL["Queue:put"])
   end
   put_item(self, item, prio, fname)
 end
@@ -976,7 +977,7 @@ end
 function Queue:get()
   if not QUEUE[getmetatable(self)] then wrongself(self, Queue, "Queue:get") end
   while self._n == 0 and not self._closed do
-    wait_in(self._getters, self._getters, wake)
+    wait_in(self._getters, self._getters, wake, LABEL["Queue:get"])
   end
   return get_item(self, self._kind .. ":get")
 end
@@ -1024,7 +1025,7 @@ end
 function Queue:join()
   if not QUEUE[getmetatable(self)] then wrongself(self, Queue, "Queue:join") end
   if self._unfinished == 0 then return end
-  local f = future()
+  local f = future(LABEL["Queue:join"])
   local j = self._joiners
   j[#j + 1] = f
   local ok, err = pcall(await, f)
