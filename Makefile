@@ -12,7 +12,7 @@ XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
 B        ?= build
 VERSION  := $(shell sed -n 's/.*WEAVE_VERSION_STRING "\(.*\)"/\1/p' csrc/weave.h)
 
-SRC      := buf.c capi.c curl.c error.c fs.c future.c http.c loop.c module.c options.c process.c redis.c response.c scope.c session.c signal.c task.c timer.c transfer.c work.c
+SRC      := buf.c capi.c curl.c error.c fs.c future.c http.c loop.c module.c net.c options.c process.c redis.c response.c scope.c session.c signal.c task.c timer.c transfer.c work.c
 OBJ      := $(SRC:%.c=$(B)/obj/%.o)
 LUASRC   := $(sort $(wildcard lua/weave/*.lua))
 # lua/weave/init.lua -> weave, lua/weave/x.lua -> weave.x

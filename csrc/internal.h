@@ -169,6 +169,8 @@ struct wv_rt {
   int nprocs;          /* children not yet reaped */
   void *redis;         /* live Redis connections (redis.c) */
   void *sigs;          /* open signal watchers (signal.c) */
+  void *streams;       /* open streams (net.c) */
+  void *listeners;     /* open listeners (net.c) */
   uv_signal_t *usr1;   /* the weave command's SIGUSR1 -> weave.dump */
   int dumpreq;         /* SIGUSR1 came: dump at the next drain */
   struct {
@@ -283,5 +285,6 @@ void weave__fslib(lua_State *L, wv_rt *rt);
 void weave__proclib(lua_State *L, wv_rt *rt);
 void weave__redislib(lua_State *L, wv_rt *rt);
 void weave__signallib(lua_State *L, wv_rt *rt);
+void weave__netlib(lua_State *L, wv_rt *rt);
 
 #endif

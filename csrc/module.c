@@ -53,6 +53,7 @@ int luaopen_weave_core(lua_State *L) {
   weave__proclib(L, rt);
   weave__redislib(L, rt);
   weave__signallib(L, rt);
+  weave__netlib(L, rt);
   weave__capilib(L, rt);
   lua_pushliteral(L, WEAVE_VERSION_STRING);
   lua_setfield(L, -2, "version");

@@ -31,7 +31,7 @@ build = {
     ["weave.core"] = {
       sources = {
         "csrc/buf.c", "csrc/capi.c", "csrc/curl.c", "csrc/error.c", "csrc/fs.c", "csrc/future.c", "csrc/http.c",
-        "csrc/loop.c", "csrc/module.c", "csrc/options.c", "csrc/process.c", "csrc/redis.c", "csrc/response.c",
+        "csrc/loop.c", "csrc/module.c", "csrc/net.c", "csrc/options.c", "csrc/process.c", "csrc/redis.c", "csrc/response.c",
         "csrc/scope.c", "csrc/session.c", "csrc/signal.c", "csrc/task.c", "csrc/timer.c", "csrc/transfer.c", "csrc/work.c",
       },
       libraries = { "uv", "curl", "hiredis", "pthread" },
@@ -49,6 +49,7 @@ build = {
     ["weave.redis"] = "lua/weave/redis.lua",
     ["weave.queue"] = "lua/weave/queue.lua",
     ["weave.repl"] = "lua/weave/repl.lua",
+    ["weave.net"] = "lua/weave/net.lua",
   },
   -- The command (bin/weave.lua: what `make`'s C build/weave does, in Lua) and
   -- its man page (docs/weave.1, in the rock's docs: `man "$(luarocks doc
