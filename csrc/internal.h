@@ -287,4 +287,10 @@ void weave__redislib(lua_State *L, wv_rt *rt);
 void weave__signallib(lua_State *L, wv_rt *rt);
 void weave__netlib(lua_State *L, wv_rt *rt);
 
+/* tls.c */
+struct ssl_ctx_st;
+struct ssl_ctx_st *weave__checktlsctx(lua_State *L, int idx, const char *fname);
+const char *weave__tls_reason(char *buf, size_t n);
+void weave__tlslib(lua_State *L);
+
 #endif

@@ -11,10 +11,20 @@
 ** cancellable; a cancelled read leaves the bytes buffered for the next one.
 ** A Listener (userdata "weave.Listener") accepts connections one s:accept()
 ** at a time.
+**
+** TLS (s:start_tls) runs OpenSSL over two memory BIOs: what the socket
+** reads goes into the SSL, whose plaintext goes to the read buffer as plain
+** bytes would; what Lua writes goes through SSL_write, whose ciphertext is
+** queued like plain writes.  So reading on demand, the high-water marks and
+** cancellation are the same with TLS as without.
 */
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "buf.h"
 #include "internal.h"
@@ -50,6 +60,10 @@ struct wv_stream {
   wv_waitq writers; /* tasks waiting for wqueued to go down (write, drain) */
   wv_task *cwaiter; /* the task in connect */
   int cstatus;      /* connect's outcome */
+  SSL *ssl;         /* TLS: the session (its BIOs: rbio in, wbio out) */
+  BIO *rbio, *wbio;
+  int hsdone;       /* the TLS handshake is done */
+  char tlswhy[256]; /* TLS: why it failed (s->err is then UV_EPROTO) */
   char rchunk[65536];
 };
 
@@ -106,6 +120,8 @@ static void l_unlist(wv_listener *l) {
 static void s_on_close(uv_handle_t *h) {
   wv_stream *s = h->data;
   weave__wbuf_free(&s->rbuf);
+  if (s->ssl != NULL) SSL_free(s->ssl); /* (and its BIOs) */
+  s->ssl = NULL;
   s->hclosed = 1;
   if (s->detached) free(s);
 }
@@ -128,6 +144,7 @@ static void wake_all(wv_stream *s) {
 }
 
 static void stop_reading(wv_stream *s);
+static void tls_close_notify(wv_stream *s);
 
 static void on_flushed(uv_shutdown_t *req, int status) {
   wv_stream *s = req->data;
@@ -142,6 +159,7 @@ static void on_flushed(uv_shutdown_t *req, int status) {
 ** then the close; the stream is closed for Lua at once either way. */
 static void s_shut(wv_stream *s, int flush) {
   if (s->closed) return;
+  if (flush) tls_close_notify(s);
   s->closed = 1;
   wake_all(s);
   stop_reading(s);
@@ -175,6 +193,85 @@ static void l_shut(wv_listener *l) {
   uv_close(&l->u.h, l_on_close);
 }
 
+/* --- TLS plumbing ------------------------------------------------------------- */
+
+static void on_write(uv_write_t *req, int status);
+
+/* Hand a block (malloc'ed, data filled) to the socket; on_write frees it. */
+static int queue_write(wv_stream *s, wv_wreq *w, size_t len) {
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
+  int r;
+  w->s = s;
+  w->len = len;
+  if ((r = uv_write(&w->req, &s->u.s, &b, 1, on_write)) < 0) {
+    free(w);
+    return r;
+  }
+  s->wqueued += len;
+  return 0;
+}
+
+/* Queue what the SSL wrote (records, alerts, close_notify). */
+static int tls_flush(wv_stream *s) {
+  size_t n;
+  while ((n = BIO_ctrl_pending(s->wbio)) > 0) {
+    wv_wreq *w = malloc(sizeof *w + n);
+    if (w == NULL) return UV_ENOMEM;
+    if (BIO_read(s->wbio, w->data, (int)n) != (int)n) {
+      free(w);
+      return UV_EIO;
+    }
+    if (queue_write(s, w, n) < 0) return UV_EPIPE;
+  }
+  return 0;
+}
+
+/* Record why TLS failed (OpenSSL's reason; the certificate check's when
+** that is what failed); reads and writes then raise kind "tls". */
+static void tls_fail(wv_stream *s, const char *what) {
+  char why[200];
+  long v = SSL_get_verify_result(s->ssl);
+  weave__tls_reason(why, sizeof why);
+  if (why[0] == '\0') snprintf(why, sizeof why, "%s", "protocol error or connection closed");
+  if (v != X509_V_OK)
+    snprintf(s->tlswhy, sizeof s->tlswhy, "%s: %s (%s)", what, why, X509_verify_cert_error_string(v));
+  else
+    snprintf(s->tlswhy, sizeof s->tlswhy, "%s: %s", what, why);
+  if (s->err == 0) s->err = UV_EPROTO;
+}
+
+/* Decrypt what the SSL holds into the read buffer. */
+static void tls_pump(wv_stream *s) {
+  char buf[16384];
+  for (;;) {
+    int n;
+    ERR_clear_error();
+    n = SSL_read(s->ssl, buf, sizeof buf);
+    if (n > 0) {
+      if (weave__wbuf_add(&s->rbuf, buf, (size_t)n) != 0) {
+        s->err = UV_ENOMEM;
+        break;
+      }
+      continue;
+    }
+    n = SSL_get_error(s->ssl, n);
+    if (n == SSL_ERROR_ZERO_RETURN) /* close_notify */
+      s->eof = 1;
+    else if (n != SSL_ERROR_WANT_READ)
+      tls_fail(s, "TLS");
+    break;
+  }
+  if (!s->closed && tls_flush(s) < 0 && s->werr == 0) s->werr = UV_EPIPE;
+}
+
+/* Send close_notify (s:close, s:close_write). */
+static void tls_close_notify(wv_stream *s) {
+  if (s->ssl == NULL || !s->hsdone || s->err != 0 || s->werr != 0) return;
+  ERR_clear_error();
+  SSL_shutdown(s->ssl);
+  tls_flush(s);
+}
+
 /* --- reading ---------------------------------------------------------------- */
 
 static size_t avail(const wv_stream *s) { return s->rbuf.len - s->roff; }
@@ -195,7 +292,13 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   (void)buf;
   if (n > 0) {
     if (s->roff > 0 && s->roff == s->rbuf.len) s->roff = s->rbuf.len = 0;
-    if (weave__wbuf_add(&s->rbuf, s->rchunk, (size_t)n) != 0) s->err = UV_ENOMEM;
+    if (s->ssl != NULL) {
+      if (BIO_write(s->rbio, s->rchunk, (int)n) != (int)n)
+        s->err = UV_ENOMEM;
+      else if (s->hsdone)
+        tls_pump(s);
+    } else if (weave__wbuf_add(&s->rbuf, s->rchunk, (size_t)n) != 0)
+      s->err = UV_ENOMEM;
     if (avail(s) >= RBUF_HIGH) stop_reading(s); /* the reader is behind: the kernel holds the rest */
   } else if (n < 0) {
     if (n == UV_EOF)
@@ -226,6 +329,17 @@ static wv_stream *checkstream(lua_State *L, int idx, const char *fname) {
 
 static int raise_uv(lua_State *L, const char *kind, const char *fname, int err) {
   return weave__raise(L, kind, "%s: %s (%s)", fname, uv_strerror(err), uv_err_name(err));
+}
+
+/* Raise the stream's error: kind "tls" with err.reason when TLS failed. */
+static int raise_err(lua_State *L, wv_stream *s, const char *fname) {
+  if (s->tlswhy[0] != '\0') {
+    weave__newerror(L, "tls", lua_pushfstring(L, "%s: %s", fname, s->tlswhy));
+    lua_pushstring(L, s->tlswhy);
+    lua_setfield(L, -2, "reason");
+    return lua_error(L);
+  }
+  return raise_uv(L, "network", fname, s->err);
 }
 
 /* Make the reading task wait for more bytes (k continues). */
@@ -269,7 +383,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     take(L, s, avail(s) < (size_t)n ? avail(s) : (size_t)n);
     return 1;
   }
-  if (s->err) return raise_uv(L, "network", fname, s->err);
+  if (s->err) return raise_err(L, s, fname);
   if (s->eof) return 0;
   return want_more(L, (wv_rt *)ctx, s, fname, read_k);
 }
@@ -285,7 +399,7 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
     take(L, s, (size_t)n);
     return 1;
   }
-  if (s->err) return raise_uv(L, "network", fname, s->err);
+  if (s->err) return raise_err(L, s, fname);
   if (s->eof) {
     lua_pushfstring(L, "%s: the stream ended after %d of %d bytes", fname, (int)avail(s), (int)n);
     weave__newerror(L, "eof", lua_tostring(L, -1));
@@ -327,7 +441,7 @@ static int until_k(lua_State *L, int status, lua_KContext ctx) {
     }
   }
   if (a > max) goto too_large;
-  if (s->err) return raise_uv(L, "network", fname, s->err);
+  if (s->err) return raise_err(L, s, fname);
   if (s->eof) {
     if (a == 0) return 0;
     lua_pushfstring(L, "%s: the stream ended before the separator, after %d bytes", fname, (int)a);
@@ -396,8 +510,6 @@ static int s_write(lua_State *L) {
   wv_stream *s;
   size_t len;
   const char *data;
-  wv_wreq *w;
-  uv_buf_t b;
   int r;
   if ((r = enter(L, fname, s_write)) >= 0) return r;
   s = checkstream(L, 1, fname);
@@ -405,20 +517,31 @@ static int s_write(lua_State *L) {
     return weave__argerror(L, fname, "expected the data (string), got %s", luaL_typename(L, 2));
   data = lua_tolstring(L, 2, &len);
   if (s->werr) return raise_uv(L, "network", fname, s->werr);
-  lua_settop(L, 1);
+  if (s->tlswhy[0] != '\0') return raise_err(L, s, fname);
+  if (s->ssl != NULL && !s->hsdone)
+    return weave__raise(L, "invalid_state", "%s: the TLS handshake is not done (await start_tls first)",
+                        fname);
+  lua_settop(L, 2);
   if (len == 0) return 0;
-  w = malloc(sizeof *w + len);
-  if (w == NULL) return weave__raise(L, "network", "%s: out of memory", fname);
-  memcpy(w->data, data, len);
-  w->s = s;
-  w->len = len;
-  b = uv_buf_init(w->data, (unsigned)len);
-  r = uv_write(&w->req, &s->u.s, &b, 1, on_write);
-  if (r < 0) {
-    free(w);
-    return raise_uv(L, "network", fname, r);
+  if (s->ssl != NULL) { /* encrypt in slices, so the ciphertext never holds all of a big write twice */
+    size_t off = 0;
+    while (off < len) {
+      int n = (int)(len - off < 262144 ? len - off : 262144);
+      ERR_clear_error();
+      if ((n = SSL_write(s->ssl, data + off, n)) <= 0) {
+        tls_fail(s, "TLS");
+        return raise_err(L, s, fname);
+      }
+      off += (size_t)n;
+      if ((r = tls_flush(s)) < 0) return raise_uv(L, "network", fname, r);
+    }
+  } else {
+    wv_wreq *w = malloc(sizeof *w + len);
+    if (w == NULL) return weave__raise(L, "network", "%s: out of memory", fname);
+    memcpy(w->data, data, len);
+    if ((r = queue_write(s, w, len)) < 0) return raise_uv(L, "network", fname, r);
   }
-  s->wqueued += len;
+  lua_settop(L, 1);
   if (s->wqueued > WBUF_HIGH) return weave__park_on(L, rt, &s->writers, write_k, (lua_KContext)rt);
   return 0;
 }
@@ -446,6 +569,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 static int s_close_write(lua_State *L) {
   wv_stream *s = checkstream(L, 1, "Stream:close_write");
   uv_shutdown_t *req = malloc(sizeof *req);
+  tls_close_notify(s);
   if (req == NULL || uv_shutdown(req, &s->u.s, on_shutdown) < 0) free(req);
   return 0;
 }
@@ -506,10 +630,103 @@ static int s_buffered(lua_State *L) {
   return 2;
 }
 
+/* --- TLS: the handshake ---------------------------------------------------------- */
+
+static int tls_k(lua_State *L, int status, lua_KContext ctx) {
+  const char *fname = "Stream:start_tls";
+  wv_stream *s = status == LUA_YIELD ? woken(L, ctx, fname) : checkstream(L, 1, fname);
+  int r, e;
+  ERR_clear_error();
+  r = SSL_do_handshake(s->ssl);
+  e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, r);
+  if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ) tls_fail(s, "TLS handshake failed");
+  if (tls_flush(s) < 0 && s->err == 0) s->err = UV_EPIPE; /* (a failure's alert goes too) */
+  if (e == SSL_ERROR_NONE) {
+    s->hsdone = 1;
+    tls_pump(s); /* what came with the last handshake message */
+    return 0;
+  }
+  if (s->err) return raise_err(L, s, fname);
+  if (s->eof) {
+    snprintf(s->tlswhy, sizeof s->tlswhy, "%s", "TLS handshake failed: the peer closed the connection");
+    s->err = UV_EPROTO;
+    return raise_err(L, s, fname);
+  }
+  return want_more(L, (wv_rt *)ctx, s, fname, tls_k);
+}
+
+/* s:start_tls(ctx, server_name, server): the TLS handshake on this stream;
+** afterwards reads and writes are TLS.  Bytes already read are its first. */
+static int s_start_tls(lua_State *L) {
+  const char *fname = "Stream:start_tls";
+  wv_stream *s;
+  SSL_CTX *ctx;
+  const char *name;
+  int r, server;
+  if ((r = enter(L, fname, s_start_tls)) >= 0) return r;
+  s = checkstream(L, 1, fname);
+  ctx = weave__checktlsctx(L, 2, fname);
+  name = lua_tostring(L, 3);
+  server = lua_toboolean(L, 4);
+  if (s->ssl != NULL) return weave__raise(L, "invalid_state", "%s: the stream is TLS already", fname);
+  if (s->reader != NULL) return weave__raise(L, "invalid_state", "%s: a task is reading the stream", fname);
+  ERR_clear_error();
+  if ((s->ssl = SSL_new(ctx)) == NULL || (s->rbio = BIO_new(BIO_s_mem())) == NULL ||
+      (s->wbio = BIO_new(BIO_s_mem())) == NULL) {
+    if (s->rbio != NULL) BIO_free(s->rbio);
+    if (s->ssl != NULL) SSL_free(s->ssl);
+    s->ssl = NULL;
+    s->rbio = NULL;
+    return weave__raise(L, "tls", "%s: out of memory", fname);
+  }
+  BIO_set_mem_eof_return(s->rbio, -1); /* empty: "want more", not EOF */
+  BIO_set_mem_eof_return(s->wbio, -1);
+  SSL_set_bio(s->ssl, s->rbio, s->wbio);
+  if (server)
+    SSL_set_accept_state(s->ssl);
+  else {
+    SSL_set_connect_state(s->ssl);
+    if (name != NULL) {
+      unsigned char ip[16];
+      if (inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1)
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), name); /* no SNI for an address */
+      else {
+        SSL_set_tlsext_host_name(s->ssl, name);
+        SSL_set1_host(s->ssl, name);
+      }
+    }
+  }
+  if (avail(s) > 0) { /* read before the switch: the peer's first TLS bytes */
+    BIO_write(s->rbio, s->rbuf.p + s->roff, (int)avail(s));
+    s->roff = s->rbuf.len = 0;
+  }
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 1, 1); /* the context lives while the stream does (its ALPN callback) */
+  lua_settop(L, 1);
+  return tls_k(L, LUA_OK, (lua_KContext)lua_touserdata(L, lua_upvalueindex(1)));
+}
+
+/* s:tls_info() -> version, cipher, alpn, server_name (nothing when not TLS) */
+static int s_tls_info(lua_State *L) {
+  wv_stream *s = checkstream(L, 1, "Stream:tls_info");
+  const unsigned char *p;
+  unsigned n;
+  if (s->ssl == NULL || !s->hsdone) return 0;
+  lua_pushstring(L, SSL_get_version(s->ssl));
+  lua_pushstring(L, SSL_get_cipher_name(s->ssl));
+  SSL_get0_alpn_selected(s->ssl, &p, &n);
+  if (n > 0)
+    lua_pushlstring(L, (const char *)p, n);
+  else
+    lua_pushnil(L);
+  lua_pushstring(L, SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name));
+  return 4;
+}
+
 /* --- streams: making them ----------------------------------------------------- */
 
 static wv_stream *newstream(lua_State *L, wv_rt *rt, int pipe) {
-  wv_stream_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+  wv_stream_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
   wv_stream *s;
   u->s = NULL;
   luaL_setmetatable(L, WV_STREAM_MT);
@@ -852,6 +1069,8 @@ void weave__netlib(lua_State *L, wv_rt *rt) {
                                     {"close_write", s_close_write},
                                     {"info", s_info},
                                     {"buffered", s_buffered},
+                                    {"start_tls", s_start_tls},
+                                    {"tls_info", s_tls_info},
                                     {NULL, NULL}};
   static const luaL_Reg lmeths[] = {{"accept", l_accept}, {"port", l_port}, {NULL, NULL}};
   weave__class(L, rt, WV_STREAM_MT, smeths, s_close);

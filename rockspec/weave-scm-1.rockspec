@@ -24,6 +24,7 @@ external_dependencies = {
   -- searches but luarocks' header probe does not: probe the library only.
   LIBCURL = { library = "curl" },
   HIREDIS = { header = "hiredis/adapters/libuv.h", library = "hiredis" },
+  OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }
 build = {
   type = "builtin",
@@ -32,11 +33,11 @@ build = {
       sources = {
         "csrc/buf.c", "csrc/capi.c", "csrc/curl.c", "csrc/error.c", "csrc/fs.c", "csrc/future.c", "csrc/http.c",
         "csrc/loop.c", "csrc/module.c", "csrc/net.c", "csrc/options.c", "csrc/process.c", "csrc/redis.c", "csrc/response.c",
-        "csrc/scope.c", "csrc/session.c", "csrc/signal.c", "csrc/task.c", "csrc/timer.c", "csrc/transfer.c", "csrc/work.c",
+        "csrc/scope.c", "csrc/session.c", "csrc/signal.c", "csrc/task.c", "csrc/tls.c", "csrc/timer.c", "csrc/transfer.c", "csrc/work.c",
       },
-      libraries = { "uv", "curl", "hiredis", "pthread" },
-      incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)", "$(HIREDIS_INCDIR)" },
-      libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)", "$(HIREDIS_LIBDIR)" },
+      libraries = { "uv", "curl", "hiredis", "ssl", "crypto", "pthread" },
+      incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)", "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)", "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
     ["weave"] = "lua/weave/init.lua",
     ["weave.combinators"] = "lua/weave/combinators.lua",

@@ -6,7 +6,8 @@
 -- await: cancellable and bounded by scopes. A slow reader never grows memory
 -- without bound on either side (reading stops above 256 KiB buffered;
 -- write waits above 1 MiB queued). See docs/net.md.
--- (This round: plain TCP and Unix sockets; TLS and WebSockets come next.)
+-- TLS: net.connect(host, 443, {tls = true}), s:start_tls{...}, and
+-- net.serve(..., {tls = {cert =, key =}}); OpenSSL through memory BIOs.
 local core = require "weave.core"
 local weave = require "weave"
 local options = require "weave.options"
@@ -25,10 +26,75 @@ function Stream.__index(self, k)
     if k == "remote" then return r end
     return l
   end
+  if k == "alpn" then return (select(3, rawget(self, "_s"):tls_info())) end
   return Stream[k]
 end
 
-local function wrap(s) return setmetatable({ _s = s }, Stream) end
+local function wrap(s, host) return setmetatable({ _s = s, _host = host }, Stream) end
+
+-- TLS contexts, one per set of options (loading the system CA store takes
+-- milliseconds: it is done once).
+local contexts = {}
+local TLS_KEYS = { server_name = true, verify = true, ca_file = true, alpn = true, cert = true, key = true }
+
+local function tls_context(fname, o, server)
+  local alpn = o.alpn
+  if alpn ~= nil then
+    if type(alpn) == "string" then alpn = { alpn } end
+    if type(alpn) ~= "table" then argerror("%s: alpn must be a list of protocol names, got %s", fname, type(alpn)) end
+    for i, p in ipairs(alpn) do
+      if type(p) ~= "string" or #p == 0 or #p > 255 then argerror("%s: alpn[%d] must be a protocol name (1..255 bytes)", fname, i) end
+    end
+  end
+  for _, k in ipairs { "ca_file", "cert", "key" } do
+    local v = o[k]
+    if v ~= nil and (type(v) ~= "string" or v:find("\0", 1, true)) then argerror("%s: %s must be a file name (string)", fname, k) end
+  end
+  if (o.cert == nil) ~= (o.key == nil) then argerror("%s: cert and key go together", fname) end
+  if server and o.cert == nil then argerror("%s: a TLS server needs cert and key (PEM files)", fname) end
+  local verify = o.verify
+  if verify == nil then verify = not server end
+  if type(verify) ~= "boolean" then argerror("%s: verify must be a boolean, got %s", fname, type(verify)) end
+  local key = table.concat({ server and "s" or "c", tostring(verify), o.ca_file or "", o.cert or "", o.key or "",
+    alpn and table.concat(alpn, ",") or "" }, "\0")
+  local ctx = contexts[key]
+  if ctx == nil then
+    ctx = core.tls_context { server = server, verify = verify, ca_file = o.ca_file, cert = o.cert, key = o.key, alpn = alpn }
+    contexts[key] = ctx
+  end
+  return ctx
+end
+
+--- s:start_tls{server_name=, verify=true, ca_file=, alpn=, cert=, key=, server=false}
+-- The TLS handshake on this stream (STARTTLS); afterwards it reads and
+-- writes TLS. A client checks the peer's certificate against server_name
+-- (default: the host it connected to). Kind "tls" with err.reason.
+function Stream:start_tls(o)
+  local fname = "Stream:start_tls"
+  o = o or {}
+  if type(o) ~= "table" then argerror("%s: expected an options table, got %s", fname, type(o)) end
+  local keys = { server = true }
+  for k in pairs(TLS_KEYS) do keys[k] = true end
+  options.check_keys(fname, o, keys, 3)
+  local server = o.server and true or false
+  local name = o.server_name or (not server and self._host) or nil
+  if name ~= nil and (type(name) ~= "string" or name == "" or name:find("\0", 1, true)) then
+    argerror("%s: server_name must be a host name (string)", fname)
+  end
+  local ctx = tls_context(fname, o, server)
+  if not server and name == nil and o.verify ~= false then
+    argerror("%s: give server_name (the name the certificate must carry) or verify = false", fname)
+  end
+  return self._s:start_tls(ctx, name, server)
+end
+
+--- s:tls_info() -> {version=, cipher=, alpn=, server_name=} or nil when the
+-- stream is not TLS (server_name: the SNI name, as sent or as received)
+function Stream:tls_info()
+  local v, c, a, n = self._s:tls_info()
+  if v == nil then return nil end
+  return { version = v, cipher = c, alpn = a, server_name = n }
+end
 
 --- s:read([n]) -> up to n bytes (default 65536) as they come, nil at EOF
 function Stream:read(n) return self._s:read(n) end
@@ -103,30 +169,60 @@ function M.connect(host, port, o)
   local fname = "weave.net.connect"
   if type(host) == "table" then
     o = host
-    options.check_keys(fname, o, { path = true, host = true, port = true }, 3)
+    local keys = { path = true, host = true, port = true, tls = true }
+    for k in pairs(TLS_KEYS) do keys[k] = true end
+    options.check_keys(fname, o, keys, 3)
     if o.path then
       if type(o.path) ~= "string" or o.path:find("\0", 1, true) then argerror("%s: path must be a string without NUL", fname) end
-      return wrap(core.net_connect(nil, nil, o.path))
+      local s = wrap(core.net_connect(nil, nil, o.path))
+      if o.tls then return M._handshake(s, o, fname, o.path) end
+      return s
     end
     host, port = o.host, o.port
   elseif o ~= nil then
-    options.check_keys(fname, o, {}, 3)
+    local keys = { tls = true }
+    for k in pairs(TLS_KEYS) do keys[k] = true end
+    options.check_keys(fname, o, keys, 3)
   end
   if type(host) ~= "string" or host == "" or host:find("\0", 1, true) then
     argerror("%s: expected a host name or address (string), got %s", fname, type(host))
   end
   check_port(fname, port)
-  local ips = is_ip(host) and { (host:gsub("^%[(.*)%]$", "%1")) } or core.net_resolve(host)
+  local tls = o and o.tls
+  if tls ~= nil and type(tls) ~= "boolean" then argerror("%s: tls must be a boolean, got %s", fname, type(tls)) end
+  if tls then tls_context(fname, o, false) end -- (its options checked before connecting)
+  local bare = host:gsub("^%[(.*)%]$", "%1")
+  local ips = is_ip(host) and { bare } or core.net_resolve(host)
   local last
   for _, ip in ipairs(ips) do
     local ok, s = pcall(core.net_connect, ip, port)
-    if ok then return wrap(s) end
+    if ok then
+      s = wrap(s, bare)
+      if tls then return M._handshake(s, o, fname, ("%s:%d"):format(host, port)) end
+      return s
+    end
     if not core.iserror(s, "connect") then error(s, 0) end
     last = s
   end
   local e = core.error("connect", ("%s: %s:%d: %s"):format(fname, host, port,
     last and tostring(last.message):gsub("^weave%.net%.connect: ", "") or "no address"))
   error(e, 2)
+end
+
+-- The client handshake of connect{tls = true}: on failure (or a cancel) the
+-- stream is closed; a TLS failure names the peer.
+function M._handshake(s, o, fname, peer)
+  local ok, err = pcall(s.start_tls, s, {
+    server_name = o.server_name, verify = o.verify, ca_file = o.ca_file, alpn = o.alpn, cert = o.cert, key = o.key,
+  })
+  if ok then return s end
+  s:close()
+  if core.iserror(err, "tls") and err.reason then
+    local e = core.error("tls", ("%s: %s: %s"):format(fname, peer, err.reason))
+    e.reason = err.reason
+    error(e, 3)
+  end
+  error(err, 0)
 end
 
 local Server = { __name = "weave.net.Server" }
@@ -141,19 +237,25 @@ function M.serve(host, port, handler, o)
   local path
   if type(host) == "table" then
     o, handler = host, port
-    options.check_keys(fname, o, { path = true, backlog = true }, 3)
+    options.check_keys(fname, o, { path = true, backlog = true, tls = true }, 3)
     path = o.path
     if type(path) ~= "string" then argerror("%s: path must be a string", fname) end
   else
     if type(host) ~= "string" then argerror("%s: expected a host address (string), got %s", fname, type(host)) end
     check_port(fname, port, true)
-    options.check_keys(fname, o, { backlog = true }, 3)
+    options.check_keys(fname, o, { backlog = true, tls = true }, 3)
     if host == "localhost" then host = "127.0.0.1" end
   end
   if type(handler) ~= "function" then argerror("%s: expected a handler function, got %s", fname, type(handler)) end
   local backlog = o and o.backlog or 4096
+  local ctx
+  if o and o.tls ~= nil then
+    if type(o.tls) ~= "table" then argerror("%s: tls must be a table {cert=, key=, alpn=, ca_file=}", fname) end
+    options.check_keys(fname .. " tls", o.tls, { cert = true, key = true, alpn = true, ca_file = true }, 3)
+    ctx = tls_context(fname, o.tls, true)
+  end
   local l = core.net_listen(path == nil and host or nil, path == nil and port or nil, backlog, path)
-  local srv = setmetatable({ port = l:port(), path = path, _l = l, connections = 0 }, Server)
+  local srv = setmetatable({ port = l:port(), path = path, _l = l, connections = 0, tls_failures = 0 }, Server)
   srv._task = weave.spawn { name = "weave.net.serve", function()
     weave.group(function(g)
       srv._group = g
@@ -163,6 +265,14 @@ function M.serve(host, port, handler, o)
         srv.connections = srv.connections + 1
         g:spawn { name = "connection", function()
           local st <close> = wrap(s)
+          if ctx then -- the server handshake, in the connection's own task
+            local ok, err = pcall(s.start_tls, s, ctx, nil, true)
+            if not ok then
+              if weave.is_cancelled(err) then error(err, 0) end
+              srv.tls_failures = srv.tls_failures + 1
+              return
+            end
+          end
           local ok, err = pcall(handler, st)
           if not ok and not weave.is_cancelled(err) then core.report(err, weave.current()) end
         end }

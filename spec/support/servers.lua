@@ -97,6 +97,31 @@ function M.fault()
   return srv
 end
 
+--- TLS material made now, in a temp dir: a CA, and a server certificate it
+-- signed for localhost and 127.0.0.1 (and a self-signed one). Returns
+-- {dir=, ca=, cert=, key=, self_cert=, self_key=, stop=}.
+function M.certs()
+  local dir = tmpdir("certs")
+  local ssl = "env -u LD_PRELOAD openssl"
+  local q = ">/dev/null 2>&1"
+  local ok = os.execute(table.concat({
+    ("%s req -x509 -newkey rsa:2048 -nodes -keyout %s/ca.key -out %s/ca.pem -days 2 -subj /CN=weave-test-CA %s")
+      :format(ssl, dir, dir, q),
+    ("%s req -newkey rsa:2048 -nodes -keyout %s/key.pem -out %s/req.csr -subj /CN=localhost %s"):format(ssl, dir, dir, q),
+    ("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > %s/ext.cnf"):format(dir),
+    ("%s x509 -req -in %s/req.csr -CA %s/ca.pem -CAkey %s/ca.key -CAcreateserial -out %s/cert.pem -days 2 -extfile %s/ext.cnf %s")
+      :format(ssl, dir, dir, dir, dir, dir, q),
+    ("%s req -x509 -newkey rsa:2048 -nodes -keyout %s/self.key -out %s/self.pem -days 2 -subj /CN=localhost "
+      .. "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 %s"):format(ssl, dir, dir, q),
+  }, " && "))
+  assert(ok, "openssl could not make the certificates")
+  return {
+    dir = dir, ca = dir .. "/ca.pem", cert = dir .. "/cert.pem", key = dir .. "/key.pem",
+    self_cert = dir .. "/self.pem", self_key = dir .. "/self.key",
+    stop = function() os.execute("rm -rf " .. dir) end,
+  }
+end
+
 --- A private nginx with HTTP/1.1 and TLS + HTTP/2 (self-signed certificate
 -- made now): returns {url=, https=, ca_file=, dir=, pid=, stop=}.
 function M.nginx()
