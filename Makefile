@@ -6,13 +6,13 @@ CFLAGS   ?= -O2 -g
 STRICT   ?= 0
 PKGS     := lua5.4 libuv libcurl
 DEPCFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null || echo -I/usr/include/lua5.4)
-UVLIBS   := $(shell pkg-config --libs libuv libcurl hiredis libssl libcrypto 2>/dev/null || echo -luv -lcurl -lhiredis -lssl -lcrypto)
+UVLIBS   := $(shell pkg-config --libs libuv libcurl hiredis libssl libcrypto 2>/dev/null || echo -luv -lcurl -lhiredis -lssl -lcrypto) -lwslay
 WARN     := -Wall -Wextra $(if $(filter 1,$(STRICT)),-Werror)
 XCFLAGS  := -std=gnu99 -fPIC -fvisibility=hidden $(WARN) $(DEPCFLAGS)
 B        ?= build
 VERSION  := $(shell sed -n 's/.*WEAVE_VERSION_STRING "\(.*\)"/\1/p' csrc/weave.h)
 
-SRC      := buf.c capi.c curl.c error.c fs.c future.c http.c loop.c module.c net.c options.c process.c redis.c response.c scope.c session.c signal.c task.c tls.c timer.c transfer.c work.c
+SRC      := buf.c capi.c curl.c error.c fs.c future.c http.c loop.c module.c net.c options.c process.c redis.c response.c scope.c session.c signal.c task.c tls.c timer.c transfer.c websocket.c work.c
 OBJ      := $(SRC:%.c=$(B)/obj/%.o)
 LUASRC   := $(sort $(wildcard lua/weave/*.lua))
 # lua/weave/init.lua -> weave, lua/weave/x.lua -> weave.x

@@ -286,6 +286,20 @@ void weave__proclib(lua_State *L, wv_rt *rt);
 void weave__redislib(lua_State *L, wv_rt *rt);
 void weave__signallib(lua_State *L, wv_rt *rt);
 void weave__netlib(lua_State *L, wv_rt *rt);
+typedef struct wv_stream wv_stream;
+wv_stream *weave__stream_of(lua_State *L, int idx);
+size_t weave__stream_peek(wv_stream *s, const char **p);
+void weave__stream_take(wv_stream *s, size_t n);
+int weave__stream_state(wv_stream *s);
+int weave__stream_raise(lua_State *L, wv_stream *s, const char *fname);
+int weave__stream_send(wv_stream *s, const char *p, size_t n);
+size_t weave__stream_queued(wv_stream *s);
+int weave__stream_readwait(wv_stream *s, wv_task *t);
+void weave__stream_unwait(wv_stream *s, wv_task *t);
+void weave__stream_abort(wv_stream *s);
+
+/* websocket.c */
+void weave__wslib(lua_State *L, wv_rt *rt);
 
 /* tls.c */
 struct ssl_ctx_st;

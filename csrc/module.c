@@ -55,6 +55,7 @@ int luaopen_weave_core(lua_State *L) {
   weave__signallib(L, rt);
   weave__netlib(L, rt);
   weave__tlslib(L);
+  weave__wslib(L, rt);
   weave__capilib(L, rt);
   lua_pushliteral(L, WEAVE_VERSION_STRING);
   lua_setfield(L, -2, "version");

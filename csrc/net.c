@@ -41,7 +41,6 @@ typedef union {
   uv_pipe_t pipe;
 } wv_sock;
 
-typedef struct wv_stream wv_stream;
 struct wv_stream {
   wv_sock u;
   wv_rt *rt;
@@ -722,6 +721,71 @@ static int s_tls_info(lua_State *L) {
   lua_pushstring(L, SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name));
   return 4;
 }
+
+/* --- for protocols written in C over a Stream (websocket.c) ------------------------ */
+
+/* The open stream of the Stream userdata at idx, or NULL (closed). */
+wv_stream *weave__stream_of(lua_State *L, int idx) {
+  wv_stream_ud *u = luaL_testudata(L, idx, WV_STREAM_MT);
+  return u != NULL && u->s != NULL && !u->s->closed ? u->s : NULL;
+}
+
+/* The bytes read and not yet taken. */
+size_t weave__stream_peek(wv_stream *s, const char **p) {
+  *p = s->rbuf.p + s->roff;
+  return avail(s);
+}
+
+void weave__stream_take(wv_stream *s, size_t n) {
+  s->roff += n;
+  if (s->roff >= s->rbuf.len) s->roff = s->rbuf.len = 0;
+}
+
+/* 0 while bytes may come; 1 at end of stream; else the (negative) error. */
+int weave__stream_state(wv_stream *s) { return s->err ? s->err : s->eof ? 1 : 0; }
+
+/* Raise the stream's error as Stream's methods do (kind "tls" or "network"). */
+int weave__stream_raise(lua_State *L, wv_stream *s, const char *fname) { return raise_err(L, s, fname); }
+
+/* Queue bytes (through TLS when it is on): 0, or a negative uv code. */
+int weave__stream_send(wv_stream *s, const char *p, size_t n) {
+  if (s->closed || s->werr) return s->werr ? s->werr : UV_EPIPE;
+  if (n == 0) return 0;
+  if (s->ssl != NULL) {
+    ERR_clear_error();
+    if (SSL_write(s->ssl, p, (int)n) <= 0) {
+      tls_fail(s, "TLS");
+      return UV_EPROTO;
+    }
+    return tls_flush(s);
+  } else {
+    wv_wreq *w = malloc(sizeof *w + n);
+    if (w == NULL) return UV_ENOMEM;
+    memcpy(w->data, p, n);
+    return queue_write(s, w, n);
+  }
+}
+
+size_t weave__stream_queued(wv_stream *s) { return s->wqueued; }
+
+/* Task t waits for bytes (reading starts); its unblock hook must call
+** weave__stream_unwait. 0, or a negative uv code. */
+int weave__stream_readwait(wv_stream *s, wv_task *t) {
+  if (!s->reading) {
+    int r = uv_read_start(&s->u.s, on_alloc, on_read);
+    if (r < 0) return r;
+    s->reading = 1;
+  }
+  s->reader = t;
+  return 0;
+}
+
+void weave__stream_unwait(wv_stream *s, wv_task *t) {
+  if (s->reader == t) s->reader = NULL;
+}
+
+/* Close at once, queued bytes dropped (a dead peer). */
+void weave__stream_abort(wv_stream *s) { s_shut(s, 0); }
 
 /* --- streams: making them ----------------------------------------------------- */
 

@@ -25,6 +25,7 @@ external_dependencies = {
   LIBCURL = { library = "curl" },
   HIREDIS = { header = "hiredis/adapters/libuv.h", library = "hiredis" },
   OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
+  WSLAY = { header = "wslay/wslay.h", library = "wslay" },
 }
 build = {
   type = "builtin",
@@ -33,11 +34,11 @@ build = {
       sources = {
         "csrc/buf.c", "csrc/capi.c", "csrc/curl.c", "csrc/error.c", "csrc/fs.c", "csrc/future.c", "csrc/http.c",
         "csrc/loop.c", "csrc/module.c", "csrc/net.c", "csrc/options.c", "csrc/process.c", "csrc/redis.c", "csrc/response.c",
-        "csrc/scope.c", "csrc/session.c", "csrc/signal.c", "csrc/task.c", "csrc/tls.c", "csrc/timer.c", "csrc/transfer.c", "csrc/work.c",
+        "csrc/scope.c", "csrc/session.c", "csrc/signal.c", "csrc/task.c", "csrc/tls.c", "csrc/timer.c", "csrc/transfer.c", "csrc/websocket.c", "csrc/work.c",
       },
-      libraries = { "uv", "curl", "hiredis", "ssl", "crypto", "pthread" },
-      incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)", "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)" },
-      libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)", "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+      libraries = { "uv", "curl", "hiredis", "ssl", "crypto", "wslay", "pthread" },
+      incdirs = { "csrc", "$(LIBUV_INCDIR)", "$(LIBCURL_INCDIR)", "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
+      libdirs = { "$(LIBUV_LIBDIR)", "$(LIBCURL_LIBDIR)", "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)" },
     },
     ["weave"] = "lua/weave/init.lua",
     ["weave.combinators"] = "lua/weave/combinators.lua",
@@ -51,6 +52,7 @@ build = {
     ["weave.queue"] = "lua/weave/queue.lua",
     ["weave.repl"] = "lua/weave/repl.lua",
     ["weave.net"] = "lua/weave/net.lua",
+    ["weave.websocket"] = "lua/weave/websocket.lua",
   },
   -- The command (bin/weave.lua: what `make`'s C build/weave does, in Lua) and
   -- its man page (docs/weave.1, in the rock's docs: `man "$(luarocks doc

@@ -303,6 +303,31 @@ function M.api_server(opts)
   return srv
 end
 
+--- Debian's python3-websockets serving spec/support/ws_server.py (one
+-- behaviour per path, see there): {url=, port=, pid=, stop=}; opts.cert and
+-- opts.key make it wss://.
+function M.ws_server(opts)
+  opts = opts or {}
+  local dir = tmpdir("ws")
+  local pf = dir .. "/port"
+  local tls = opts.cert and (" %s %s"):format(opts.cert, opts.key) or ""
+  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/ws_server.py %s%s >%s/out.log 2>&1 & echo $!")
+    :format(root, pf, tls, dir)):gsub("%s+$", "")
+  local port = wait_for(function() return read_port(pf) end, 15)
+  if not port then
+    local out = sh("cat " .. dir .. "/out.log")
+    kill_all({ pid }, 2)
+    os.execute("rm -rf " .. dir)
+    error("the WebSocket server did not start: " .. out)
+  end
+  local srv = { url = (opts.cert and "wss" or "ws") .. "://127.0.0.1:" .. port, port = port, pid = pid, dir = dir }
+  function srv.stop()
+    kill_all({ pid }, 5)
+    os.execute("rm -rf " .. dir)
+  end
+  return srv
+end
+
 --- Debian's redis-server on a Unix socket in a temp dir, no persistence:
 -- returns {path=, url=, pid=, dir=, stop=, kill=}. opts.port = true also
 -- listens on a free TCP port on 127.0.0.1 (srv.port); opts.password.
