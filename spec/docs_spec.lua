@@ -2,6 +2,7 @@
 -- starts with `local weave = require "weave"`) runs as written under both
 -- lua5.4 and the weave command, offline: REDIS_URL points at a private
 -- redis-server (emptied before each), API_URL at the local API server,
+-- WS_URL at a python3-websockets server (spec/support/ws_server.py),
 -- IDLE_EXIT=0.5 (a queue worker ends once the queue is drained). A
 -- block preceded by "<!-- not run by spec/docs_spec.lua: why -->" is skipped.
 local H = require "support.helpers"
@@ -32,12 +33,14 @@ local function blocks()
 end
 
 describe("docs examples", function()
-  local r, api
+  local r, api, ws
   setup(function()
     r = servers.redis()
     api = servers.api_server { latency_ms = 5 }
+    ws = servers.ws_server()
   end)
   teardown(function()
+    if ws then ws.stop() end
     if api then api.stop() end
     if r then r.stop() end
   end)
@@ -49,8 +52,8 @@ describe("docs examples", function()
       local path = H.script(b.code)
       for _, runner in ipairs { "lua5.4", H.shquote(H.weave_bin) } do
         H.sh("env -u LD_PRELOAD redis-cli -s " .. r.path .. " FLUSHALL")
-        local out, err, rc = H.sh(("cd /tmp && IDLE_EXIT=0.5 REDIS_URL=%s API_URL=%s timeout 60 %s %s"):format(
-          H.shquote("unix://" .. r.path), H.shquote(api.url), runner, H.shquote(path)))
+        local out, err, rc = H.sh(("cd /tmp && IDLE_EXIT=0.5 REDIS_URL=%s API_URL=%s WS_URL=%s timeout 60 %s %s"):format(
+          H.shquote("unix://" .. r.path), H.shquote(api.url), H.shquote(ws.url), runner, H.shquote(path)))
         assert.are.equal(0, rc, ("%s:%d under %s: %s%s"):format(b.file, b.line, runner, out, err))
       end
       os.remove(path)

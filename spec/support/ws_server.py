@@ -11,6 +11,7 @@ weave): one behaviour per path.  Usage: ws_server.py PORTFILE [CERT KEY]
   /drop          drops the TCP connection without a close frame
   /pingme        pings the client and sends "pong ok" when the pong came
   /reject        answers HTTP 403 instead of switching protocols
+  /chat          a chat room: every text message goes to everyone in /chat
 """
 import asyncio
 import http
@@ -20,6 +21,9 @@ import sys
 import urllib.parse
 
 import websockets
+
+
+ROOM = set()
 
 
 async def handler(ws, path=None):
@@ -43,6 +47,14 @@ async def handler(ws, path=None):
         return
     elif p == "/drop":
         ws.transport.abort()
+        return
+    elif p == "/chat":
+        ROOM.add(ws)
+        try:
+            async for msg in ws:
+                websockets.broadcast(ROOM, msg)
+        finally:
+            ROOM.discard(ws)
         return
     elif p == "/pingme":
         waiter = await ws.ping(b"hello")
