@@ -46,6 +46,32 @@ describe("weave.net TLS", function()
     end)
   end)
 
+  it("300 concurrent TLS clients, each getting its own bytes back; srv:close with handshakes in flight", function()
+    run(function()
+      local srv = tls_echo()
+      local tasks = {}
+      for i = 1, 300 do
+        tasks[i] = function()
+          local s <close> = net.connect("127.0.0.1", srv.port, { tls = true, ca_file = certs.ca })
+          local msg = ("client %d\0%s\n"):format(i, ("x"):rep(i * 37))
+          s:write(msg)
+          return s:read_exactly(#msg) == msg
+        end
+      end
+      for i, ok in ipairs(weave.gather(tasks)) do assert.is_true(ok, "client " .. i) end
+      -- clients mid-handshake when the server closes: each ends with an error, none hangs
+      local pending = {}
+      for i = 1, 20 do
+        pending[i] = spawn(function() return net.connect("127.0.0.1", srv.port, { tls = true, ca_file = certs.ca }) end)
+      end
+      srv:close()
+      for _, t in ipairs(pending) do
+        local ok, s = pcall(t.await, t)
+        if ok then s:close() end
+      end
+    end)
+  end)
+
   it("verify is on by default: a certificate the system store does not know fails with kind tls and OpenSSL's reason", function()
     run(function()
       local srv <close> = tls_echo()
