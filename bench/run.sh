@@ -4,7 +4,7 @@ cd "$(dirname "$0")/.." || exit 1
 PY=/usr/bin/python3
 W="lua5.4 bench/tasks.lua"
 P="$PY bench/tasks.py"
-# BENCH_ONLY=key[,key...]: only those sections; this file's are tasks, offload, map, api, queue.
+# BENCH_ONLY=key[,key...]: only those sections; this file's are tasks, offload, map, api, queue, net.
 want() { [ -z "$BENCH_ONLY" ] || case ",$BENCH_ONLY," in *",$1,"*) true ;; *) false ;; esac; }
 best() { # best-of-5 "<seconds> <rss>" of a command (lowest seconds)
   for _ in 1 2 3 4 5; do $1; done | sort -n | head -n 1
@@ -131,4 +131,12 @@ if want queue; then
 # bench/queue/run.sh starts and stops everything (QUEUE_N, QUEUE_RQ_N).
 echo
 sh bench/queue/run.sh
+fi
+
+if want net; then
+# weave.net (loopback TCP echo and bulk) vs asyncio, asyncio + uvloop and
+# Node net, each runtime on both ends; weave.websocket vs python3-websockets
+# and Node ws against one Node ws echo server. bench/net/run.sh (NET_* sizes).
+echo
+sh bench/net/run.sh
 fi

@@ -63,8 +63,12 @@ struct wv_stream {
   BIO *rbio, *wbio;
   int hsdone;       /* the TLS handshake is done */
   char tlswhy[256]; /* TLS: why it failed (s->err is then UV_EPROTO) */
-  char rchunk[65536];
 };
+
+/* What libuv reads into, before it goes to a stream's buffer (or its SSL):
+** libuv calls on_alloc and then on_read at once, on the loop's thread, so
+** one scratch block per thread serves every stream. */
+static __thread char rchunk[65536];
 
 typedef struct {
   wv_stream *s;
@@ -275,10 +279,26 @@ static void tls_close_notify(wv_stream *s) {
 
 static size_t avail(const wv_stream *s) { return s->rbuf.len - s->roff; }
 
+/* Before bytes are added: move the unread tail to the front when it is no
+** longer than what was read before it (so each byte moves O(1) times and
+** the buffer holds about what is unread, never all that ever came). */
+static void compact(wv_stream *s) {
+  size_t a = avail(s);
+  if (s->roff == 0) return;
+  if (a == 0)
+    s->roff = s->rbuf.len = 0;
+  else if (a <= s->roff) {
+    memmove(s->rbuf.p, s->rbuf.p + s->roff, a);
+    s->roff = 0;
+    s->rbuf.len = a;
+  }
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   wv_stream *s = h->data;
   (void)suggested;
-  *buf = uv_buf_init(s->rchunk, sizeof s->rchunk);
+  (void)s;
+  *buf = uv_buf_init(rchunk, sizeof rchunk);
 }
 
 static void stop_reading(wv_stream *s) {
@@ -290,13 +310,13 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   wv_stream *s = st->data;
   (void)buf;
   if (n > 0) {
-    if (s->roff > 0 && s->roff == s->rbuf.len) s->roff = s->rbuf.len = 0;
+    compact(s);
     if (s->ssl != NULL) {
-      if (BIO_write(s->rbio, s->rchunk, (int)n) != (int)n)
+      if (BIO_write(s->rbio, rchunk, (int)n) != (int)n)
         s->err = UV_ENOMEM;
       else if (s->hsdone)
         tls_pump(s);
-    } else if (weave__wbuf_add(&s->rbuf, s->rchunk, (size_t)n) != 0)
+    } else if (weave__wbuf_add(&s->rbuf, rchunk, (size_t)n) != 0)
       s->err = UV_ENOMEM;
     if (avail(s) >= RBUF_HIGH) stop_reading(s); /* the reader is behind: the kernel holds the rest */
   } else if (n < 0) {
@@ -359,7 +379,10 @@ static int want_more(lua_State *L, wv_rt *rt, wv_stream *s, const char *fname, l
 static void take(lua_State *L, wv_stream *s, size_t n) {
   lua_pushlstring(L, s->rbuf.p + s->roff, n);
   s->roff += n;
-  if (s->roff == s->rbuf.len) s->roff = s->rbuf.len = 0;
+  if (s->roff == s->rbuf.len) {
+    s->roff = s->rbuf.len = 0;
+    if (s->rbuf.cap > RBUF_HIGH) weave__wbuf_free(&s->rbuf); /* a burst is over: give its memory back */
+  }
 }
 
 /* The stream's read state after a wake: NULL (closed) raises. */
@@ -405,9 +428,6 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
     take(L, s, avail(s));
     lua_setfield(L, -2, "partial");
     return lua_error(L);
-  }
-  if (avail(s) + 65536 > RBUF_HIGH && (size_t)n > RBUF_HIGH) {
-    /* a big read: let the buffer grow to n (the caller asked for it) */
   }
   return want_more(L, (wv_rt *)ctx, s, fname, exact_k);
 }
@@ -535,8 +555,18 @@ static int s_write(lua_State *L) {
       if ((r = tls_flush(s)) < 0) return raise_uv(L, "network", fname, r);
     }
   } else {
-    wv_wreq *w = malloc(sizeof *w + len);
-    if (w == NULL) return weave__raise(L, "network", "%s: out of memory", fname);
+    wv_wreq *w;
+    if (s->wqueued == 0 && !s->connecting) { /* the kernel may take it all now: no copy */
+      uv_buf_t b = uv_buf_init((char *)data, (unsigned)(len < 0x40000000 ? len : 0x40000000));
+      r = uv_try_write(&s->u.s, &b, 1);
+      if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS) return raise_uv(L, "network", fname, s->werr = r);
+      if (r > 0) {
+        data += r;
+        len -= (size_t)r;
+      }
+      if (len == 0) return 0;
+    }
+    if ((w = malloc(sizeof *w + len)) == NULL) return weave__raise(L, "network", "%s: out of memory", fname);
     memcpy(w->data, data, len);
     if ((r = queue_write(s, w, len)) < 0) return raise_uv(L, "network", fname, r);
   }
@@ -621,12 +651,14 @@ static int s_info(lua_State *L) {
   return 2;
 }
 
-/* s:buffered() -> bytes read and not yet taken; bytes queued to write */
+/* s:buffered() -> bytes read and not yet taken; bytes queued to write; the
+** read buffer's allocated size */
 static int s_buffered(lua_State *L) {
   wv_stream_ud *u = weave__checkudata(L, 1, WV_STREAM_MT, "Stream:buffered");
   lua_pushinteger(L, u->s != NULL ? (lua_Integer)avail(u->s) : 0);
   lua_pushinteger(L, u->s != NULL ? (lua_Integer)u->s->wqueued : 0);
-  return 2;
+  lua_pushinteger(L, u->s != NULL ? (lua_Integer)u->s->rbuf.cap : 0);
+  return 3;
 }
 
 /* --- TLS: the handshake ---------------------------------------------------------- */

@@ -124,6 +124,27 @@ describe("weave.net", function()
     end)
   end)
 
+  it("a reader that always leaves a remainder: the read buffer holds what is unread, not all that came", function()
+    run(function()
+      local chunk = ("q"):rep(64 * 1024)
+      local total = 1 + 512 * #chunk -- 32 MiB and one byte
+      local srv <close> = net.serve("127.0.0.1", 0, function(s)
+        s:write("!")
+        for _ = 1, 512 do s:write(chunk) end
+      end)
+      local c <close> = net.connect("127.0.0.1", srv.port)
+      local got, biggest = 0, 0
+      while got + 65536 <= total do
+        got = got + #c:read_exactly(65536) -- one byte always stays behind
+        local cap = select(3, c._s:buffered()) -- (the buffer's allocated size)
+        assert.is_number(cap)
+        biggest = math.max(biggest, cap)
+      end
+      assert.are.equal(total - got, #c:read_exactly(total - got))
+      assert.is_true(biggest <= 1024 * 1024, "the read buffer grew to " .. biggest)
+    end)
+  end)
+
   it("every wait is cancellable: connect, read, write, accept; a cancelled read loses no bytes", function()
     run(function()
       local srv <close> = net.serve("127.0.0.1", 0, function(s)
