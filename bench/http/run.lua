@@ -344,7 +344,7 @@ md[#md + 1] = "## Ratios against the targets\n\n- " .. table.concat(lines, "\n- 
 -- The task and offload benchmarks (bench/run.sh) of the same `make bench`.
 local tf = os.getenv("BENCH_TASKS") and io.open(os.getenv("BENCH_TASKS"))
 if tf then
-  md[#md + 1] = "## Tasks, offload, bulk calls and the queue, against their peers\n\nbench/run.sh, the same `make bench` run "
+  md[#md + 1] = "## Tasks, offload, bulk calls, the queue, TCP streams and WebSockets, against their peers\n\nbench/run.sh, the same `make bench` run "
     .. "(best of 5 runs for tasks, of 3 for offload):\n\n```\n" .. tf:read("a"):gsub("%s+$", "") .. "\n```\n"
   tf:close()
 end
