@@ -107,18 +107,21 @@ static int l_iserror(lua_State *L) {
   return 1;
 }
 
-/* tostring(err): "kind: message" plus the url when there is one. */
+/* tostring(err): "kind: message" plus the url when there is one.  (Pieces
+** pushed and concatenated: a luaL_Buffer must not have values pushed above
+** it between adds, and a long message moves it to the stack.) */
 static int error_tostring(lua_State *L) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
+  int n = 0;
   if (lua_getfield(L, 1, "where") == LUA_TSTRING) { /* set when it escaped weave.run */
-    luaL_addvalue(&b);
-    luaL_addstring(&b, ": ");
+    lua_pushliteral(L, ": ");
+    n += 2;
   } else
     lua_pop(L, 1);
   lua_getfield(L, 1, "kind");
-  luaL_addvalue(&b);
-  luaL_addstring(&b, ": ");
+  luaL_tolstring(L, -1, NULL);
+  lua_remove(L, -2);
+  lua_pushliteral(L, ": ");
+  n += 2;
   lua_getfield(L, 1, "message");
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
@@ -126,16 +129,15 @@ static int error_tostring(lua_State *L) {
   }
   luaL_tolstring(L, -1, NULL);
   lua_remove(L, -2);
-  luaL_addvalue(&b);
-  lua_getfield(L, 1, "url");
-  if (lua_type(L, -1) == LUA_TSTRING) {
-    luaL_addstring(&b, " (");
-    luaL_addvalue(&b);
-    luaL_addstring(&b, ")");
-  } else {
+  n++;
+  if (lua_getfield(L, 1, "url") == LUA_TSTRING) {
+    lua_pushliteral(L, " (");
+    lua_insert(L, -2);
+    lua_pushliteral(L, ")");
+    n += 3;
+  } else
     lua_pop(L, 1);
-  }
-  luaL_pushresult(&b);
+  lua_concat(L, n);
   return 1;
 }
 

@@ -294,6 +294,7 @@ int weave__stream_state(wv_stream *s);
 int weave__stream_raise(lua_State *L, wv_stream *s, const char *fname);
 int weave__stream_send(wv_stream *s, const char *p, size_t n);
 size_t weave__stream_queued(wv_stream *s);
+int weave__stream_park_writable(lua_State *L, wv_rt *rt, wv_stream *s, lua_KFunction k, lua_KContext ctx);
 int weave__stream_readwait(wv_stream *s, wv_task *t);
 void weave__stream_unwait(wv_stream *s, wv_task *t);
 void weave__stream_abort(wv_stream *s);

@@ -63,6 +63,7 @@ struct wv_stream {
   BIO *rbio, *wbio;
   int hsdone;       /* the TLS handshake is done */
   char tlswhy[256]; /* TLS: why it failed (s->err is then UV_EPROTO) */
+  size_t tlsreason; /* where OpenSSL's words start in tlswhy (err.reason) */
 };
 
 /* What libuv reads into, before it goes to a stream's buffer (or its SSL):
@@ -240,6 +241,7 @@ static void tls_fail(wv_stream *s, const char *what) {
     snprintf(s->tlswhy, sizeof s->tlswhy, "%s: %s (%s)", what, why, X509_verify_cert_error_string(v));
   else
     snprintf(s->tlswhy, sizeof s->tlswhy, "%s: %s", what, why);
+  s->tlsreason = strlen(what) + 2;
   if (s->err == 0) s->err = UV_EPROTO;
 }
 
@@ -354,7 +356,7 @@ static int raise_uv(lua_State *L, const char *kind, const char *fname, int err) 
 static int raise_err(lua_State *L, wv_stream *s, const char *fname) {
   if (s->tlswhy[0] != '\0') {
     weave__newerror(L, "tls", lua_pushfstring(L, "%s: %s", fname, s->tlswhy));
-    lua_pushstring(L, s->tlswhy);
+    lua_pushstring(L, s->tlswhy + (s->tlsreason < strlen(s->tlswhy) ? s->tlsreason : 0));
     lua_setfield(L, -2, "reason");
     return lua_error(L);
   }
@@ -406,7 +408,10 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     return 1;
   }
   if (s->err) return raise_err(L, s, fname);
-  if (s->eof) return 0;
+  if (s->eof) {
+    lua_pushnil(L);
+    return 1;
+  }
   return want_more(L, (wv_rt *)ctx, s, fname, read_k);
 }
 
@@ -462,7 +467,10 @@ static int until_k(lua_State *L, int status, lua_KContext ctx) {
   if (a > max) goto too_large;
   if (s->err) return raise_err(L, s, fname);
   if (s->eof) {
-    if (a == 0) return 0;
+    if (a == 0) {
+      lua_pushnil(L);
+      return 1;
+    }
     lua_pushfstring(L, "%s: the stream ended before the separator, after %d bytes", fname, (int)a);
     weave__newerror(L, "eof", lua_tostring(L, -1));
     take(L, s, a);
@@ -645,7 +653,9 @@ static void pushaddr(lua_State *L, wv_stream *s, int peer) {
 }
 
 static int s_info(lua_State *L) {
-  wv_stream *s = checkstream(L, 1, "Stream:info");
+  wv_stream_ud *u = weave__checkudata(L, 1, WV_STREAM_MT, "Stream:info");
+  wv_stream *s = u->s;
+  if (s == NULL || s->closed) return 0; /* (closed: nil) */
   pushaddr(L, s, 1);
   pushaddr(L, s, 0);
   return 2;
@@ -662,6 +672,8 @@ static int s_buffered(lua_State *L) {
 }
 
 /* --- TLS: the handshake ---------------------------------------------------------- */
+
+static void tls_unblock(wv_rt *rt, wv_task *t);
 
 static int tls_k(lua_State *L, int status, lua_KContext ctx) {
   const char *fname = "Stream:start_tls";
@@ -680,10 +692,25 @@ static int tls_k(lua_State *L, int status, lua_KContext ctx) {
   if (s->err) return raise_err(L, s, fname);
   if (s->eof) {
     snprintf(s->tlswhy, sizeof s->tlswhy, "%s", "TLS handshake failed: the peer closed the connection");
+    s->tlsreason = strlen("TLS handshake failed: ");
     s->err = UV_EPROTO;
     return raise_err(L, s, fname);
   }
-  return want_more(L, (wv_rt *)ctx, s, fname, tls_k);
+  if (s->reader != NULL && s->reader != ((wv_rt *)ctx)->current)
+    return weave__raise(L, "invalid_state", "%s: another task reads this stream", fname);
+  if ((r = weave__stream_readwait(s, ((wv_rt *)ctx)->current)) < 0) return raise_uv(L, "network", fname, r);
+  return weave__park(L, (wv_rt *)ctx, tls_unblock, s, tls_k, ctx);
+}
+
+/* A handshake given up (cancelled, a deadline): the stream cannot go on. */
+static void tls_unblock(wv_rt *rt, wv_task *t) {
+  wv_stream *s = t->wdata;
+  read_unblock(rt, t);
+  if (s != NULL && s->ssl != NULL && !s->hsdone && s->tlswhy[0] == '\0') {
+    snprintf(s->tlswhy, sizeof s->tlswhy, "%s", "TLS handshake failed: it was cancelled; close the stream");
+    s->tlsreason = strlen("TLS handshake failed: ");
+    if (s->err == 0) s->err = UV_EPROTO;
+  }
 }
 
 /* s:start_tls(ctx, server_name, server): the TLS handshake on this stream;
@@ -739,10 +766,11 @@ static int s_start_tls(lua_State *L) {
 
 /* s:tls_info() -> version, cipher, alpn, server_name (nothing when not TLS) */
 static int s_tls_info(lua_State *L) {
-  wv_stream *s = checkstream(L, 1, "Stream:tls_info");
+  wv_stream_ud *u = weave__checkudata(L, 1, WV_STREAM_MT, "Stream:tls_info");
+  wv_stream *s = u->s;
   const unsigned char *p;
   unsigned n;
-  if (s->ssl == NULL || !s->hsdone) return 0;
+  if (s == NULL || s->closed || s->ssl == NULL || !s->hsdone) return 0;
   lua_pushstring(L, SSL_get_version(s->ssl));
   lua_pushstring(L, SSL_get_cipher_name(s->ssl));
   SSL_get0_alpn_selected(s->ssl, &p, &n);
@@ -791,14 +819,29 @@ int weave__stream_send(wv_stream *s, const char *p, size_t n) {
     }
     return tls_flush(s);
   } else {
-    wv_wreq *w = malloc(sizeof *w + n);
-    if (w == NULL) return UV_ENOMEM;
+    wv_wreq *w;
+    if (s->wqueued == 0 && !s->connecting) { /* the kernel may take it all now: no copy */
+      uv_buf_t b = uv_buf_init((char *)p, (unsigned)(n < 0x40000000 ? n : 0x40000000));
+      int r = uv_try_write(&s->u.s, &b, 1);
+      if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS) return s->werr = r;
+      if (r > 0) {
+        p += r;
+        n -= (size_t)r;
+      }
+      if (n == 0) return 0;
+    }
+    if ((w = malloc(sizeof *w + n)) == NULL) return UV_ENOMEM;
     memcpy(w->data, p, n);
     return queue_write(s, w, n);
   }
 }
 
 size_t weave__stream_queued(wv_stream *s) { return s->wqueued; }
+
+/* Park the running task until the bytes queued to write go down. */
+int weave__stream_park_writable(lua_State *L, wv_rt *rt, wv_stream *s, lua_KFunction k, lua_KContext ctx) {
+  return weave__park_on(L, rt, &s->writers, k, ctx);
+}
 
 /* Task t waits for bytes (reading starts); its unblock hook must call
 ** weave__stream_unwait. 0, or a negative uv code. */
@@ -1032,7 +1075,10 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
     if (u->l != NULL && !u->l->closed) uv_unref(&u->l->u.h);
   }
   l = u->l;
-  if (l == NULL || l->closed) return 0; /* closed: nil */
+  if (l == NULL || l->closed) { /* closed: nil */
+    lua_pushnil(L);
+    return 1;
+  }
   if (l->pending == 0) {
     if (l->err < 0) {
       int e = l->err;

@@ -232,6 +232,16 @@ int weave__park(lua_State *L, wv_rt *rt, wv_unblock_fn unblock, void *data, lua_
                         "weave: cannot await here: the call is inside a C boundary "
                         "(a metamethod, an iterator or a sort comparator)");
   }
+  if (cancel_source(t) != NULL) {
+    /* A cancel came while the task was ready to run (woken, then a deadline
+    ** fired): weave__deliver could not interrupt a wait it was not in.  An
+    ** await that parks again from its continuation must not sleep through
+    ** it: detach and raise, as at the await's entry. */
+    t->wdata = data;
+    if (unblock != NULL) unblock(rt, t);
+    t->wdata = NULL;
+    return weave__checkcancel(L, t);
+  }
   t->status = WV_TBLOCKED;
   t->unblock = unblock;
   t->wdata = data;

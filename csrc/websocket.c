@@ -23,7 +23,9 @@
 #include "internal.h"
 
 #define WV_WS_MT "weave.WebSocket"
-#define QUEUE_HIGH (4u << 20) /* stop parsing while this much waits in the queue */
+#define QUEUE_HIGH (4u << 20)  /* stop parsing while this much waits in the queue */
+#define WRITE_HIGH (1u << 20)  /* ... or while this much waits to be written */
+#define OUT_CHUNK (256u << 10) /* frames go to the stream in pieces of this */
 
 typedef struct wv_wsmsg wv_wsmsg;
 struct wv_wsmsg {
@@ -49,7 +51,8 @@ typedef struct {
   uint64_t interval;     /* heartbeat, ns (0: none) */
   uint64_t next_ping;    /* when the next ping goes */
   uint64_t ping_sent;    /* 0, or when the unanswered ping went */
-  wv_stream *cur;        /* the stream during process() */
+  wv_stream *cur;        /* the stream during process() and flush() */
+  int wblocked;          /* parsing stopped: our writes (pongs...) back up */
 } wv_ws;
 
 /* --- wslay's callbacks -------------------------------------------------------- */
@@ -59,6 +62,10 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
   const char *p;
   size_t n = ws->cur != NULL && ws->qbytes < QUEUE_HIGH ? weave__stream_peek(ws->cur, &p) : 0;
   (void)flags;
+  if (n > 0 && weave__stream_queued(ws->cur) > WRITE_HIGH) { /* a peer that pings and never reads */
+    ws->wblocked = 1;
+    n = 0;
+  }
   if (n == 0) {
     wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
     return -1;
@@ -75,6 +82,10 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
   if (weave__wbuf_add(&ws->out, data, len) != 0) {
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
+  }
+  if (ws->out.len >= OUT_CHUNK && ws->cur != NULL) { /* a big message: never all of it here at once */
+    weave__stream_send(ws->cur, ws->out.p, ws->out.len);
+    ws->out.len = 0;
   }
   return (ssize_t)len;
 }
@@ -115,21 +126,27 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
 
 /* Hand what wslay wrote to the stream. */
 static void flush(wv_ws *ws, wv_stream *s) {
+  ws->cur = s;
   wslay_event_send(ws->ctx);
+  ws->cur = NULL;
   if (ws->out.len > 0) {
     weave__stream_send(s, ws->out.p, ws->out.len);
     ws->out.len = 0;
   }
+  if (ws->out.cap > OUT_CHUNK * 2) weave__wbuf_free(&ws->out);
 }
 
 /* Parse what the stream holds into messages, answer pings and close. */
 static void process(wv_ws *ws, wv_stream *s) {
   ws->cur = s;
+  ws->wblocked = 0;
   wslay_event_recv(ws->ctx);
   ws->cur = NULL;
   if (!ws->closed && wslay_event_get_close_sent(ws->ctx) && !wslay_event_get_close_received(ws->ctx)) {
     uint16_t c = wslay_event_get_status_code_sent(ws->ctx); /* wslay failed the connection */
-    ws->closed = c ? c : 1002;
+    if (c == 0 || c == WSLAY_CODE_NO_STATUS_RCVD)
+      c = WSLAY_CODE_PROTOCOL_ERROR; /* (a frame it could not parse) */
+    ws->closed = c;
     ws->toobig = c == WSLAY_CODE_MESSAGE_TOO_BIG;
     snprintf(ws->reason, sizeof ws->reason, "%s",
              c == WSLAY_CODE_MESSAGE_TOO_BIG              ? "a message was larger than max_message"
@@ -178,12 +195,27 @@ static void ws_unblock(wv_rt *rt, wv_task *t) {
   weave__timer_stop(rt, &ws->hb);
 }
 
-/* A waiting task woke (its continuation runs): it waits no more. */
-static void resumed(wv_ws *ws) {
-  if (ws->s != NULL && ws->waiter != NULL) weave__stream_unwait(ws->s, ws->waiter);
+/* A waiting task woke (its continuation runs): it waits no more.  (The
+** task may have been woken by another's close: then it is not the waiter.) */
+static void resumed(wv_ws *ws, wv_rt *rt) {
+  if (ws->waiter == NULL || ws->waiter != rt->current) return;
+  if (ws->s != NULL) weave__stream_unwait(ws->s, ws->waiter);
   ws->s = NULL;
   ws->waiter = NULL;
-  if (ws->rt != NULL) weave__timer_stop(ws->rt, &ws->hb);
+  weave__timer_stop(rt, &ws->hb);
+}
+
+/* Another task ends the wait (close): the waiter wakes and sees why. */
+static void kick(wv_ws *ws) {
+  wv_task *t = ws->waiter;
+  if (t == NULL) return;
+  if (ws->s != NULL) weave__stream_unwait(ws->s, t);
+  ws->s = NULL;
+  ws->waiter = NULL;
+  if (ws->rt != NULL) {
+    weave__timer_stop(ws->rt, &ws->hb);
+    weave__wake(ws->rt, t, WV_WAKE_OK);
+  }
 }
 
 static int raise_closed(lua_State *L, wv_ws *ws, const char *fname);
@@ -259,7 +291,7 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx) {
   wv_ws *ws;
   wv_stream *s;
   if (status == LUA_YIELD) {
-    resumed(lua_touserdata(L, 1));
+    resumed(lua_touserdata(L, 1), rt);
     weave__woken(L, rt);
   }
   ws = checkws(L, fname);
@@ -281,7 +313,8 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx) {
     }
     process(ws, s);
     if (ws->head != NULL || ws->closed) continue;
-    if (weave__stream_state(s) != 0) {
+    if (ws->wblocked) return weave__stream_park_writable(L, rt, s, recv_k, ctx);
+    if (weave__stream_state(s) != 0 && !weave__stream_peek(s, &(const char *){NULL})) {
       stream_ended(ws, s);
       continue;
     }
@@ -299,7 +332,7 @@ static int ws_receive(lua_State *L) {
   int r = enter(L, "WebSocket:receive", ws_receive);
   if (r >= 0) return r;
   lua_settop(L, 1);
-  if (((wv_ws *)checkws(L, "WebSocket:receive"))->waiter != NULL)
+  if (((wv_ws *)checkws(L, "WebSocket:receive"))->waiter != NULL && !((wv_ws *)lua_touserdata(L, 1))->closed)
     return weave__raise(L, "invalid_state",
                         "WebSocket:receive: another task receives; receive from one task");
   return recv_k(L, LUA_OK, (lua_KContext)lua_touserdata(L, lua_upvalueindex(1)));
@@ -353,7 +386,7 @@ static int close_k(lua_State *L, int status, lua_KContext ctx) {
   wv_ws *ws = weave__checkudata(L, 1, WV_WS_MT, "WebSocket:close");
   wv_stream *s;
   if (status == LUA_YIELD) {
-    resumed(ws);
+    resumed(ws, rt);
     weave__woken(L, rt);
   }
   for (;;) {
@@ -370,6 +403,7 @@ static int close_k(lua_State *L, int status, lua_KContext ctx) {
     if ((s = streamof(L)) == NULL || weave__stream_state(s) != 0) break;
     process(ws, s);
     if (wslay_event_get_close_received(ws->ctx) || ws->head != NULL) continue;
+    if (ws->wblocked) return weave__stream_park_writable(L, rt, s, close_k, ctx);
     if (weave__stream_state(s) != 0) break;
     return wait_bytes(L, rt, ws, s, "WebSocket:close", close_k);
   }
@@ -391,8 +425,8 @@ static int ws_close(lua_State *L) {
   if ((r = enter(L, fname, ws_close)) >= 0) return r;
   lua_settop(L, 1);
   if (ws->ctx == NULL || ws->abnormal || (s = streamof(L)) == NULL) return 0;
-  if (ws->waiter != NULL)
-    return weave__raise(L, "invalid_state", "%s: a task receives on this WebSocket", fname);
+  if (ws->waiter != NULL && ws->closed)
+    return weave__raise(L, "invalid_state", "%s: another task is closing this WebSocket", fname);
   if (!wslay_event_get_close_sent(ws->ctx)) {
     wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason, len);
     flush(ws, s);
@@ -401,6 +435,7 @@ static int ws_close(lua_State *L) {
       snprintf(ws->reason, sizeof ws->reason, "%.*s", (int)len, reason);
     }
   }
+  kick(ws); /* a task in receive: it raises "closed" now */
   return close_k(L, LUA_OK, (lua_KContext)rt);
 }
 
@@ -415,6 +450,7 @@ static int ws_info(lua_State *L) {
 static int ws_free(lua_State *L) {
   wv_ws *ws = luaL_checkudata(L, 1, WV_WS_MT);
   wv_wsmsg *m;
+  kick(ws); /* before its stream goes: a task in receive raises "closed" */
   if (ws->ctx != NULL) wslay_event_context_free(ws->ctx);
   ws->ctx = NULL;
   while ((m = ws->head) != NULL) {

@@ -234,6 +234,37 @@ describe("weave.net TLS", function()
     end)
   end)
 
+  it("a TLS server bounds each handshake (tls.handshake_timeout): a client that never speaks is closed", function()
+    run(function()
+      local srv <close> = net.serve("127.0.0.1", 0, function() end,
+        { tls = { cert = certs.cert, key = certs.key, handshake_timeout = 0.2 } })
+      local mute <close> = net.connect("127.0.0.1", srv.port)
+      assert.is_nil(weave.timeout(5, mute.read, mute)) -- the server closed it
+      assert.equal(1, srv.tls_failures)
+    end)
+  end)
+
+  it("a cancelled start_tls leaves the stream failed with a clear error (not half-TLS)", function()
+    run(function()
+      local srv <close> = net.serve("127.0.0.1", 0, function(s) s:read(); sleep(30) end)
+      local c <close> = net.connect("127.0.0.1", srv.port)
+      assert.equal("timeout", fails(weave.timeout, 0.1, c.start_tls, c, { verify = false }).kind)
+      local err = fails(c.write, c, "x")
+      assert.equal("tls", err.kind)
+      assert.matches("cancelled", err.message)
+    end)
+  end)
+
+  it("TLS options without tls = true are refused, not silently sent in the clear", function()
+    run(function()
+      for _, k in ipairs { "ca_file", "verify", "server_name", "alpn" } do
+        local e = fails(net.connect, "127.0.0.1", 1, { [k] = k == "verify" and false or "x" })
+        assert.equal("invalid_argument", e.kind)
+        assert.matches("tls = true", e.message)
+      end
+    end)
+  end)
+
   it("misuse gets clear errors naming the option", function()
     run(function()
       local function arg(fn, ...) return fails(fn, ...).kind end
@@ -247,6 +278,9 @@ describe("weave.net TLS", function()
       local e = fails(net.serve, "127.0.0.1", 0, function() end, { tls = { cert = "/nonexistent.pem", key = certs.key } })
       assert.equal("tls", e.kind)
       assert.matches("/nonexistent.pem", e.message)
+      e = fails(net.connect, "127.0.0.1", 1, { tls = true, ca_file = "/nonexistent/ca.pem" })
+      assert.equal("tls", e.kind)
+      assert.matches("cannot read the ca_file: /nonexistent/ca.pem", e.message)
       e = fails(net.serve, "127.0.0.1", 0, function() end, { tls = { cert = certs.cert, key = certs.self_key } })
       assert.equal("tls", e.kind) -- a key that does not match the certificate
       local path = os.tmpname()

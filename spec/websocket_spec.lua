@@ -15,6 +15,22 @@ local function fails(fn, ...)
   return err
 end
 
+-- A WebSocket server by hand on weave.net, for faults python3-websockets
+-- will not commit: the handshake, then on_open(stream) writes raw frames.
+local function raw_ws_server(on_open)
+  local core = require "weave.core"
+  return net.serve("127.0.0.1", 0, function(s)
+    local key
+    for line in s:lines() do
+      if line == "" then break end
+      key = key or line:match("^[Ss]ec%-[Ww]eb[Ss]ocket%-[Kk]ey:%s*(%S+)")
+    end
+    s:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      .. "Sec-WebSocket-Accept: " .. core.ws_accept(key) .. "\r\n\r\n")
+    on_open(s)
+  end)
+end
+
 describe("weave.websocket", function()
   local srv, certs, tls_srv
   setup(function()
@@ -197,6 +213,87 @@ describe("weave.websocket", function()
     end)
   end)
 
+  it("close from one task while another receives: the receiver gets closed (1000, clean), nothing is freed under it", function()
+    run(function()
+      for _ = 1, 20 do
+        local ws = websocket.connect(srv.url .. "/echo")
+        local reader = spawn(function() return pcall(ws.receive, ws) end)
+        sleep(0.005)
+        ws:close(1000, "bye")
+        local ok, err = reader:await()
+        assert.is_false(ok)
+        assert.equal("closed", err.kind)
+        assert.equal(1000, err.code)
+        assert.is_true(err.clean)
+      end
+      -- messages() in a reader task ends quietly when another task closes
+      local ws <close> = websocket.connect(srv.url .. "/echo")
+      local n = 0
+      local reader = spawn(function() for _ in ws:messages() do n = n + 1 end end)
+      ws:send("one")
+      sleep(0.05)
+      ws:close()
+      reader:await()
+      assert.equal(1, n)
+    end)
+  end)
+
+  it("a server that pings without end and never reads our pongs: memory stays flat (parsing waits for the pongs to drain)", function()
+    run(function()
+      local flood <close> = raw_ws_server(function(s)
+        local pings = ("\x89\0"):rep(10000) -- 10,000 empty pings
+        for _ = 1, 400 do s:write(pings) end -- 4 million pings; the server never reads
+        sleep(30)
+      end)
+      local ws <close> = websocket.connect("ws://127.0.0.1:" .. flood.port .. "/")
+      local err = fails(weave.timeout, 1.5, ws.receive, ws)
+      assert.equal("timeout", err.kind)
+      local _, queued = ws._stream._s:buffered()
+      assert.is_true(queued < 2 * 1024 * 1024, "pongs queued: " .. queued)
+    end)
+  end)
+
+  it("protocol errors in control frames are code 1002: a 126-byte ping, a fragmented ping", function()
+    run(function()
+      for _, frame in ipairs { "\x89\x7e\x00\x7e" .. ("p"):rep(126), "\x09\x01p" } do
+        local bad <close> = raw_ws_server(function(s)
+          s:write(frame)
+          s:read()
+        end)
+        local ws <close> = websocket.connect("ws://127.0.0.1:" .. bad.port .. "/")
+        local err = fails(ws.receive, ws)
+        assert.equal("closed", err.kind)
+        assert.equal(1002, err.code)
+        assert.is_false(err.clean)
+      end
+    end)
+  end)
+
+  it("a long error that carries a URL prints (tostring): a server choosing a 7 KB subprotocol", function()
+    run(function()
+      local long = ("p"):rep(7000)
+      local evil <close> = net.serve("127.0.0.1", 0, function(s)
+        for line in s:lines() do if line == "" then break end end
+        s:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          .. "Sec-WebSocket-Protocol: " .. long .. "\r\n\r\n")
+      end)
+      local err = fails(websocket.connect, "ws://127.0.0.1:" .. evil.port .. "/" .. ("q"):rep(3000))
+      assert.equal("protocol", err.kind)
+      assert.is_true(#tostring(err) > 3000)
+    end)
+  end)
+
+  it("a Host header replaces the default; the handshake's own headers are refused", function()
+    run(function()
+      local ws <close> = websocket.connect(srv.url .. "/headers", { headers = { Host = "chat.example" } })
+      local info = cjson.decode((ws:receive()))
+      assert.equal("chat.example", info.headers.Host)
+      for _, h in ipairs { "Upgrade", "connection", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol" } do
+        assert.equal("invalid_argument", fails(websocket.connect, srv.url .. "/echo", { headers = { [h] = "x" } }).kind)
+      end
+    end)
+  end)
+
   it("misuse gets clear errors", function()
     run(function()
       local function arg(...) return fails(websocket.connect, ...).kind end
@@ -214,6 +311,10 @@ describe("weave.websocket", function()
       assert.equal("invalid_argument", fails(ws.send, ws, "x", "json").kind)
       assert.equal("invalid_argument", fails(ws.ping, ws, ("x"):rep(126)).kind)
       assert.equal("invalid_argument", fails(ws.close, ws, 1006).kind)
+      assert.matches('"1000"', fails(ws.close, ws, "1000").message)
+      assert.equal("invalid_argument", fails(ws.close, ws, 1000, "\255\254").kind) -- a reason is UTF-8 text
+      assert.equal("invalid_argument", arg(srv.url .. "/echo", { close_timeout = 0 / 0 }))
+      assert.equal("invalid_argument", arg(srv.url .. "/echo", { heartbeat = 1e-9 }))
     end)
   end)
 end)

@@ -59,6 +59,13 @@ local function tls_context(fname, o, server)
     alpn and table.concat(alpn, ",") or "" }, "\0")
   local ctx = contexts[key]
   if ctx == nil then
+    for _, k in ipairs { "ca_file", "cert", "key" } do
+      if o[k] ~= nil then
+        local f, why = io.open(o[k], "rb")
+        if not f then error(core.error("tls", ("%s: cannot read the %s: %s"):format(fname, k, why)), 4) end
+        f:close()
+      end
+    end
     ctx = core.tls_context { server = server, verify = verify, ca_file = o.ca_file, cert = o.cert, key = o.key, alpn = alpn }
     contexts[key] = ctx
   end
@@ -157,10 +164,25 @@ end
 
 local function is_ip(host) return host:match("^%d+%.%d+%.%d+%.%d+$") or host:find(":", 1, true) end
 
+local function show(v) return type(v) == "string" and ("%q"):format(v) or tostring(v) end
+
 local function check_port(fname, port, zero_ok)
   if mtype(port) ~= "integer" or port < (zero_ok and 0 or 1) or port > 65535 then
-    argerror("%s: port must be an integer %d..65535, got %s", fname, zero_ok and 0 or 1, tostring(port))
+    argerror("%s: port must be an integer %d..65535, got %s%s", fname, zero_ok and 0 or 1, show(port),
+      type(port) == "string" and " (a string: use tonumber)" or "")
   end
+end
+
+local function check_path(fname, path)
+  if type(path) ~= "string" or path == "" or path:find("\0", 1, true) then
+    argerror("%s: path must be a socket file name (a string without NUL), got %s", fname, show(path))
+  end
+  if #path > 107 then argerror("%s: the socket path is %d bytes; Unix sockets allow 107", fname, #path) end
+end
+
+local function check_host(fname, host, what)
+  if type(host) ~= "string" or host == "" then argerror("%s: expected %s (string), got %s", fname, what, show(host)) end
+  if host:find("%z") then argerror("%s: the host %s has a NUL byte", fname, show(host)) end
 end
 
 --- net.connect(host, port [, opts]) | net.connect{path = "/x.sock"} -> Stream
@@ -172,8 +194,13 @@ function M.connect(host, port, o)
     local keys = { path = true, host = true, port = true, tls = true }
     for k in pairs(TLS_KEYS) do keys[k] = true end
     options.check_keys(fname, o, keys, 3)
+    if o.tls == nil or o.tls == false then
+      for k in pairs(TLS_KEYS) do
+        if o[k] ~= nil then argerror("%s: %s is a TLS option: add tls = true (or drop it)", fname, k) end
+      end
+    end
     if o.path then
-      if type(o.path) ~= "string" or o.path:find("\0", 1, true) then argerror("%s: path must be a string without NUL", fname) end
+      check_path(fname, o.path)
       local s = wrap(core.net_connect(nil, nil, o.path))
       if o.tls then return M._handshake(s, o, fname, o.path) end
       return s
@@ -183,10 +210,13 @@ function M.connect(host, port, o)
     local keys = { tls = true }
     for k in pairs(TLS_KEYS) do keys[k] = true end
     options.check_keys(fname, o, keys, 3)
+    if o.tls == nil or o.tls == false then
+      for k in pairs(TLS_KEYS) do
+        if o[k] ~= nil then argerror("%s: %s is a TLS option: add tls = true (or drop it)", fname, k) end
+      end
+    end
   end
-  if type(host) ~= "string" or host == "" or host:find("\0", 1, true) then
-    argerror("%s: expected a host name or address (string), got %s", fname, type(host))
-  end
+  check_host(fname, host, "a host name or address")
   check_port(fname, port)
   local tls = o and o.tls
   if tls ~= nil and type(tls) ~= "boolean" then argerror("%s: tls must be a boolean, got %s", fname, type(tls)) end
@@ -218,9 +248,12 @@ function M._handshake(s, o, fname, peer)
   if ok then return s end
   s:close()
   if core.iserror(err, "tls") and err.reason then
-    local e = core.error("tls", ("%s: %s: %s"):format(fname, peer, err.reason))
+    local e = core.error("tls", ("%s: %s: TLS handshake failed: %s"):format(fname, peer, err.reason))
     e.reason = err.reason
     error(e, 3)
+  end
+  if type(err) == "table" and type(err.message) == "string" and not weave.is_cancelled(err) then
+    err.message = err.message:gsub("^Stream:start_tls", fname)
   end
   error(err, 0)
 end
@@ -239,20 +272,24 @@ function M.serve(host, port, handler, o)
     o, handler = host, port
     options.check_keys(fname, o, { path = true, backlog = true, tls = true }, 3)
     path = o.path
-    if type(path) ~= "string" then argerror("%s: path must be a string", fname) end
+    check_path(fname, path)
   else
-    if type(host) ~= "string" then argerror("%s: expected a host address (string), got %s", fname, type(host)) end
+    check_host(fname, host, "a host address")
     check_port(fname, port, true)
     options.check_keys(fname, o, { backlog = true, tls = true }, 3)
     if host == "localhost" then host = "127.0.0.1" end
   end
   if type(handler) ~= "function" then argerror("%s: expected a handler function, got %s", fname, type(handler)) end
   local backlog = o and o.backlog or 4096
-  local ctx
+  local ctx, hs_timeout
   if o and o.tls ~= nil then
     if type(o.tls) ~= "table" then argerror("%s: tls must be a table {cert=, key=, alpn=, ca_file=}", fname) end
-    options.check_keys(fname .. " tls", o.tls, { cert = true, key = true, alpn = true, ca_file = true }, 3)
+    options.check_keys(fname .. " tls", o.tls, { cert = true, key = true, alpn = true, ca_file = true, handshake_timeout = true }, 3)
     ctx = tls_context(fname, o.tls, true)
+    hs_timeout = o.tls.handshake_timeout or 60
+    if type(hs_timeout) ~= "number" or not (hs_timeout > 0) then
+      argerror("%s: tls.handshake_timeout must be seconds > 0, got %s", fname, show(hs_timeout))
+    end
   end
   local l = core.net_listen(path == nil and host or nil, path == nil and port or nil, backlog, path)
   local srv = setmetatable({ port = l:port(), path = path, _l = l, connections = 0, tls_failures = 0 }, Server)
@@ -265,8 +302,8 @@ function M.serve(host, port, handler, o)
         srv.connections = srv.connections + 1
         g:spawn { name = "connection", function()
           local st <close> = wrap(s)
-          if ctx then -- the server handshake, in the connection's own task
-            local ok, err = pcall(s.start_tls, s, ctx, nil, true)
+          if ctx then -- the server handshake, in the connection's own task, bounded
+            local ok, err = pcall(weave.timeout, hs_timeout, s.start_tls, s, ctx, nil, true)
             if not ok then
               if weave.is_cancelled(err) then error(err, 0) end
               srv.tls_failures = srv.tls_failures + 1

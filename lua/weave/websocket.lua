@@ -17,6 +17,7 @@ local type, error, pcall, setmetatable, tostring, mtype = type, error, pcall, se
 local M = {}
 
 local function argerror(fmt, ...) error(core.error("invalid_argument", fmt:format(...)), 3) end
+local function show(v) return type(v) == "string" and ("%q"):format(v) or tostring(v) end
 
 local WebSocket = { __name = "weave.WebSocket" }
 WebSocket.__index = WebSocket
@@ -68,11 +69,12 @@ end
 -- is closed. Closing twice is fine.
 function WebSocket:close(code, reason)
   if self._closed then return end
-  if code ~= nil and (mtype(code) ~= "integer" or code < 1000 or code > 4999 or code == 1005 or code == 1006) then
-    argerror("WebSocket:close: code must be an integer 1000..4999 (not 1005, 1006), got %s", tostring(code))
+  if code ~= nil and (mtype(code) ~= "integer" or code < 1000 or code > 4999 or code == 1005 or code == 1006
+      or code == 1015) then
+    argerror("WebSocket:close: code must be an integer 1000..4999 (not 1005, 1006, 1015), got %s", show(code))
   end
-  if reason ~= nil and (type(reason) ~= "string" or #reason > 123) then
-    argerror("WebSocket:close: reason must be a string of at most 123 bytes")
+  if reason ~= nil and (type(reason) ~= "string" or #reason > 123 or utf8.len(reason) == nil) then
+    argerror("WebSocket:close: reason must be UTF-8 text of at most 123 bytes, got %s", show(reason))
   end
   self._closed = true
   local ok, err = true, nil
@@ -102,6 +104,8 @@ local function parse_url(url)
 end
 
 local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
+local RESERVED = { upgrade = true, connection = true, ["sec-websocket-key"] = true, ["sec-websocket-version"] = true,
+  ["sec-websocket-accept"] = true, ["sec-websocket-protocol"] = true, ["sec-websocket-extensions"] = true }
 
 --- websocket.connect(url, {headers=, protocols=, heartbeat=, max_message=16 MiB,
 -- close_timeout=5, ca_file=, verify=, server_name=}) -> WebSocket
@@ -118,13 +122,17 @@ function M.connect(url, o)
   local max = o.max_message or 16 * 1024 * 1024
   if mtype(max) ~= "integer" or max < 1 then argerror("%s: max_message must be an integer >= 1", fname) end
   local hb = o.heartbeat
-  if hb ~= nil and (type(hb) ~= "number" or hb <= 0 or hb ~= hb) then argerror("%s: heartbeat must be seconds > 0", fname) end
+  if hb ~= nil and (type(hb) ~= "number" or not (hb >= 0.01) or hb == math.huge) then
+    argerror("%s: heartbeat must be seconds >= 0.01, got %s", fname, show(hb))
+  end
   local ct = o.close_timeout or 5
-  if type(ct) ~= "number" or ct < 0 then argerror("%s: close_timeout must be seconds >= 0", fname) end
-  local lines = {
-    "GET " .. path .. " HTTP/1.1", "Host: " .. authority, "Upgrade: websocket", "Connection: Upgrade",
-    "Sec-WebSocket-Version: 13",
-  }
+  if type(ct) ~= "number" or not (ct >= 0) then argerror("%s: close_timeout must be seconds >= 0, got %s", fname, show(ct)) end
+  local lines = { "GET " .. path .. " HTTP/1.1" }
+  local user_host = type(o.headers) == "table" and (o.headers.Host or o.headers.host)
+  if not user_host then lines[#lines + 1] = "Host: " .. authority end -- (else the caller's Host)
+  lines[#lines + 1] = "Upgrade: websocket"
+  lines[#lines + 1] = "Connection: Upgrade"
+  lines[#lines + 1] = "Sec-WebSocket-Version: 13"
   local key = core.ws_key()
   lines[#lines + 1] = "Sec-WebSocket-Key: " .. key
   local protocols = o.protocols
@@ -139,7 +147,10 @@ function M.connect(url, o)
   if o.headers ~= nil then
     if type(o.headers) ~= "table" then argerror("%s: headers must be a table {name = value}", fname) end
     for k, v in pairs(o.headers) do
-      if type(k) ~= "string" or not k:match(TOKEN) then argerror("%s: header name %s is not a token", fname, tostring(k)) end
+      if type(k) ~= "string" or not k:match(TOKEN) then argerror("%s: header name %s is not a token", fname, show(k)) end
+      if RESERVED[k:lower()] then
+        argerror("%s: the %s header is the handshake's own%s", fname, k, k:lower() == "sec-websocket-protocol" and " (use protocols =)" or "")
+      end
       v = type(v) == "number" and tostring(v) or v
       if type(v) ~= "string" or v:find("[%z\r\n]") then argerror("%s: header %s: the value must be a string without CR, LF or NUL", fname, k) end
       lines[#lines + 1] = k .. ": " .. v
@@ -183,6 +194,9 @@ function M.connect(url, o)
   end)
   if not ok then
     stream:close()
+    if core.iserror(res, "too_large") then
+      res = core.error("protocol", ("%s: %s: a header line of the answer is longer than 8 KiB"):format(fname, url))
+    end
     error(res, 2)
   end
   return setmetatable({
