@@ -185,20 +185,25 @@ local function check_host(fname, host, what)
   if host:find("%z") then argerror("%s: the host %s has a NUL byte", fname, show(host)) end
 end
 
+-- connect's options: `keys` and tls and the TLS options, which need tls = true.
+local function check_connect_opts(fname, o, keys)
+  keys.tls = true
+  for k in pairs(TLS_KEYS) do keys[k] = true end
+  options.check_keys(fname, o, keys, 4)
+  if not o.tls then
+    for k in pairs(TLS_KEYS) do
+      if o[k] ~= nil then argerror("%s: %s is a TLS option: add tls = true (or drop it)", fname, k) end
+    end
+  end
+end
+
 --- net.connect(host, port [, opts]) | net.connect{path = "/x.sock"} -> Stream
 -- Every address the host resolves to is tried in turn. Kinds: "dns", "connect".
 function M.connect(host, port, o)
   local fname = "weave.net.connect"
   if type(host) == "table" then
     o = host
-    local keys = { path = true, host = true, port = true, tls = true }
-    for k in pairs(TLS_KEYS) do keys[k] = true end
-    options.check_keys(fname, o, keys, 3)
-    if o.tls == nil or o.tls == false then
-      for k in pairs(TLS_KEYS) do
-        if o[k] ~= nil then argerror("%s: %s is a TLS option: add tls = true (or drop it)", fname, k) end
-      end
-    end
+    check_connect_opts(fname, o, { path = true, host = true, port = true })
     if o.path then
       check_path(fname, o.path)
       local s = wrap(core.net_connect(nil, nil, o.path))
@@ -207,14 +212,7 @@ function M.connect(host, port, o)
     end
     host, port = o.host, o.port
   elseif o ~= nil then
-    local keys = { tls = true }
-    for k in pairs(TLS_KEYS) do keys[k] = true end
-    options.check_keys(fname, o, keys, 3)
-    if o.tls == nil or o.tls == false then
-      for k in pairs(TLS_KEYS) do
-        if o[k] ~= nil then argerror("%s: %s is a TLS option: add tls = true (or drop it)", fname, k) end
-      end
-    end
+    check_connect_opts(fname, o, {})
   end
   check_host(fname, host, "a host name or address")
   check_port(fname, port)

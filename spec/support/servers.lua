@@ -235,6 +235,29 @@ function M.tinyproxy(opts)
   return srv
 end
 
+--- One of spec/support's stdlib-python servers, started with `args` (a
+-- string; "%s" in it is the port file) in temp dir `dir`; it writes its
+-- port to the port file. Returns a srv table {port=, pid=, dir=, stop=}
+-- (stop kills it by pid and removes dir), or raises naming `what`.
+local function python_server(script, args, dir, what)
+  local pf = dir .. "/port"
+  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/%s %s >%s/out.log 2>&1 & echo $!")
+    :format(root, script, args:format(pf), dir)):gsub("%s+$", "")
+  local port = wait_for(function() return read_port(pf) end, 15)
+  if not port then
+    local out = sh("cat " .. dir .. "/out.log")
+    kill_all({ pid }, 2)
+    os.execute("rm -rf " .. dir)
+    error(what .. " did not start: " .. out)
+  end
+  local srv = { port = port, pid = pid, dir = dir }
+  function srv.stop()
+    kill_all({ pid }, 5)
+    os.execute("rm -rf " .. dir)
+  end
+  return srv
+end
+
 --- The SOCKS5 server (spec/support/socks5.py): returns {url="socks5://...",
 -- port=, pid=, dir=, log=, stop=}. opts.user and opts.password require
 -- username/password authentication (RFC 1929). log gets one line per
@@ -243,26 +266,11 @@ function M.socks5(opts)
   opts = opts or {}
   assert((opts.user == nil) == (opts.password == nil), "socks5: user and password go together")
   local dir = tmpdir("socks5")
-  local pf, log = dir .. "/port", dir .. "/connects.log"
+  local log = dir .. "/connects.log"
   local auth = ""
   if opts.user then auth = (" --user '%s' --password '%s'"):format(opts.user, opts.password) end
-  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/socks5.py --port-file %s --log %s%s >%s/out.log 2>&1 & echo $!")
-    :format(root, pf, log, auth, dir)):gsub("%s+$", "")
-  local port = wait_for(function() return read_port(pf) end, 15)
-  if not port then
-    local out = sh("cat " .. dir .. "/out.log")
-    kill_all({ pid }, 2)
-    os.execute("rm -rf " .. dir)
-    error("the socks5 server did not start: " .. out)
-  end
-  local srv = {
-    url = "socks5://127.0.0.1:" .. port, port = port, pid = pid, dir = dir, log = log,
-    user = opts.user, password = opts.password,
-  }
-  function srv.stop()
-    kill_all({ pid }, 5)
-    os.execute("rm -rf " .. dir)
-  end
+  local srv = python_server("socks5.py", "--port-file %s --log " .. log .. auth, dir, "the socks5 server")
+  srv.url, srv.log, srv.user, srv.password = "socks5://127.0.0.1:" .. srv.port, log, opts.user, opts.password
   return srv
 end
 
@@ -275,8 +283,7 @@ end
 function M.api_server(opts)
   opts = opts or {}
   local dir = tmpdir("api")
-  local pf = dir .. "/port"
-  local args = { "--port-file", pf, "--latency-ms", tostring(opts.latency_ms or 50) }
+  local args = { "--port-file", "%s", "--latency-ms", tostring(opts.latency_ms or 50) }
   local function add(flag, v) if v ~= nil then args[#args + 1] = flag; args[#args + 1] = tostring(v) end end
   add("--rate", opts.rate)
   add("--window", opts.window)
@@ -286,20 +293,8 @@ function M.api_server(opts)
   if opts.retry_after_date then args[#args + 1] = "--retry-after-date" end
   local log = opts.log and dir .. "/requests.log" or nil
   add("--log", log)
-  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/api_server.py %s >%s/out.log 2>&1 & echo $!")
-    :format(root, table.concat(args, " "), dir)):gsub("%s+$", "")
-  local port = wait_for(function() return read_port(pf) end, 15)
-  if not port then
-    local out = sh("cat " .. dir .. "/out.log")
-    kill_all({ pid }, 2)
-    os.execute("rm -rf " .. dir)
-    error("the API server did not start: " .. out)
-  end
-  local srv = { url = "http://127.0.0.1:" .. port, port = port, pid = pid, dir = dir, log = log }
-  function srv.stop()
-    kill_all({ pid }, 5)
-    os.execute("rm -rf " .. dir)
-  end
+  local srv = python_server("api_server.py", table.concat(args, " "), dir, "the API server")
+  srv.url, srv.log = "http://127.0.0.1:" .. srv.port, log
   return srv
 end
 
@@ -308,23 +303,9 @@ end
 -- opts.key make it wss://.
 function M.ws_server(opts)
   opts = opts or {}
-  local dir = tmpdir("ws")
-  local pf = dir .. "/port"
   local tls = opts.cert and (" %s %s"):format(opts.cert, opts.key) or ""
-  local pid = sh(("env -u LD_PRELOAD /usr/bin/python3 %s/spec/support/ws_server.py %s%s >%s/out.log 2>&1 & echo $!")
-    :format(root, pf, tls, dir)):gsub("%s+$", "")
-  local port = wait_for(function() return read_port(pf) end, 15)
-  if not port then
-    local out = sh("cat " .. dir .. "/out.log")
-    kill_all({ pid }, 2)
-    os.execute("rm -rf " .. dir)
-    error("the WebSocket server did not start: " .. out)
-  end
-  local srv = { url = (opts.cert and "wss" or "ws") .. "://127.0.0.1:" .. port, port = port, pid = pid, dir = dir }
-  function srv.stop()
-    kill_all({ pid }, 5)
-    os.execute("rm -rf " .. dir)
-  end
+  local srv = python_server("ws_server.py", "%s" .. tls, tmpdir("ws"), "the WebSocket server")
+  srv.url = (opts.cert and "wss" or "ws") .. "://127.0.0.1:" .. srv.port
   return srv
 end
 
