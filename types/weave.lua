@@ -875,4 +875,104 @@ local queue = {}
 ---@return weave.queue.Queue
 function queue.open(opts) end
 
+---@class weave.net.TLSOptions
+---@field verify? boolean default true (clients): check the peer's certificate
+---@field ca_file? string PEM CA certificates to trust instead of the system store
+---@field server_name? string SNI and the name checked (default: the host connected to)
+---@field alpn? string[] protocols to offer (client) or accept (server)
+---@field cert? string PEM certificate (chain) file
+---@field key? string PEM private key file
+
+---@class weave.net.ConnectOptions: weave.net.TLSOptions
+---@field tls? boolean a TLS client: the handshake runs before connect returns
+
+---@class weave.net.Stream
+---@field remote string? "ip:port" or the socket path (nil once closed)
+---@field local string?
+---@field alpn string? the ALPN protocol chosen (TLS)
+local Stream = {}
+---@param n? integer default 65536
+---@return string? data nil at end of stream
+function Stream:read(n) end
+---@param n integer
+---@return string data raises kind "eof" (err.partial) when the stream ends first
+function Stream:read_exactly(n) end
+---@param opts? {max?: integer, keep_newline?: boolean}
+---@return string? line
+function Stream:read_line(opts) end
+---@param opts? {max?: integer, keep_newline?: boolean}
+---@return fun(): string?
+function Stream:lines(opts) end
+---@param sep string
+---@param opts? {max?: integer}
+---@return string? data with sep
+function Stream:read_until(sep, opts) end
+---@param data string queued; awaits while more than 1 MiB is queued
+function Stream:write(data) end
+function Stream:drain() end
+function Stream:close_write() end
+---@param opts? weave.net.TLSOptions|{server?: boolean}
+function Stream:start_tls(opts) end
+---@return {version: string, cipher: string, alpn: string?, server_name: string?}?
+function Stream:tls_info() end
+function Stream:close() end
+
+---@class weave.net.Server
+---@field port integer
+---@field path string?
+---@field connections integer
+---@field tls_failures integer
+local Server = {}
+function Server:close() end
+function Server:wait() end
+
+---@class weave.net
+local net = {}
+---@param host string|{path?: string, host?: string, port?: integer, tls?: boolean}
+---@param port? integer
+---@param opts? weave.net.ConnectOptions
+---@return weave.net.Stream
+function net.connect(host, port, opts) end
+---@param host string|{path: string, backlog?: integer}
+---@param port integer|fun(s: weave.net.Stream)
+---@param handler? fun(s: weave.net.Stream)
+---@param opts? {backlog?: integer, tls?: {cert: string, key: string, alpn?: string[], ca_file?: string, handshake_timeout?: number}}
+---@return weave.net.Server
+function net.serve(host, port, handler, opts) end
+
+---@class weave.websocket.Options
+---@field headers? table<string, string>
+---@field protocols? string[]
+---@field heartbeat? number seconds between pings while a task receives (off by default)
+---@field max_message? integer default 16 MiB
+---@field close_timeout? number default 5
+---@field ca_file? string
+---@field verify? boolean
+---@field server_name? string
+
+---@class weave.websocket.WebSocket
+---@field url string
+---@field protocol string? the subprotocol the server chose
+---@field headers table<string, string> the server's answer headers (lower-case names)
+local WebSocket = {}
+---@param data string
+---@param kind? "text"|"binary" default: text when data is UTF-8
+function WebSocket:send(data, kind) end
+---@return string data, "text"|"binary" kind raises kind "closed" (err.code, err.reason, err.clean)
+function WebSocket:receive() end
+---@return fun(): string?, string?
+function WebSocket:messages() end
+---@param data? string at most 125 bytes
+function WebSocket:ping(data) end
+---@param code? integer default 1000
+---@param reason? string
+function WebSocket:close(code, reason) end
+
+---@class weave.websocket
+local websocket = {}
+---@param url string ws:// or wss://
+---@param opts? weave.websocket.Options
+---@return weave.websocket.WebSocket
+function websocket.connect(url, opts) end
+
 return weave
