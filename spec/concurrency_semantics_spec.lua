@@ -4,11 +4,7 @@ local weave = require "weave"
 
 local run, spawn, sleep = weave.run, weave.spawn, weave.sleep
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = require("support.helpers").fails
 
 describe("groups", function()
   it("a child spawned into a cancelled group is cancelled at once", function()

@@ -10,11 +10,7 @@ local run = weave.run
 local spawn, sleep = weave.spawn, weave.sleep
 local fault
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = require("support.helpers").fails
 
 local function lines_of(cmd)
   local p = io.popen(cmd)

@@ -7,11 +7,7 @@ local servers = require "support.servers"
 
 local run = weave.run
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = require("support.helpers").fails
 
 local function read(path)
   local f = assert(io.open(path))

@@ -7,11 +7,7 @@ local H = require "support.helpers"
 
 local run, spawn, sleep = weave.run, weave.spawn, weave.sleep
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = H.fails
 
 local function echo_server()
   return net.serve("127.0.0.1", 0, function(s)

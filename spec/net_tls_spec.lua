@@ -8,11 +8,7 @@ local servers = require "support.servers"
 
 local run, spawn, sleep = weave.run, weave.spawn, weave.sleep
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = require("support.helpers").fails
 
 describe("weave.net TLS", function()
   local certs

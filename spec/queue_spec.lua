@@ -10,11 +10,7 @@ local H = require "support.helpers"
 local run, sleep = weave.run, weave.sleep
 local WORKER = H.root .. "/spec/support/queue_worker.lua"
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = H.fails
 
 local function read(path)
   local f = io.open(path)

@@ -7,11 +7,7 @@ local H = require "support.helpers"
 
 local run, spawn, sleep = weave.run, weave.spawn, weave.sleep
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = H.fails
 
 -- How many clients the server has (CLIENT LIST lines), this one included.
 local function nclients(c)

@@ -4,11 +4,7 @@ local weave = require "weave"
 local H = require "support.helpers"
 local servers = require "support.servers"
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = H.fails
 
 -- Run `code` in the background; once it has written "ready" to the file
 -- named by its arg[1], send it each signal in `sigs` (0.1 s apart); its

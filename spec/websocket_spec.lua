@@ -9,11 +9,7 @@ local cjson = require "cjson"
 
 local run, spawn, sleep = weave.run, weave.spawn, weave.sleep
 
-local function fails(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local fails = require("support.helpers").fails
 
 -- A WebSocket server by hand on weave.net, for faults python3-websockets
 -- will not commit: the handshake, then on_open(stream) writes raw frames.

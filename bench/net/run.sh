@@ -82,6 +82,20 @@ pyv=$($PY -c 'import platform; print(platform.python_version())')
 uvv=$( [ $have_uvloop = 1 ] && $PY -c 'import uvloop; print(uvloop.__version__)' || echo "missing")
 nodev=$( [ $have_node = 1 ] && node --version || echo "missing")
 
+# The table rows of both parts (awk -v lw= cw= peers=): rates from "<seconds>"
+# cells (work / s), a "-" for a run that failed, ratios weave / peer.
+ROWS='
+function rate(work, s) { return (s ~ /^[0-9.]+$/ && s > 0) ? work / s : -1 }
+function cell(r) { return r < 0 ? sprintf("%" cw "s", "-") : sprintf("%" cw ".0f", r) }
+function ratio(w, p) { return (w < 0 || p < 0) ? sprintf("%13s", "-") : sprintf("%6.2fx faster", w / p) }
+function row(label, work, f,   w, i, line) {
+  split(f, s, " ")
+  w = rate(work, s[1])
+  line = sprintf("%-" lw "s%s", label, cell(w))
+  for (i = 2; i <= peers + 1; i++) line = line sprintf("%s %s", cell(rate(work, s[i])), ratio(w, rate(work, s[i])))
+  print line
+}'
+
 # --- TCP ----------------------------------------------------------------------
 echo "== bench/net: weave.net vs asyncio streams (CPython $pyv), asyncio on uvloop $uvv, Node $nodev net"
 echo "   loopback TCP; each runtime runs its server and its clients in one process, one loop"
@@ -97,17 +111,7 @@ e1=$(tcp echo 1 "$EN")
 e2=$(tcp echo "$C" "$EM")
 b1=$(tcp bulk 1 "$BN")
 b2=$(tcp bulk "$C" "$BM")
-echo "$EN $C $EM $BN $BM | $e1 | $e2 | $b1 | $b2" | awk -F'|' '
-function rate(work, s) { return (s ~ /^[0-9.]+$/ && s > 0) ? work / s : -1 }
-function cell(r) { return r < 0 ? sprintf("%10s", "-") : sprintf("%10.0f", r) }
-function ratio(w, p) { return (w < 0 || p < 0) ? sprintf("%13s", "-") : sprintf("%6.2fx faster", w / p) }
-function row(label, work, f,   w, i, line) {
-  split(f, s, " ")
-  w = rate(work, s[1])
-  line = sprintf("%-36s%s", label, cell(w))
-  for (i = 2; i <= 4; i++) line = line sprintf("%s %s", cell(rate(work, s[i])), ratio(w, rate(work, s[i])))
-  print line
-}
+echo "$EN $C $EM $BN $BM | $e1 | $e2 | $b1 | $b2" | awk -F'|' -v lw=36 -v cw=10 -v peers=3 "$ROWS"'
 {
   split($1, a, " "); en = a[1]; c = a[2]; em = a[3]; bn = a[4]; bm = a[5]
   printf "%-36s%10s%10s %13s%10s %13s%10s %13s\n", "workload", "weave", "asyncio", "ratio", "uvloop", "ratio", "node", "ratio"
@@ -196,17 +200,7 @@ else
 fi
 n1=$(best3 node-ws-1 $PIN_SEQ node bench/net/ws_client.mjs "$URL" 1 "$WN")
 n2=$(best3 "node-ws-$C" $PIN_PAR node bench/net/ws_client.mjs "$URL" "$C" "$WM")
-echo "$WN $C $WM | $w1 $p1 $n1 | $w2 $p2 $n2" | awk -F'|' '
-function rate(work, s) { return (s ~ /^[0-9.]+$/ && s > 0) ? work / s : -1 }
-function cell(r) { return r < 0 ? sprintf("%11s", "-") : sprintf("%11.0f", r) }
-function ratio(w, p) { return (w < 0 || p < 0) ? sprintf("%13s", "-") : sprintf("%6.2fx faster", w / p) }
-function row(label, work, f,   w, i, line) {
-  split(f, s, " ")
-  w = rate(work, s[1])
-  line = sprintf("%-40s%s", label, cell(w))
-  for (i = 2; i <= 3; i++) line = line sprintf("%s %s", cell(rate(work, s[i])), ratio(w, rate(work, s[i])))
-  print line
-}
+echo "$WN $C $WM | $w1 $p1 $n1 | $w2 $p2 $n2" | awk -F'|' -v lw=40 -v cw=11 -v peers=2 "$ROWS"'
 {
   split($1, a, " "); n = a[1]; c = a[2]; m = a[3]
   printf "%-40s%11s%11s %13s%11s %13s\n", "workload (messages/s)", "weave", "websockets", "ratio", "node ws", "ratio"

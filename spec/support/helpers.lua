@@ -13,6 +13,13 @@ local function readall(path)
   return s
 end
 
+--- fails(fn, ...) -> the error fn raised (the spec fails if it returns).
+function M.fails(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then error("expected an error", 2) end -- (busted's assert is not this module's global)
+  return err
+end
+
 local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 M.shquote = shquote
 
