@@ -1,24 +1,38 @@
 /*
 ** curl.c - libcurl's multi_socket API on the weave loop.
 ** The shape of curl's docs/examples/multi-uv.c, made safe under load:
-**  - one uv_poll_t per socket, attached with curl_multi_assign and freed
-**    only in its close callback;
+**  - one uv_poll_t per socket, freed only in its close callback;
 **  - one uv_timer_t per multi; a 0 ms timeout is a timer firing on the next
 **    turn, so curl is never called from inside its own callbacks;
 **  - curl_multi_info_read is drained after every socket_action;
-**  - poll errors are passed to curl as CURL_CSELECT_ERR.
+**  - a poll error is passed to curl as readable+writable (on_poll says why).
+** And one thing multi-uv.c does not do: a connection's poll outlives
+** CURL_POLL_REMOVE.  curl removes a keep-alive socket after each response
+** and adds it again for the next request on it; closing and re-making the
+** uv_poll_t costs seven syscalls a request (libuv's fd check, FIONBIO, the
+** epoll removes and adds).  Sockets curl opens through open_socket are ours
+** to track: REMOVE only marks such a poll unwanted (it stays in epoll; an
+** event on it then stops it), the next add finds it by fd, and close_socket,
+** which curl calls before closing one, closes its poll.  Other sockets (the
+** resolver's) are forgotten on REMOVE as in multi-uv.c.
 ** No Lua runs here: finished transfers are handed to transfer.c, which only
 ** wakes the waiting task.
 */
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "wvcurl.h"
 
-typedef struct {
+struct wv_sock {
   uv_poll_t poll;
   curl_socket_t fd;
   wv_session *s;
-} wv_sock;
+  int owned;  /* opened by open_socket: kept across REMOVE, closed by close_socket */
+  int events; /* what the poll watches (UV_READABLE|UV_WRITABLE), 0 when stopped */
+  int wanted; /* curl watches the socket (between an add and its REMOVE) */
+};
 
 static void drain_info(wv_session *s) {
   CURLMsg *msg;
@@ -37,6 +51,11 @@ static void drain_info(wv_session *s) {
 static void on_poll(uv_poll_t *h, int status, int events) {
   wv_sock *c = h->data;
   int flags = 0, running;
+  if (!c->wanted) { /* a parked keep-alive socket: readable means closed or junk */
+    uv_poll_stop(&c->poll);
+    c->events = 0;
+    return;
+  }
   /* A poll error (libuv reports POLLERR/POLLHUP as one) is handed to curl
   ** as readable+writable: curl then reads the reset itself and applies its
   ** own logic (a dead keep-alive connection is retried on a fresh one),
@@ -60,35 +79,102 @@ static void on_timeout(uv_timer_t *h) {
 
 static void free_sock(uv_handle_t *h) { free(h->data); }
 
+/* The session's record of socket fd (or NULL). */
+static wv_sock *sock_of(wv_session *s, curl_socket_t fd) {
+  return fd >= 0 && fd < s->nsocks ? s->socks[fd] : NULL;
+}
+
+/* A new poll for fd, filed under it. */
+static wv_sock *sock_new(wv_session *s, curl_socket_t fd, int owned) {
+  wv_sock *c;
+  if (fd < 0) return NULL;
+  if (fd >= s->nsocks) {
+    int n = s->nsocks ? s->nsocks : 64;
+    wv_sock **v;
+    while (n <= fd)
+      n *= 2;
+    if ((v = realloc(s->socks, (size_t)n * sizeof *v)) == NULL) return NULL;
+    memset(v + s->nsocks, 0, (size_t)(n - s->nsocks) * sizeof *v);
+    s->socks = v, s->nsocks = n;
+  }
+  if ((c = calloc(1, sizeof *c)) == NULL) return NULL;
+  if (uv_poll_init_socket(s->rt->loop, &c->poll, fd) != 0) {
+    free(c);
+    return NULL;
+  }
+  c->poll.data = c;
+  c->fd = fd;
+  c->s = s;
+  c->owned = owned;
+  s->socks[fd] = c;
+  return c;
+}
+
+static void sock_close(wv_sock *c) {
+  c->s->socks[c->fd] = NULL;
+  uv_close((uv_handle_t *)&c->poll, free_sock);
+}
+
 /* CURLMOPT_SOCKETFUNCTION: watch, re-watch or forget a socket. */
 static int socket_cb(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp) {
   wv_session *s = userp;
   wv_sock *c = socketp;
+  int events;
   (void)easy;
+  if (c == NULL) c = sock_of(s, fd);
   if (action == CURL_POLL_REMOVE) {
     if (c != NULL) {
-      uv_poll_stop(&c->poll);
-      uv_close((uv_handle_t *)&c->poll, free_sock);
-      curl_multi_assign(s->multi, fd, NULL);
+      c->wanted = 0;
+      if (!c->owned)
+        sock_close(c);
+      else
+        uv_unref((uv_handle_t *)&c->poll); /* a parked poll keeps no loop alive */
     }
     return 0;
   }
-  if (c == NULL) {
-    c = malloc(sizeof *c);
-    if (c == NULL) return -1;
-    c->fd = fd;
-    c->s = s;
-    if (uv_poll_init_socket(s->rt->loop, &c->poll, fd) != 0) {
-      free(c);
-      return -1;
-    }
-    c->poll.data = c;
+  if (c == NULL && (c = sock_new(s, fd, 0)) == NULL) return -1;
+  if (!c->wanted) {
     curl_multi_assign(s->multi, fd, c);
+    uv_ref((uv_handle_t *)&c->poll);
+    c->wanted = 1;
   }
-  uv_poll_start(&c->poll,
-                (action & CURL_POLL_IN ? UV_READABLE : 0) | (action & CURL_POLL_OUT ? UV_WRITABLE : 0),
-                on_poll);
+  events = (action & CURL_POLL_IN ? UV_READABLE : 0) | (action & CURL_POLL_OUT ? UV_WRITABLE : 0);
+  if (events != c->events) {
+    uv_poll_start(&c->poll, events, on_poll);
+    c->events = events;
+  }
   return 0;
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: the socket curl asked for, close-on-exec, and
+** a poll for it that lives until close_socket. */
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a) {
+  wv_session *s = clientp;
+  wv_sock *old;
+  curl_socket_t fd;
+  (void)purpose;
+  fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  if (fd < 0) return CURL_SOCKET_BAD;
+  if ((old = sock_of(s, fd)) != NULL) sock_close(old); /* cannot happen: closed behind our back */
+  if (sock_new(s, fd, 1) == NULL) {
+    close(fd);
+    return CURL_SOCKET_BAD;
+  }
+  return fd;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: curl closes a socket of open_socket's. */
+static int close_socket(void *clientp, curl_socket_t fd) {
+  wv_sock *c = sock_of(clientp, fd);
+  if (c != NULL) sock_close(c);
+  return close(fd);
+}
+
+void weave__socket_options(wv_session *s, CURL *e) {
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, s);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, s);
 }
 
 /* CURLMOPT_TIMERFUNCTION: (re)arm or stop the session's timer. */
@@ -150,8 +236,13 @@ void weave__session_close(wv_session *s) {
   for (i = 0; i < s->neasy; i++)
     curl_easy_cleanup(s->easypool[i]);
   s->neasy = 0;
-  if (s->multi) curl_multi_cleanup(s->multi); /* removes its sockets via socket_cb */
+  if (s->multi) curl_multi_cleanup(s->multi); /* closes its sockets via close_socket */
   s->multi = NULL;
+  for (i = 0; i < s->nsocks; i++)
+    if (s->socks[i] != NULL) sock_close(s->socks[i]);
+  free(s->socks);
+  s->socks = NULL;
+  s->nsocks = 0;
   weave__session_unshare(s);
   curl_slist_free_all(s->lines);
   s->lines = NULL;

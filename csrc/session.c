@@ -28,6 +28,7 @@ void weave__base_options(wv_session *s, CURL *e, long bufsize) {
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, bufsize);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  weave__socket_options(s, e);
   /* Redirects are followed by the façade, hop by hop (the method and body
   ** rules of RFC 9110, res.history, credentials kept to their origin). */
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);

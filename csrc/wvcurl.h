@@ -39,6 +39,7 @@ enum { WV_EASY_PLAIN, WV_EASY_TUNED, WV_EASY_DIRTY };
 
 typedef struct wv_session wv_session;
 typedef struct wv_xfer wv_xfer;
+typedef struct wv_sock wv_sock;
 
 /* A session: one multi handle (its own connection cache), a share handle
 ** for cookies and DNS, one uv timer, a uv poll per socket. */
@@ -59,6 +60,8 @@ struct wv_session {
   struct curl_slist *lines; /* the default header lines (uservalue 1 is their table) */
   char *spare[2];           /* buffers of finished transfers, kept for the next */
   size_t sparecap[2];
+  wv_sock **socks; /* curl.c's poll of each socket, by fd */
+  int nsocks;
 };
 
 /* A request spec, read from the façade's table in one pass (only the
@@ -121,6 +124,7 @@ struct wv_xfer {
 int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, long maxhost);
 void weave__session_close(wv_session *s);
 void weave__session_unshare(wv_session *s);
+void weave__socket_options(wv_session *s, CURL *e);
 
 /* session.c */
 CURL *weave__easy_take(wv_session *s, const wv_xfer *x, long bufsize, int *tuned);

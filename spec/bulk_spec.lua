@@ -165,6 +165,22 @@ describe("many API calls", function()
       end)
     end)
 
+    it("starts each attempt again from the request, not from where a redirect led", function()
+      run(function()
+        local s <close> = http.session { base_url = api.url, retry = { attempts = 3, backoff = 0.01 } }
+        local r = s:get("/moved/redir-retry?fail=1")
+        assert.are.equal(200, r.status)
+        assert.are.equal(2, r.attempts)
+        assert.are.equal(1, r.redirects)
+        assert.are.equal(api.url .. "/moved/redir-retry?fail=1", r.history[1].url)
+        local log = {}
+        for _, e in ipairs(seen(api, "/")) do
+          if e.path:find("redir-retry", 1, true) then log[#log + 1] = e.path:match("^/(%a+)/") .. " " .. e.status end
+        end
+        assert.are.same({ "moved 302", "flaky 503", "moved 302", "flaky 200" }, log)
+      end)
+    end)
+
     it("honours Retry-After in seconds: attempts at least 1 s apart", function()
       run(function()
         local s <close> = http.session { retry = true }

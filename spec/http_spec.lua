@@ -492,6 +492,31 @@ describe("weave.http", function()
       end)
     end)
 
+    it("an idle kept-alive connection the server closes: no busy loop, the next request reconnects", function()
+      run(function()
+        local s <close> = http.session {}
+        s:get(fault.url .. "/stats/reset")
+        assert.are.equal(200, s:get(fault.url .. "/close-idle?ms=30").status)
+        -- The connection is idle in the pool when its end arrives: the loop
+        -- must not spin on it (a busy loop would take about all of 0.3 s).
+        local c0 = os.clock()
+        sleep(0.3)
+        assert.is_true(os.clock() - c0 < 0.15, "CPU while idle: " .. (os.clock() - c0))
+        for i = 1, 3 do assert.are.equal(tostring(i), s:get(fault.url .. "/echo?i=" .. i):json().query.i) end
+        assert.are.equal(2, s:get(fault.url .. "/stats"):json().peers) -- the closed one and one new
+      end)
+    end)
+
+    it("idle kept-alive connections keep no run alive: a wait nothing can settle is a deadlock", function()
+      local ok, err = pcall(run, function()
+        local s = http.session {}
+        assert.are.equal(200, s:get(fault.url .. "/echo").status)
+        weave.Event():wait()
+      end)
+      assert.is_false(ok)
+      assert.are.equal("deadlock", err.kind)
+    end)
+
     it("max_per_host bounds concurrent connections seen at the server", function()
       run(function()
         local s <close> = http.session { max_per_host = 2 }

@@ -114,7 +114,10 @@ end
 -- base_url keeps its path: ".../v1" + "/users/42" -> ".../v1/users/42"
 -- (as httpx and aiohttp's base_url do); absolute URLs pass through.
 local function join_url(base, path)
-  if base == nil or path:find("^%a[%w+.-]*://") then return path end
+  if base == nil then return path end
+  local c1, c2 = path:byte(1, 2)
+  if c1 == 47 and c2 ~= 47 and base:byte(-1) ~= 47 then return base .. path end -- (the usual "/...")
+  if path:find("^%a[%w+.-]*://") then return path end
   if path == "" then return base end
   return (base:gsub("/*$", "")) .. "/" .. (path:gsub("^/+", ""))
 end
@@ -621,6 +624,47 @@ local function pick(opts, self, k)
   return v
 end
 
+-- The fields of req that come from options: the request's, else the
+-- session's.  Without request options they are the session's alone,
+-- computed once (s._reqdef) and copied.
+local function option_fields(req, opts, self, fname, url)
+  local timeout = pick(opts, self, "timeout")
+  if timeout == 0 then timeout = 1e-9 end -- no time at all (curl would read 0 as "none")
+  if opts.stream then
+    req.stream, req.stream_timeout = true, timeout
+  elseif timeout then
+    req.timeout, req.total_timeout = timeout, timeout
+  end
+  req.connect_timeout, req.read_timeout = pick(opts, self, "connect_timeout"), pick(opts, self, "read_timeout")
+  if req.connect_timeout == 0 then req.connect_timeout = 1e-9 end
+  if req.read_timeout == 0 then req.read_timeout = 1e-9 end
+  req.pool_timeout = pick(opts, self, "pool_timeout")
+  req.follow = pick(opts, self, "follow_redirects") ~= false
+  req.max_redirects = pick(opts, self, "max_redirects") or 10
+  if pick(opts, self, "verify") == false then req.verify = false end
+  req.ca_file, req.cert, req.key = pick(opts, self, "ca_file"), pick(opts, self, "cert"), pick(opts, self, "key")
+  req.key_password = pick(opts, self, "key_password")
+  local proxy = pick(opts, self, "proxy")
+  if proxy == false then req.noproxy = true else req.proxy = proxy end
+  req.http_version = pick(opts, self, "http_version")
+  local mb = pick(opts, self, "max_body_size")
+  if mb == nil then mb = GIB end
+  if mb ~= false then req.max_body_size = mb end
+  if opts.output then req.output = opts.output end
+  if opts.on_progress then req.progress, req.on_progress = true, opts.on_progress end
+  req.buffer_size = pick(opts, self, "buffer_size")
+  if pick(opts, self, "decode") == false then req.decode = false end
+  local auth = pick(opts, self, "auth")
+  if auth then set_auth(req, auth, fname, url) end
+  -- retry=: the request's (false turns the session's off), else the session's
+  local r = opts.retry
+  if r == nil then
+    req.retry = self._retry
+  else
+    req.retry = retry_policy(fname, r)
+  end
+end
+
 -- Turn request options into a spec.  Everything is checked here, before a
 -- slot is taken or a byte sent.
 local function build(self, opts, fname, url, method)
@@ -698,40 +742,11 @@ local function build(self, opts, fname, url, method)
   if body then req.body = body end
   if body_iter then req.body_iter, req.body_stream = body_iter, true end
   if opts.multipart then req.multipart = opts.multipart end
-  local timeout = pick(opts, self, "timeout")
-  if timeout == 0 then timeout = 1e-9 end -- no time at all (curl would read 0 as "none")
-  if opts.stream then
-    req.stream, req.stream_timeout = true, timeout
-  elseif timeout then
-    req.timeout, req.total_timeout = timeout, timeout
-  end
-  req.connect_timeout, req.read_timeout = pick(opts, self, "connect_timeout"), pick(opts, self, "read_timeout")
-  if req.connect_timeout == 0 then req.connect_timeout = 1e-9 end
-  if req.read_timeout == 0 then req.read_timeout = 1e-9 end
-  req.pool_timeout = pick(opts, self, "pool_timeout")
-  req.follow = pick(opts, self, "follow_redirects") ~= false
-  req.max_redirects = pick(opts, self, "max_redirects") or 10
-  if pick(opts, self, "verify") == false then req.verify = false end
-  req.ca_file, req.cert, req.key = pick(opts, self, "ca_file"), pick(opts, self, "cert"), pick(opts, self, "key")
-  req.key_password = pick(opts, self, "key_password")
-  local proxy = pick(opts, self, "proxy")
-  if proxy == false then req.noproxy = true else req.proxy = proxy end
-  req.http_version = pick(opts, self, "http_version")
-  local mb = pick(opts, self, "max_body_size")
-  if mb == nil then mb = GIB end
-  if mb ~= false then req.max_body_size = mb end
-  if opts.output then req.output = opts.output end
-  if opts.on_progress then req.progress, req.on_progress = true, opts.on_progress end
-  req.buffer_size = pick(opts, self, "buffer_size")
-  if pick(opts, self, "decode") == false then req.decode = false end
-  local auth = pick(opts, self, "auth")
-  if auth then set_auth(req, auth, fname, url) end
-  -- retry=: the request's (false turns the session's off), else the session's
-  local r = opts.retry
-  if r == nil then
-    req.retry = self._retry
+  local def = rawget(self, "_reqdef")
+  if opts == EMPTY and def then
+    for k, v in next, def do req[k] = v end
   else
-    req.retry = retry_policy(fname, r)
+    option_fields(req, opts, self, fname, url)
   end
   if (self.per_host_rate or self.max_per_host) and not req.host then req.host = origin_of(url) end
   return req
@@ -760,27 +775,32 @@ local function acquire(self, req)
   end
 end
 
+-- A start from limiter rl, waited for until deadline (pool_timeout).
+local function take_token(self, req, deadline, rl)
+  if not (rl.turn:locked() or window_try(rl)) then return end
+  self._queued = self._queued + 1
+  local ok, got = pcall(weave.move_on_after, deadline and math.max(0, deadline - now()) or nil, window_acquire, rl)
+  self._queued = self._queued - 1
+  if not ok then error(got, 0) end
+  if not got then
+    error(http_error("timeout", ("%s: pool timeout: no rate-limit token within %g s"):format(req.fname,
+      req.pool_timeout), req.url), 0)
+  end
+end
+
 -- A token of the session's rate limits (per host, then overall), within
 -- pool_timeout: never more than the limits in any window.
 local function take_tokens(self, req, deadline)
-  local limiters = { self._hostrates and self._hostrates[req.host], self._rate }
-  if self._hostrates and not limiters[1] then
-    limiters[1] = rate_limiter("http.session", "per_host_rate", self.per_host_rate)
-    self._hostrates[req.host] = limiters[1]
-  end
-  for i = 1, 2 do
-    local rl = limiters[i]
-    if rl and (rl.turn:locked() or window_try(rl)) then
-      self._queued = self._queued + 1
-      local ok, got = pcall(weave.move_on_after, deadline and math.max(0, deadline - now()) or nil, window_acquire, rl)
-      self._queued = self._queued - 1
-      if not ok then error(got, 0) end
-      if not got then
-        error(http_error("timeout", ("%s: pool timeout: no rate-limit token within %g s"):format(req.fname,
-          req.pool_timeout), req.url), 0)
-      end
+  local hostrates = self._hostrates
+  if hostrates then
+    local rl = hostrates[req.host]
+    if not rl then
+      rl = rate_limiter("http.session", "per_host_rate", self.per_host_rate)
+      hostrates[req.host] = rl
     end
+    take_token(self, req, deadline, rl)
   end
+  if self._rate then take_token(self, req, deadline, self._rate) end
 end
 
 local function admit(self, req)
@@ -964,6 +984,10 @@ local function discard(res)
   res:close()
 end
 
+-- The fields a redirect may change, to start each retry from the request.
+local HOPPED = { "url", "method", "headers", "body", "body_iter", "body_stream", "multipart", "cookie", "username",
+  "password", "auth_type" }
+
 local function follow(self, req, res)
   local history = {}
   while res.redirect_url and REDIRECT[res.status] and req.follow do
@@ -980,6 +1004,11 @@ local function follow(self, req, res)
       error(http_error("protocol", ("%s: redirect to a URL that is not http(s): %s"):format(req.fname,
         safe_url(res.redirect_url)), res.url), 0)
     end
+    if not req.saved then -- (what a retry starts again from)
+      local saved = {}
+      for _, k in ipairs(HOPPED) do saved[k] = req[k] end
+      req.saved = saved
+    end
     next_hop(res, req)
     if req.total_timeout and not req.deadline then req.deadline = now() + req.total_timeout - res.elapsed end
     res = hop(self, req)
@@ -991,9 +1020,6 @@ end
 ---------------------------------------------------------------------------
 -- The pipeline
 
--- The fields a redirect may change, to start each retry from the request.
-local HOPPED = { "url", "method", "headers", "body", "body_iter", "body_stream", "multipart", "cookie", "username",
-  "password", "auth_type" }
 
 -- Full jitter (AWS's "exponential backoff and jitter"): a random wait in
 -- [0, min(max_backoff, backoff * 2^(n-1))].
@@ -1012,11 +1038,6 @@ local function perform(self, opts, fname, url, method)
   self._requests = self._requests + 1
   local policy = req.retry
   if policy and not policy.methods[req.method] then policy = nil end -- (idempotent methods only, unless asked)
-  local saved
-  if policy then
-    saved = {}
-    for _, k in ipairs(HOPPED) do saved[k] = req[k] end
-  end
   local n = 0
   while true do
     n = n + 1
@@ -1074,7 +1095,10 @@ local function perform(self, opts, fname, url, method)
     release(self, req)
     self._retries = self._retries + 1
     weave.sleep(delay)
-    for _, k in ipairs(HOPPED) do req[k] = saved[k] end
+    local saved = req.saved -- (a redirect changed the request: start again from it)
+    if saved then
+      for _, k in ipairs(HOPPED) do req[k] = saved[k] end
+    end
   end
 end
 
@@ -1324,6 +1348,10 @@ function M.session(opts)
     rate_limiter("http.session", "per_host_rate", opts.per_host_rate) -- (checked now; one per host, made on use)
     s._hostrates = {}
   end
+  -- The option fields of a request without options (build copies them).
+  local def = {}
+  option_fields(def, EMPTY, s, "http.session", nil)
+  s._reqdef = def
   s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout or s._retry
     or s._rate or s._hostrates or s.on_request or s.on_response)
   s._s = core.http_session { cookies = opts.cookies ~= false, max_connections = maxc, max_per_host = opts.max_per_host,

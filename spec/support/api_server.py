@@ -21,6 +21,7 @@ Endpoints (any method; a request body is read and ignored):
                 Retry-After: S seconds, or an HTTP-date S seconds ahead when
                 date=1), the next ones 200 {"key":, "attempt":}; no rate limit,
                 no random errors
+  /moved/<key>?...  302 to /flaky/<key>?... (the same query)
   /stats        {"total":, "ok":, "s429":, "s503":, "statuses": {...},
                  "max_window":, "max_window_ok":, "hosts": {...}}: what the
                 API paths (/item, /flaky) saw; max_window is the most requests
@@ -46,7 +47,7 @@ import socket
 import sys
 import time
 
-REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 429: b"Too Many Requests",
+REASONS = {200: b"OK", 302: b"Found", 400: b"Bad Request", 404: b"Not Found", 429: b"Too Many Requests",
            500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
            504: b"Gateway Timeout"}
 MAX_HEAD = 64 * 1024
@@ -120,6 +121,10 @@ class Api:
                 return self.count(t, method, path, host, status, b'{"error":"flaky"}', extra)
             body = json.dumps({"key": key, "attempt": k}).encode()
             return self.count(t, method, path, host, 200, body, b"")
+        if path.startswith("/moved/"):
+            qs = "&".join("%s=%s" % kv for kv in query.items())
+            loc = "/flaky/" + path[7:] + ("?" + qs if qs else "")
+            return self.count(t, method, path, host, 302, b"", b"Location: %s\r\n" % loc.encode())
         return self.count(t, method, path, host, 404, b'{"error":"not found"}', b"")
 
     def count(self, t, method, path, host, status, body, extra):

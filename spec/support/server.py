@@ -284,6 +284,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wait_client_gone(30)
             self.close_connection = True
             return
+        if path == "/close-idle":
+            # Answered as a kept-alive connection, then closed while idle
+            # after ms (as a server's keep-alive timeout does).
+            self.send(200, "ok; closed %s ms from now" % q.get("ms", "50"))
+            self.wfile.flush()
+            time.sleep(int(q.get("ms", "50")) / 1000.0)
+            self.close_connection = True
+            return
         if path == "/reset":
             self.send_response(200)
             self.send_header("Content-Length", "100000")
