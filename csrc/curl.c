@@ -188,8 +188,21 @@ static int timer_cb(CURLM *multi, long ms, void *userp) {
   return 0;
 }
 
+/* Any of the variables libcurl takes a proxy from (ALL_PROXY for any scheme;
+** HTTP_PROXY it ignores, but a session that sees it leaves the choice to
+** libcurl, transfer by transfer). */
+static int env_proxy(void) {
+  static const char *const VARS[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                                     "ALL_PROXY"};
+  size_t i;
+  for (i = 0; i < sizeof VARS / sizeof VARS[0]; i++)
+    if (getenv(VARS[i]) != NULL) return 1;
+  return 0;
+}
+
 int weave__session_init(wv_session *s, wv_rt *rt, int cookies, long maxconn, long maxhost) {
   s->rt = rt;
+  s->noenvproxy = !env_proxy();
   s->cookies = cookies;
   s->multi = curl_multi_init();
   s->share = curl_share_init();
@@ -246,6 +259,7 @@ void weave__session_close(wv_session *s) {
   weave__session_unshare(s);
   curl_slist_free_all(s->lines);
   s->lines = NULL;
+  weave__set_base_strs(s, NULL);
   free(s->spare[0]);
   free(s->spare[1]);
   s->spare[0] = s->spare[1] = NULL;

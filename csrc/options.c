@@ -110,13 +110,33 @@ void weave__read_spec(lua_State *L, int idx, wv_spec *sp) {
   }
 }
 
+/* A string option as the session has it (both unset, or equal). */
+static int same_str(const char *a, const char *b) { return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0); }
+
+/* The session's own string options (ca_file, cert, auth, a Cookie
+** header...): every handle of the session gets them when made or reset, so
+** requests that carry the same need neither a reset nor setting them. */
+void weave__set_base_strs(wv_session *s, const wv_spec *sp) {
+  size_t i;
+  for (i = 0; i < NSTROPTS; i++) {
+    free(s->strs[i]);
+    s->strs[i] = sp != NULL && sp->strs[i] != NULL ? strdup(sp->strs[i]) : NULL;
+  }
+}
+
+void weave__base_strs(const wv_session *s, CURL *e) {
+  size_t i;
+  for (i = 0; i < NSTROPTS; i++)
+    if (s->strs[i] != NULL) curl_easy_setopt(e, STROPTS[i].opt, s->strs[i]);
+}
+
 /* Options beyond a plain GET make the handle "dirty": before its next use
 ** it gets a full curl_easy_reset.  A clean handle is reused as curl intends,
 ** without a reset: every per-request option is set each time. */
-int weave__spec_dirty(const wv_spec *sp) {
+int weave__spec_dirty(const wv_session *s, const wv_spec *sp) {
   size_t i;
   for (i = 0; i < NSTROPTS; i++)
-    if (sp->strs[i] != NULL) return 1;
+    if (!same_str(sp->strs[i], s->strs[i])) return 1;
   return sp->proxy || sp->noproxy || sp->output || sp->progress || sp->body_stream || sp->body ||
          sp->multipart || sp->auth_type || !sp->decode ||
          (sp->method != NULL && strcmp(sp->method, "GET") != 0) || sp->buffer_size > 0;
@@ -229,8 +249,10 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
     curl_easy_setopt(e, CURLOPT_PIPEWAIT,
                      https && (v == CURL_HTTP_VERSION_NONE || v == CURL_HTTP_VERSION_2TLS));
   }
+  /* (a handle has the session's strings; one the request lacks, as the
+  ** credentials a redirect to another origin drops, is unset: NULL) */
   for (i = 0; i < NSTROPTS; i++)
-    if (sp->strs[i] != NULL && curl_easy_setopt(e, STROPTS[i].opt, sp->strs[i]) != CURLE_OK) {
+    if (!same_str(sp->strs[i], s->strs[i]) && curl_easy_setopt(e, STROPTS[i].opt, sp->strs[i]) != CURLE_OK) {
       lua_pushfstring(L, "option %s is not usable (too long?)", STROPTS[i].name);
       return lua_tostring(L, -1);
     }

@@ -29,6 +29,10 @@ void weave__base_options(wv_session *s, CURL *e, long bufsize) {
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, bufsize);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   weave__socket_options(s, e);
+  weave__base_strs(s, e);
+  /* No proxy in the environment: say so once, instead of libcurl reading
+  ** six variables through the whole environment for every transfer. */
+  if (s->noenvproxy) curl_easy_setopt(e, CURLOPT_PROXY, "");
   /* Redirects are followed by the façade, hop by hop (the method and body
   ** rules of RFC 9110, res.history, credentials kept to their origin). */
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
@@ -265,6 +269,19 @@ static int s_set_lines(lua_State *L) {
   return 0;
 }
 
+/* session:set_base(spec): the session's own string options, from the spec
+** of a request without options (set before its first request). */
+static int s_set_base(lua_State *L) {
+  wv_session *s = weave__checksession(L, 1);
+  wv_spec sp;
+  weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
+  if (s->active != NULL || s->neasy > 0)
+    return weave__raise(L, "invalid_state", "weave.http: set_base after the session's first request");
+  weave__read_spec(L, 2, &sp);
+  weave__set_base_strs(s, &sp);
+  return 0;
+}
+
 /* session:active() -> number of running transfers */
 static int s_active(lua_State *L) {
   wv_session *s = weave__checkudata(L, 1, WV_SESSION_MT, "Session:active");
@@ -279,6 +296,7 @@ static int s_active(lua_State *L) {
 void weave__sessionlib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg meths[] = {{"active", s_active},
                                    {"set_lines", s_set_lines},
+                                   {"set_base", s_set_base},
                                    {"cookies", s_cookies},
                                    {"cookie_command", s_cookie_command},
                                    {NULL, NULL}};

@@ -484,7 +484,7 @@ static int l_http_new(lua_State *L) {
   x->s = s;
   x->rtm.idx = -1;
   x->rtm.cb = xfer_timer;
-  x->dirty = weave__spec_dirty(&sp);
+  x->dirty = weave__spec_dirty(s, &sp);
   x->plain = weave__spec_plain(&sp);
   x->stream = sp.stream;
   x->upload = sp.body_stream;

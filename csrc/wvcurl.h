@@ -50,6 +50,7 @@ struct wv_session {
   uv_timer_t *timer;
   int closed;
   int cookies;                          /* the share holds a cookie jar */
+  int noenvproxy;                       /* no proxy in the environment when it was made */
   int users;                            /* easy handles outside the pool still using the share */
   wv_xfer *active;                      /* running transfers */
   CURL *easypool[WV_EASYPOOL];          /* finished handles kept for reuse */
@@ -60,6 +61,7 @@ struct wv_session {
   struct curl_slist *lines; /* the default header lines (uservalue 1 is their table) */
   char *spare[2];           /* buffers of finished transfers, kept for the next */
   size_t sparecap[2];
+  char *strs[8];   /* the session's own string options (options.c's STROPTS), set on every handle */
   wv_sock **socks; /* curl.c's poll of each socket, by fd */
   int nsocks;
 };
@@ -139,7 +141,9 @@ wv_session *weave__checksession(lua_State *L, int idx);
 /* options.c */
 void weave__read_spec(lua_State *L, int idx, wv_spec *sp);
 const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned, int hdridx);
-int weave__spec_dirty(const wv_spec *sp);
+int weave__spec_dirty(const wv_session *s, const wv_spec *sp);
+void weave__base_strs(const wv_session *s, CURL *e);
+void weave__set_base_strs(wv_session *s, const wv_spec *sp);
 int weave__spec_plain(const wv_spec *sp);
 
 /* transfer.c */

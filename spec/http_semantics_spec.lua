@@ -222,6 +222,17 @@ describe("http semantics", function()
         e = http.get(fault.url .. "/redirect-to?code=302&location=/echo", { headers = { Authorization = "Bearer t" } })
           :json()
         assert.are.equal("Bearer t", e.headers.authorization)
+        -- a session's own auth= and Cookie header: the same, also on the
+        -- handles its earlier requests leave for reuse
+        local s <close> = http.session { auth = { "u", "p" }, headers = { Cookie = "c=1" } }
+        for _ = 1, 2 do
+          e = s:get(fault.url .. "/echo"):json()
+          assert.matches("^Basic ", e.headers.authorization)
+          assert.are.equal("c=1", e.headers.cookie)
+          e = s:get(fault.url .. to):json()
+          assert.is_nil(e.headers.authorization)
+          assert.is_nil(e.headers.cookie)
+        end
       end)
     end)
   end)

@@ -1357,6 +1357,7 @@ function M.session(opts)
   s._s = core.http_session { cookies = opts.cookies ~= false, max_connections = maxc, max_per_host = opts.max_per_host,
     cookie_file = opts.cookie_file }
   s._s:set_lines(s._lines)
+  s._s:set_base(spec)
   return s
 end
 
