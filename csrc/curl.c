@@ -192,8 +192,8 @@ static int timer_cb(CURLM *multi, long ms, void *userp) {
 ** HTTP_PROXY it ignores, but a session that sees it leaves the choice to
 ** libcurl, transfer by transfer). */
 static int env_proxy(void) {
-  static const char *const VARS[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                                     "ALL_PROXY"};
+  static const char *const VARS[] = {"http_proxy",  "HTTP_PROXY", "https_proxy",
+                                     "HTTPS_PROXY", "all_proxy",  "ALL_PROXY"};
   size_t i;
   for (i = 0; i < sizeof VARS / sizeof VARS[0]; i++)
     if (getenv(VARS[i]) != NULL) return 1;

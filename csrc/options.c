@@ -111,7 +111,9 @@ void weave__read_spec(lua_State *L, int idx, wv_spec *sp) {
 }
 
 /* A string option as the session has it (both unset, or equal). */
-static int same_str(const char *a, const char *b) { return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0); }
+static int same_str(const char *a, const char *b) {
+  return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
 
 /* The session's own string options (ca_file, cert, auth, a Cookie
 ** header...): every handle of the session gets them when made or reset, so

@@ -206,11 +206,45 @@ void weave__push_xfer_error(lua_State *L, wv_xfer *x) {
   lua_settop(L, e);
 }
 
+/* The field names of a response table, pushed as upvalues 2.. of the C
+** functions that make one: setting a field is then a rawset with a key
+** already interned (lua_setfield looks each name up again). */
+static const char *const KEYS[WV_RESPONSE_KEYS] = {
+    "status", "ok",          "reason",       "http_version",   "url", "elapsed", "headers",
+    "body",   "retry_after", "redirect_url", "new_connections"};
+enum {
+  K_STATUS = 2,
+  K_OK,
+  K_REASON,
+  K_VERSION,
+  K_URL,
+  K_ELAPSED,
+  K_HEADERS,
+  K_BODY,
+  K_RETRY,
+  K_REDIRECT,
+  K_CONNS
+};
+
+void weave__push_response_keys(lua_State *L) {
+  int i;
+  for (i = 0; i < WV_RESPONSE_KEYS; i++)
+    lua_pushstring(L, KEYS[i]);
+}
+
+/* Set the value on top of the stack as field k (an upvalue index) of t. */
+static void setkey(lua_State *L, int t, int k) {
+  lua_pushvalue(L, lua_upvalueindex(k));
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+
 /* Set the response fields on the table at t: status, ok, reason,
 ** http_version, url, elapsed, headers (the raw "Name: value\n" block, made
 ** a Headers object by the façade and parsed only when looked at),
-** redirect_url (a 3xx with a Location). */
-void weave__fill_response(lua_State *L, wv_xfer *x, int t) {
+** redirect_url (a 3xx with a Location); with `body` (or not) the body.
+** Called from a function with the response keys as upvalues. */
+void weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
   long code = 0, ver = 0;
   char *url = NULL;
   curl_off_t total_us = 0;
@@ -218,43 +252,47 @@ void weave__fill_response(lua_State *L, wv_xfer *x, int t) {
   curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &conns);
   if (conns > 0) { /* (a new connection: counted by s:stats()) */
     lua_pushinteger(L, conns);
-    lua_setfield(L, t, "new_connections");
+    setkey(L, t, K_CONNS);
   }
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
   curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &ver);
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME_T, &total_us);
   lua_pushinteger(L, code);
-  lua_setfield(L, t, "status");
+  setkey(L, t, K_STATUS);
   lua_pushboolean(L, code >= 200 && code < 300);
-  lua_setfield(L, t, "ok");
+  setkey(L, t, K_OK);
   lua_pushstring(L, x->reason[0] != '\0' ? x->reason : standard_reason(code));
-  lua_setfield(L, t, "reason");
+  setkey(L, t, K_REASON);
   lua_pushstring(L, ver == CURL_HTTP_VERSION_2_0   ? "2"
                     : ver == CURL_HTTP_VERSION_3   ? "3"
                     : ver == CURL_HTTP_VERSION_1_0 ? "1.0"
                                                    : "1.1");
-  lua_setfield(L, t, "http_version");
+  setkey(L, t, K_VERSION);
   if (url != NULL) {
     weave__push_safe_url(L, url);
-    lua_setfield(L, t, "url");
+    setkey(L, t, K_URL);
   }
   lua_pushnumber(L, (double)total_us / 1e6);
-  lua_setfield(L, t, "elapsed");
+  setkey(L, t, K_ELAPSED);
   lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
-  lua_setfield(L, t, "headers");
+  setkey(L, t, K_HEADERS);
   if (code == 429 || code == 503) { /* (seconds, from either form of Retry-After) */
     curl_off_t ra = -1;
     if (curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0) {
       lua_pushinteger(L, (lua_Integer)ra);
-      lua_setfield(L, t, "retry_after");
+      setkey(L, t, K_RETRY);
     }
   }
   if (code >= 300 && code < 400) {
     char *loc = NULL;
     if (curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK && loc != NULL) {
       lua_pushstring(L, loc);
-      lua_setfield(L, t, "redirect_url");
+      setkey(L, t, K_REDIRECT);
     }
+  }
+  if (body) {
+    weave__push_body(L, x);
+    setkey(L, t, K_BODY);
   }
 }

@@ -107,7 +107,11 @@ void weave__spare_give(wv_session *s, int i, wv_wbuf *b) {
 }
 
 wv_session *weave__checksession(lua_State *L, int idx) {
-  wv_session *s = weave__checkud(L, idx, weave__rt(L)->sessmt, WV_SESSION_MT);
+  return weave__checksession_rt(L, idx, weave__rt(L));
+}
+
+wv_session *weave__checksession_rt(lua_State *L, int idx, wv_rt *rt) {
+  wv_session *s = weave__checkud(L, idx, rt->sessmt, WV_SESSION_MT);
   if (s->closed) weave__raise(L, "closed", "weave.http: the session is closed");
   return s;
 }
@@ -294,12 +298,9 @@ static int s_active(lua_State *L) {
 }
 
 void weave__sessionlib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg meths[] = {{"active", s_active},
-                                   {"set_lines", s_set_lines},
-                                   {"set_base", s_set_base},
-                                   {"cookies", s_cookies},
-                                   {"cookie_command", s_cookie_command},
-                                   {NULL, NULL}};
+  static const luaL_Reg meths[] = {
+      {"active", s_active},   {"set_lines", s_set_lines},           {"set_base", s_set_base},
+      {"cookies", s_cookies}, {"cookie_command", s_cookie_command}, {NULL, NULL}};
   weave__weaktable(L, &SESSIONS, "k");
   weave__onclose(rt, closeall);
   weave__class(L, rt, WV_SESSION_MT, meths, s_close);

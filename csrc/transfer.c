@@ -29,6 +29,9 @@
 
 #include "wvcurl.h"
 
+/* A Transfer method's runtime: its upvalue 1. */
+#define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
+
 const char weave__XFER_MT = 'x'; /* registry: the Transfer metatable */
 
 #define WV_STREAM_HIGHWATER (256 * 1024)
@@ -391,6 +394,10 @@ wv_xfer *weave__checkxfer(lua_State *L, int idx) {
   return weave__checkud(L, idx, weave__rt(L)->xfermt, WV_XFER_MT);
 }
 
+/* The same, in a Transfer method (its upvalue 1 is the runtime: no registry
+** lookup on the way of every request). */
+static wv_xfer *checkself(lua_State *L) { return weave__checkud(L, 1, getrt(L)->xfermt, WV_XFER_MT); }
+
 /* A finished, released transfer of session s that can be made anew. */
 static wv_xfer *reusable(lua_State *L, int idx, wv_session *s) {
   wv_xfer *x;
@@ -441,7 +448,7 @@ static const char *clean_url(lua_State *L, const char *url, size_t len) {
 ** requests).  old, a finished transfer of the session, is reused if it can
 ** be: no new userdata, and no finalizer for the GC to run. */
 static int l_http_new(lua_State *L) {
-  wv_session *s = weave__checksession(L, 1);
+  wv_session *s = weave__checksession_rt(L, 1, getrt(L));
   wv_xfer *x;
   wv_spec sp;
   const char *err;
@@ -558,7 +565,7 @@ static int xfer_start(lua_State *L, wv_xfer *x) {
 }
 
 /* xfer:start() */
-static int x_start(lua_State *L) { return xfer_start(L, weave__checkxfer(L, 1)); }
+static int x_start(lua_State *L) { return xfer_start(L, checkself(L)); }
 
 static void wait_unblock(wv_rt *rt, wv_task *t) {
   wv_xfer *x = t->wdata;
@@ -628,8 +635,8 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* xfer:wait() -> "headers" | "data" | "need_body" | "progress" | "done" */
 static int x_wait(lua_State *L) {
-  wv_rt *rt = weave__rt(L);
-  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_rt *rt = getrt(L);
+  wv_xfer *x = checkself(L);
   wv_task *t;
   lua_settop(L, 1);
   if ((t = weave__enter(L, rt, "weave.http")) == NULL)
@@ -666,7 +673,7 @@ void weave__push_body(lua_State *L, wv_xfer *x) {
 ** when progress is to be reported; resumes a transfer paused by a slow
 ** consumer. */
 static int x_take(lua_State *L) {
-  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_xfer *x = checkself(L);
   weave__push_body(L, x);
   x->events &= ~EV_DATA;
   lua_pushboolean(L, (x->events & EV_PROGRESS) != 0);
@@ -681,7 +688,7 @@ static int x_take(lua_State *L) {
 
 /* xfer:feed(chunk | nil): the next piece of a streamed request body. */
 static int x_feed(lua_State *L) {
-  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_xfer *x = checkself(L);
   size_t n = 0;
   const char *p = luaL_optlstring(L, 2, NULL, &n);
   if (x->upoff > 0 && x->upoff == x->up.len) x->up.len = x->upoff = 0;
@@ -698,7 +705,7 @@ static int x_feed(lua_State *L) {
 
 /* xfer:progress() -> dlnow, dltotal|nil, ulnow, ultotal|nil */
 static int x_progress(lua_State *L) {
-  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_xfer *x = checkself(L);
   lua_pushinteger(L, (lua_Integer)x->dlnow);
   if (x->dltotal > 0)
     lua_pushinteger(L, (lua_Integer)x->dltotal);
@@ -714,16 +721,16 @@ static int x_progress(lua_State *L) {
 
 /* xfer:response() -> a new table with the response fields (no body) */
 static int x_response(lua_State *L) {
-  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_xfer *x = checkself(L);
   lua_settop(L, 1);
-  lua_createtable(L, 0, 10);
-  weave__fill_response(L, x, 2);
+  lua_createtable(L, 0, 8);
+  weave__fill_response(L, x, 2, 0);
   return 1;
 }
 
 /* xfer:check(): raise the transfer's error object if it failed. */
 static int x_check(lua_State *L) {
-  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_xfer *x = checkself(L);
   if (weave__xfer_failed(x)) {
     weave__push_xfer_error(L, x);
     return lua_error(L);
@@ -741,11 +748,7 @@ static int fetch_done(lua_State *L, wv_xfer *x) {
     return lua_error(L);
   }
   lua_createtable(L, 0, 8); /* the fields of a plain Response */
-  weave__fill_response(L, x, 2);
-  if (!x->to_file) {
-    weave__push_body(L, x);
-    lua_setfield(L, 2, "body");
-  }
+  weave__fill_response(L, x, 2, !x->to_file);
   weave__xfer_release(x);
   return 1;
 }
@@ -769,8 +772,8 @@ static int fetch_k(lua_State *L, int status, lua_KContext ctx) {
 ** start a plain transfer (not streamed, no upload function, no progress),
 ** wait for it to finish and read it, in one call. */
 static int x_fetch(lua_State *L) {
-  wv_rt *rt = weave__rt(L);
-  wv_xfer *x = weave__checkxfer(L, 1);
+  wv_rt *rt = getrt(L);
+  wv_xfer *x = checkself(L);
   wv_task *t;
   lua_settop(L, 1);
   if ((t = weave__enter(L, rt, "weave.http")) == NULL)
@@ -815,7 +818,7 @@ static int x_close(lua_State *L) {
 }
 
 static int x_done(lua_State *L) {
-  lua_pushboolean(L, weave__checkxfer(L, 1)->state == XS_DONE);
+  lua_pushboolean(L, checkself(L)->state == XS_DONE);
   return 1;
 }
 
@@ -854,15 +857,28 @@ static void describe(lua_State *L, wv_task *t) {
 }
 
 void weave__xferlib(lua_State *L, wv_rt *rt) {
-  static const luaL_Reg meths[] = {
-      {"start", x_start},       {"wait", x_wait},   {"take", x_take},         {"feed", x_feed},
-      {"progress", x_progress}, {"check", x_check}, {"response", x_response}, {"done", x_done},
-      {"fetch", x_fetch},       {NULL, NULL}};
+  static const luaL_Reg meths[] = {{"start", x_start}, {"wait", x_wait},   {"take", x_take},
+                                   {"feed", x_feed},   {"check", x_check}, {"progress", x_progress},
+                                   {"done", x_done},   {NULL, NULL}};
+  /* These two make a response table: the runtime and its field names are
+  ** their upvalues (response.c). */
+  static const luaL_Reg makers[] = {{"response", x_response}, {"fetch", x_fetch}, {NULL, NULL}};
+  const luaL_Reg *m;
   weave__class(L, rt, WV_XFER_MT, meths, x_close);
+  luaL_getmetatable(L, WV_XFER_MT);
+  lua_getfield(L, -1, "__index");
+  for (m = makers; m->name != NULL; m++) {
+    lua_pushlightuserdata(L, rt);
+    weave__push_response_keys(L);
+    lua_pushcclosure(L, m->func, 1 + WV_RESPONSE_KEYS);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pop(L, 2);
   weave__describer(rt, wait_unblock, describe);
   luaL_getmetatable(L, WV_XFER_MT);
   rt->xfermt = lua_topointer(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &weave__XFER_MT);
-  lua_pushcfunction(L, l_http_new);
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, l_http_new, 1);
   lua_setfield(L, -2, "http_new");
 }

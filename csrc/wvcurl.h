@@ -137,6 +137,7 @@ void weave__base_options(wv_session *s, CURL *e, long bufsize);
 void weave__sessionlib(lua_State *L, wv_rt *rt);
 struct curl_slist *weave__slist_of(lua_State *L, int idx);
 wv_session *weave__checksession(lua_State *L, int idx);
+wv_session *weave__checksession_rt(lua_State *L, int idx, wv_rt *rt);
 
 /* options.c */
 void weave__read_spec(lua_State *L, int idx, wv_spec *sp);
@@ -158,7 +159,9 @@ void weave__push_body(lua_State *L, wv_xfer *x);
 extern const char weave__XFER_MT;
 
 /* response.c */
-void weave__fill_response(lua_State *L, wv_xfer *x, int t);
+void weave__fill_response(lua_State *L, wv_xfer *x, int t, int body);
+void weave__push_response_keys(lua_State *L);
+#define WV_RESPONSE_KEYS 11
 int weave__xfer_failed(const wv_xfer *x);
 void weave__push_xfer_error(lua_State *L, wv_xfer *x);
 void weave__push_safe_url(lua_State *L, const char *url);
