@@ -55,4 +55,6 @@ void weave__httplib(lua_State *L, wv_rt *rt) {
   lua_setfield(L, -2, "accept_encoding");
   lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
   lua_setfield(L, -2, "http2");
+  lua_pushcfunction(L, weave__http_classes);
+  lua_setfield(L, -2, "http_classes");
 }

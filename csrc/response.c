@@ -207,11 +207,12 @@ void weave__push_xfer_error(lua_State *L, wv_xfer *x) {
 }
 
 /* The field names of a response table, pushed as upvalues 2.. of the C
-** functions that make one: setting a field is then a rawset with a key
-** already interned (lua_setfield looks each name up again). */
+** functions that make one (then the Response and Headers metatables, set by
+** core.http_classes): setting a field is a rawset with a key already
+** interned (lua_setfield would look each name up again). */
 static const char *const KEYS[WV_RESPONSE_KEYS] = {
-    "status", "ok",          "reason",       "http_version",   "url", "elapsed", "headers",
-    "body",   "retry_after", "redirect_url", "new_connections"};
+    "status", "ok",          "reason",       "http_version",    "url", "elapsed", "headers",
+    "body",   "retry_after", "redirect_url", "new_connections", "_raw"};
 enum {
   K_STATUS = 2,
   K_OK,
@@ -223,27 +224,50 @@ enum {
   K_BODY,
   K_RETRY,
   K_REDIRECT,
-  K_CONNS
+  K_CONNS,
+  K_RAW,
+  U_RESPONSE,
+  U_HEADERS
 };
 
-void weave__push_response_keys(lua_State *L) {
+void weave__push_response_upvalues(lua_State *L) {
   int i;
   for (i = 0; i < WV_RESPONSE_KEYS; i++)
     lua_pushstring(L, KEYS[i]);
+  lua_pushnil(L); /* the Response and Headers metatables */
+  lua_pushnil(L);
 }
 
-/* Set the value on top of the stack as field k (an upvalue index) of t. */
-static void setkey(lua_State *L, int t, int k) {
-  lua_pushvalue(L, lua_upvalueindex(k));
-  lua_insert(L, -2);
-  lua_rawset(L, t);
+/* core.http_classes(Response, Headers): the metatables of the tables
+** xfer:fetch() and xfer:response() return (the façade's classes). */
+int weave__http_classes(lua_State *L) {
+  static const char *const MAKERS[] = {"fetch", "response"};
+  size_t i;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_getmetatable(L, WV_XFER_MT);
+  lua_getfield(L, -1, "__index");
+  for (i = 0; i < sizeof MAKERS / sizeof MAKERS[0]; i++) {
+    lua_getfield(L, -1, MAKERS[i]);
+    lua_pushvalue(L, 1);
+    lua_setupvalue(L, -2, U_RESPONSE);
+    lua_pushvalue(L, 2);
+    lua_setupvalue(L, -2, U_HEADERS);
+    lua_pop(L, 1);
+  }
+  return 0;
 }
+
+/* Push the key of field k (an upvalue index): the value is pushed next and
+** the pair set with lua_rawset. */
+#define KEY(L, k) lua_pushvalue(L, lua_upvalueindex(k))
 
 /* Set the response fields on the table at t: status, ok, reason,
-** http_version, url, elapsed, headers (the raw "Name: value\n" block, made
-** a Headers object by the façade and parsed only when looked at),
-** redirect_url (a 3xx with a Location); with `body` (or not) the body.
-** Called from a function with the response keys as upvalues. */
+** http_version, url, elapsed, headers (the raw "Name: value\n" block in a
+** Headers object, parsed only when looked at), redirect_url (a 3xx with a
+** Location), retry_after (a 429/503 with one); with `body`, the body.  The
+** table becomes a Response.  Called from a function with the upvalues of
+** weave__push_response_upvalues. */
 void weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
   long code = 0, ver = 0;
   char *url = NULL;
@@ -251,48 +275,70 @@ void weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
   long conns = 0;
   curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &conns);
   if (conns > 0) { /* (a new connection: counted by s:stats()) */
+    KEY(L, K_CONNS);
     lua_pushinteger(L, conns);
-    setkey(L, t, K_CONNS);
+    lua_rawset(L, t);
   }
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
   curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &ver);
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME_T, &total_us);
+  KEY(L, K_STATUS);
   lua_pushinteger(L, code);
-  setkey(L, t, K_STATUS);
+  lua_rawset(L, t);
+  KEY(L, K_OK);
   lua_pushboolean(L, code >= 200 && code < 300);
-  setkey(L, t, K_OK);
+  lua_rawset(L, t);
+  KEY(L, K_REASON);
   lua_pushstring(L, x->reason[0] != '\0' ? x->reason : standard_reason(code));
-  setkey(L, t, K_REASON);
+  lua_rawset(L, t);
+  KEY(L, K_VERSION);
   lua_pushstring(L, ver == CURL_HTTP_VERSION_2_0   ? "2"
                     : ver == CURL_HTTP_VERSION_3   ? "3"
                     : ver == CURL_HTTP_VERSION_1_0 ? "1.0"
                                                    : "1.1");
-  setkey(L, t, K_VERSION);
+  lua_rawset(L, t);
   if (url != NULL) {
+    KEY(L, K_URL);
     weave__push_safe_url(L, url);
-    setkey(L, t, K_URL);
+    lua_rawset(L, t);
   }
+  KEY(L, K_ELAPSED);
   lua_pushnumber(L, (double)total_us / 1e6);
-  setkey(L, t, K_ELAPSED);
+  lua_rawset(L, t);
+  KEY(L, K_HEADERS);
+  lua_createtable(L, 0, 1);
+  KEY(L, K_RAW);
   lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
-  setkey(L, t, K_HEADERS);
+  lua_rawset(L, -3);
+  if (lua_istable(L, lua_upvalueindex(U_HEADERS))) {
+    lua_pushvalue(L, lua_upvalueindex(U_HEADERS));
+    lua_setmetatable(L, -2);
+  }
+  lua_rawset(L, t);
   if (code == 429 || code == 503) { /* (seconds, from either form of Retry-After) */
     curl_off_t ra = -1;
     if (curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0) {
+      KEY(L, K_RETRY);
       lua_pushinteger(L, (lua_Integer)ra);
-      setkey(L, t, K_RETRY);
+      lua_rawset(L, t);
     }
   }
   if (code >= 300 && code < 400) {
     char *loc = NULL;
     if (curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK && loc != NULL) {
+      KEY(L, K_REDIRECT);
       lua_pushstring(L, loc);
-      setkey(L, t, K_REDIRECT);
+      lua_rawset(L, t);
     }
   }
   if (body) {
+    KEY(L, K_BODY);
     weave__push_body(L, x);
-    setkey(L, t, K_BODY);
+    lua_rawset(L, t);
+  }
+  if (lua_istable(L, lua_upvalueindex(U_RESPONSE))) {
+    lua_pushvalue(L, lua_upvalueindex(U_RESPONSE));
+    lua_setmetatable(L, t);
   }
 }

@@ -196,7 +196,7 @@ static int l_session(lua_State *L) {
     if (lua_getfield(L, 1, "max_per_host") == LUA_TNUMBER) maxhost = (long)lua_tonumber(L, -1);
     if (lua_getfield(L, 1, "cookie_file") == LUA_TSTRING) cfile = lua_tostring(L, -1);
   }
-  s = lua_newuserdatauv(L, sizeof *s, 1); /* 1: the table of default lines */
+  s = lua_newuserdatauv(L, sizeof *s, 2); /* 1: the table of default lines, 2: the base spec */
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, WV_SESSION_MT);
   /* Remember it (weakly) so weave_close can close it before the loop. */
@@ -273,8 +273,9 @@ static int s_set_lines(lua_State *L) {
   return 0;
 }
 
-/* session:set_base(spec): the session's own string options, from the spec
-** of a request without options (set before its first request). */
+/* session:set_base(spec): the spec of a request without options (set
+** before the session's first request): its string options go on every
+** handle, and http_new given this table reads the spec read here. */
 static int s_set_base(lua_State *L) {
   wv_session *s = weave__checksession(L, 1);
   wv_spec sp;
@@ -283,6 +284,10 @@ static int s_set_base(lua_State *L) {
     return weave__raise(L, "invalid_state", "weave.http: set_base after the session's first request");
   weave__read_spec(L, 2, &sp);
   weave__set_base_strs(s, &sp);
+  s->base = sp; /* (its strings live in the table, kept as uservalue 2) */
+  s->hasbase = 1;
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, 2);
   return 0;
 }
 

@@ -456,7 +456,12 @@ static int l_http_new(lua_State *L) {
   int tuned;
   weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
   lua_settop(L, 6);
-  weave__read_spec(L, 2, &sp);
+  lua_getiuservalue(L, 1, 2);
+  if (s->hasbase && lua_rawequal(L, -1, 2))
+    sp = s->base; /* the session's own spec, read once */
+  else
+    weave__read_spec(L, 2, &sp);
+  lua_pop(L, 1);
   if (lua_type(L, 3) == LUA_TSTRING) sp.url = lua_tolstring(L, 3, &sp.urllen);
   if (lua_type(L, 4) == LUA_TSTRING) sp.method = lua_tostring(L, 4);
   if (lua_type(L, 5) == LUA_TTABLE)
@@ -869,8 +874,8 @@ void weave__xferlib(lua_State *L, wv_rt *rt) {
   lua_getfield(L, -1, "__index");
   for (m = makers; m->name != NULL; m++) {
     lua_pushlightuserdata(L, rt);
-    weave__push_response_keys(L);
-    lua_pushcclosure(L, m->func, 1 + WV_RESPONSE_KEYS);
+    weave__push_response_upvalues(L);
+    lua_pushcclosure(L, m->func, WV_RESPONSE_UPVALUES);
     lua_setfield(L, -2, m->name);
   }
   lua_pop(L, 2);

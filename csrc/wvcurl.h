@@ -41,6 +41,16 @@ typedef struct wv_session wv_session;
 typedef struct wv_xfer wv_xfer;
 typedef struct wv_sock wv_sock;
 
+/* A request spec, read from the façade's table in one pass (only the
+** fields that are set cost anything).  Strings stay alive in the table. */
+typedef struct {
+  const char *url, *method, *output, *http_version, *body, *auth_type, *proxy;
+  const char *strs[8]; /* the plain string options of options.c's STROPTS */
+  size_t blen, urllen;
+  int verify, stream, progress, body_stream, headers, multipart, decode, noproxy;
+  double timeout, connect_timeout, read_timeout, max_body, buffer_size;
+} wv_spec;
+
 /* A session: one multi handle (its own connection cache), a share handle
 ** for cookies and DNS, one uv timer, a uv poll per socket. */
 struct wv_session {
@@ -62,19 +72,12 @@ struct wv_session {
   char *spare[2];           /* buffers of finished transfers, kept for the next */
   size_t sparecap[2];
   char *strs[8];   /* the session's own string options (options.c's STROPTS), set on every handle */
+  wv_spec base;    /* the spec of a request without options (set_base), read once */
+  int hasbase;
   wv_sock **socks; /* curl.c's poll of each socket, by fd */
   int nsocks;
 };
 
-/* A request spec, read from the façade's table in one pass (only the
-** fields that are set cost anything).  Strings stay alive in the table. */
-typedef struct {
-  const char *url, *method, *output, *http_version, *body, *auth_type, *proxy;
-  const char *strs[8]; /* the plain string options of options.c's STROPTS */
-  size_t blen, urllen;
-  int verify, stream, progress, body_stream, headers, multipart, decode, noproxy;
-  double timeout, connect_timeout, read_timeout, max_body, buffer_size;
-} wv_spec;
 
 enum { XS_NEW, XS_RUNNING, XS_DONE };
 
@@ -160,8 +163,10 @@ extern const char weave__XFER_MT;
 
 /* response.c */
 void weave__fill_response(lua_State *L, wv_xfer *x, int t, int body);
-void weave__push_response_keys(lua_State *L);
-#define WV_RESPONSE_KEYS 11
+void weave__push_response_upvalues(lua_State *L);
+int weave__http_classes(lua_State *L);
+#define WV_RESPONSE_KEYS 12
+#define WV_RESPONSE_UPVALUES (1 + WV_RESPONSE_KEYS + 2) /* the runtime, the keys, two metatables */
 int weave__xfer_failed(const wv_xfer *x);
 void weave__push_xfer_error(lua_State *L, wv_xfer *x);
 void weave__push_safe_url(lua_State *L, const char *url);

@@ -185,11 +185,9 @@ Response.__tostring = function(r) return ("weave.http.Response %d %s"):format(r.
 -- No redirects: one shared, read-only empty history.
 Response.history = setmetatable({}, { __newindex = function() error("Response.history is read-only", 2) end })
 
--- The fields C made (headers as a raw block) become a Response.
-local function response_of(t)
-  t.headers = setmetatable({ _raw = t.headers }, Headers)
-  return setmetatable(t, Response)
-end
+-- xfer:fetch() and xfer:response() return Responses (their headers a
+-- Headers object over the raw block, parsed on first use).
+core.http_classes(Response, Headers)
 
 -- Methods called with '.' (or on something else) get a clear error.
 local function check_res(self, fname)
@@ -884,7 +882,7 @@ local function hop_stream(self, x, req)
     pump(x, req, "headers")
   end
   if x:done() then x:check() end
-  local res = response_of(x:response())
+  local res = x:response()
   res._x, res._req = x, req
   return res
 end
@@ -913,7 +911,7 @@ local function hop(self, req, x)
       x:close()
       error(res, 0)
     end
-    return response_of(res)
+    return res
   end
   local ok, r = pcall(function()
     x:start()
@@ -921,7 +919,7 @@ local function hop(self, req, x)
     pump(x, req, "done")
     if req.on_progress then report_progress(x, req) end -- the final counts
     x:check()
-    local res = response_of(x:response())
+    local res = x:response()
     if not req.output or not res.ok then res.body = x:take() end
     x:close()
     return res
@@ -1136,7 +1134,6 @@ local function plain(self, url, method, fname)
     n = n + 1
     pool[n], self._xn = x, n
   end
-  res = response_of(res)
   if res.redirect_url then
     local req = build(self, EMPTY, fname, url, method)
     admit(self, req)

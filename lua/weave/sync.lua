@@ -238,11 +238,19 @@ end
 local Semaphore = { __name = "weave.Semaphore" }
 Semaphore.__index = Semaphore
 
+-- Every Semaphore, weakly: its methods check self with one table lookup
+-- (the HTTP sessions' connection slots take and give one per request;
+-- getmetatable, a C call that also looks for __metatable, cost more than
+-- the rest of try_acquire).
+local SEMS = setmetatable({}, { __mode = "k" })
+
 local function semaphore(n, bounded, fname)
   if type(n) ~= "number" or not (n >= 0) or n % 1 ~= 0 then
     argerror("%s: expected a non-negative integer or nil, got %s", fname, tostring(n))
   end
-  return setmetatable({ _value = n, _initial = n, _bounded = bounded, _line = line() }, Semaphore)
+  local sem = setmetatable({ _value = n, _initial = n, _bounded = bounded, _line = line() }, Semaphore)
+  SEMS[sem] = true
+  return sem
 end
 
 --- Semaphore(n) -> at most n holders at once.
@@ -253,7 +261,7 @@ function M.BoundedSemaphore(n) return semaphore(n == nil and 1 or n, true, "weav
 
 --- sem:acquire() -> sem (usable as a <close> variable that releases)
 function Semaphore:acquire()
-  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:acquire") end
+  if not SEMS[self] then wrongself(self, Semaphore, "Semaphore:acquire") end
   if self._value > 0 and self._line.n == 0 then
     self._value = self._value - 1
     return self
@@ -265,7 +273,7 @@ end
 --- sem:try_acquire() -> true if a permit was free (taken at once, never
 -- ahead of a waiter), else false; never suspends.
 function Semaphore:try_acquire()
-  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:try_acquire") end
+  if not SEMS[self] then wrongself(self, Semaphore, "Semaphore:try_acquire") end
   if self._value > 0 and self._line.n == 0 then
     self._value = self._value - 1
     return true
@@ -275,11 +283,14 @@ end
 
 --- sem:release(): hand a permit to the next waiter or return it.
 function Semaphore:release()
-  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:release") end
-  local f = self._line:pop()
-  if f then
-    f:resolve()
-    return
+  if not SEMS[self] then wrongself(self, Semaphore, "Semaphore:release") end
+  local line = self._line
+  if line.n > 0 then
+    local f = line:pop()
+    if f then
+      f:resolve()
+      return
+    end
   end
   if self._bounded and self._value >= self._initial then
     raise("invalid_state", "BoundedSemaphore:release: released more times than acquired")
@@ -288,18 +299,18 @@ function Semaphore:release()
 end
 
 function Semaphore:locked()
-  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:locked") end
+  if not SEMS[self] then wrongself(self, Semaphore, "Semaphore:locked") end
   return self._value == 0
 end
 
 function Semaphore:value()
-  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:value") end
+  if not SEMS[self] then wrongself(self, Semaphore, "Semaphore:value") end
   return self._value
 end
 
 --- sem:statistics() -> { value, waiters }
 function Semaphore:statistics()
-  if getmetatable(self) ~= Semaphore then wrongself(self, Semaphore, "Semaphore:statistics") end
+  if not SEMS[self] then wrongself(self, Semaphore, "Semaphore:statistics") end
   return { value = self._value, waiters = self._line.n }
 end
 
