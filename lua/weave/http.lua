@@ -1171,7 +1171,9 @@ end
 local function verb(method)
   local fname = "http." .. method:lower()
   return function(self, url, opts)
-    if opts == nil and type(self) == "table" and self._plain and type(url) == "string" and running()
+    -- (a url that is not a string is refused by http_new: plain then takes
+    -- the general path, which says so)
+    if opts == nil and type(self) == "table" and self._plain and running()
       and not (EVENTS.http_request or EVENTS.http_response) then
       return plain(self, url, method, fname)
     end
