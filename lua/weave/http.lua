@@ -666,6 +666,21 @@ end
 -- Turn request options into a spec.  Everything is checked here, before a
 -- slot is taken or a byte sent.
 local function build(self, opts, fname, url, method)
+  local def = rawget(self, "_reqdef")
+  if opts == EMPTY and def and method and type(url) == "string" then
+    -- No options (the common case): the session's fields, copied; the
+    -- general path below would find nothing else to do.
+    url = join_url(self.base_url, url)
+    local frag = url:find("#", 1, true)
+    if frag then url = url:sub(1, frag - 1) end
+    local lines = NOBODY_CL[method] and self._lines_cl or self._lines
+    -- (plain: the session's spec is this request's, but for url, method and
+    -- headers; a redirect that changes more clears it)
+    local req = { url = url, method = method, headers = lines, cookie = lines.cookie, fname = fname, plain = true }
+    for k, v in next, def do req[k] = v end
+    if self.per_host_rate or self.max_per_host then req.host = origin_of(url) end
+    return req
+  end
   if opts ~= EMPTY then
     check_options(fname, opts, REQUEST, url)
     if method and opts.method ~= nil and opts.method:upper() ~= method then
@@ -730,8 +745,11 @@ local function build(self, opts, fname, url, method)
   if (body or body_iter or (NOBODY_CL[method] and not opts.multipart)) and not ctype
     and not (opts.headers and has_name(opts.headers, "content-type")) and not self._has_ctype then
     -- A raw body gets no invented Content-Type (curl would say it is a form).
-    if lines == self._lines then lines = { table.unpack(self._lines) } end
-    lines[#lines + 1] = "Content-Type:"
+    if lines == self._lines then
+      lines = self._lines_cl -- (the session's lines and this one, made once)
+    else
+      lines[#lines + 1] = "Content-Type:"
+    end
   end
   -- Only the fields that are set: a constructor listing every option would
   -- build a large hash part on every request.
@@ -740,12 +758,7 @@ local function build(self, opts, fname, url, method)
   if body then req.body = body end
   if body_iter then req.body_iter, req.body_stream = body_iter, true end
   if opts.multipart then req.multipart = opts.multipart end
-  local def = rawget(self, "_reqdef")
-  if opts == EMPTY and def then
-    for k, v in next, def do req[k] = v end
-  else
-    option_fields(req, opts, self, fname, url)
-  end
+  option_fields(req, opts, self, fname, url)
   if (self.per_host_rate or self.max_per_host) and not req.host then req.host = origin_of(url) end
   return req
 end
@@ -904,12 +917,25 @@ local function hop(self, req, x)
     end
     req.timeout = left
   end
+  if not x and req.plain and not req.deadline then
+    -- The session's own spec, and a finished transfer of its pool reused
+    -- (as the fast path does); http_new refusing: transfer() says why.
+    local pool, n = self._xpool, self._xn
+    local old = pool[n]
+    if n > 0 then pool[n], self._xn = nil, n - 1 end
+    x = new_transfer(self._s, self._spec, req.url, req.method, req.headers, old)
+  end
   x = x or transfer(self, req)
   if not (req.stream or req.body_iter or req.progress) then
     local ok, res = pcall(x.fetch, x)
     if not ok then
       x:close()
       error(res, 0)
+    end
+    local n = self._xn
+    if n < 8 then
+      n = n + 1
+      self._xpool[n], self._xn = x, n
     end
     return res
   end
@@ -953,6 +979,7 @@ local CREDENTIALS = { authorization = true, cookie = true, ["proxy-authorization
 -- The spec of the next hop (req is this request's own table: changed in place).
 local function next_hop(res, req)
   local st, method = res.status, req.method
+  req.plain = nil
   if (st == 303 and method ~= "HEAD") or ((st == 301 or st == 302) and method == "POST") then
     req.method = "GET"
     req.body, req.body_iter, req.body_stream, req.multipart = nil, nil, nil, nil
@@ -1040,7 +1067,10 @@ local function perform(self, opts, fname, url, method)
   while true do
     n = n + 1
     req.attempt = n
-    if self.on_request then self.on_request(req) end
+    if self.on_request then
+      req.plain = nil -- (the hook may change any field: the request's own spec is sent)
+      self.on_request(req)
+    end
     if EVENTS.http_request then emit("http_request", req) end
     -- A slot first: a queued request holds no handle, file or buffer.
     admit(self, req)
