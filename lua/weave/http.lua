@@ -790,7 +790,13 @@ end
 local function take_token(self, req, deadline, rl)
   if not (rl.turn:locked() or window_try(rl)) then return end
   self._queued = self._queued + 1
-  local ok, got = pcall(weave.move_on_after, deadline and math.max(0, deadline - now()) or nil, window_acquire, rl)
+  local ok, got
+  if deadline then
+    ok, got = pcall(weave.move_on_after, math.max(0, deadline - now()), window_acquire, rl)
+  else
+    ok, got = pcall(window_acquire, rl)
+    got = true
+  end
   self._queued = self._queued - 1
   if not ok then error(got, 0) end
   if not got then

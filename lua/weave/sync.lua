@@ -129,15 +129,20 @@ end
 
 local Lock = { __name = "weave.Lock" }
 Lock.__index = Lock
+local LOCKS = setmetatable({}, { __mode = "k" }) -- every Lock (see SEMS below)
 
 --- Lock() -> a FIFO-fair mutex; `local _ <close> = lock:acquire()`.
 -- It has no owner (as asyncio.Lock): any task may release it. See
 -- docs/concurrency.md for why; CapacityLimiter(1) is the owned variant.
-function M.Lock() return setmetatable({ _held = false, _line = line() }, Lock) end
+function M.Lock()
+  local lock = setmetatable({ _held = false, _line = line() }, Lock)
+  LOCKS[lock] = true
+  return lock
+end
 
 --- lock:acquire() -> lock (usable as a <close> variable that releases)
 function Lock:acquire()
-  if getmetatable(self) ~= Lock then wrongself(self, Lock, "Lock:acquire") end
+  if not LOCKS[self] then wrongself(self, Lock, "Lock:acquire") end
   if not self._held and self._line.n == 0 then
     self._held = true
     return self
@@ -149,7 +154,7 @@ end
 --- lock:try_acquire() -> true if the lock was free and nobody waited (it is
 -- now held), else false; never suspends.
 function Lock:try_acquire()
-  if getmetatable(self) ~= Lock then wrongself(self, Lock, "Lock:try_acquire") end
+  if not LOCKS[self] then wrongself(self, Lock, "Lock:try_acquire") end
   if not self._held and self._line.n == 0 then
     self._held = true
     return true
@@ -159,20 +164,20 @@ end
 
 --- lock:release(): hand the lock to the next waiter or free it.
 function Lock:release()
-  if getmetatable(self) ~= Lock then wrongself(self, Lock, "Lock:release") end
+  if not LOCKS[self] then wrongself(self, Lock, "Lock:release") end
   if not self._held then raise("invalid_state", "Lock:release: the lock is not held (release only after acquire)") end
   local f = self._line:pop()
   if f then f:resolve() else self._held = false end
 end
 
 function Lock:locked()
-  if getmetatable(self) ~= Lock then wrongself(self, Lock, "Lock:locked") end
+  if not LOCKS[self] then wrongself(self, Lock, "Lock:locked") end
   return self._held
 end
 
 --- lock:statistics() -> { locked, waiters }
 function Lock:statistics()
-  if getmetatable(self) ~= Lock then wrongself(self, Lock, "Lock:statistics") end
+  if not LOCKS[self] then wrongself(self, Lock, "Lock:statistics") end
   return { locked = self._held, waiters = self._line.n }
 end
 
@@ -239,9 +244,9 @@ local Semaphore = { __name = "weave.Semaphore" }
 Semaphore.__index = Semaphore
 
 -- Every Semaphore, weakly: its methods check self with one table lookup
--- (the HTTP sessions' connection slots take and give one per request;
--- getmetatable, a C call that also looks for __metatable, cost more than
--- the rest of try_acquire).
+-- (the HTTP sessions' connection slots take and give one per request, the
+-- rate limiter's turn is a Lock; getmetatable, a C call that also looks for
+-- __metatable, cost more than the rest of try_acquire).
 local SEMS = setmetatable({}, { __mode = "k" })
 
 local function semaphore(n, bounded, fname)
