@@ -666,7 +666,7 @@ end
 -- Turn request options into a spec.  Everything is checked here, before a
 -- slot is taken or a byte sent.
 local function build(self, opts, fname, url, method)
-  local def = rawget(self, "_reqdef")
+  local def = self._reqdef
   if opts == EMPTY and def and method and type(url) == "string" then
     -- No options (the common case): the session's fields, copied; the
     -- general path below would find nothing else to do.
@@ -678,7 +678,7 @@ local function build(self, opts, fname, url, method)
     -- headers; a redirect that changes more clears it)
     local req = { url = url, method = method, headers = lines, cookie = lines.cookie, fname = fname, plain = true }
     for k, v in next, def do req[k] = v end
-    if self.per_host_rate or self.max_per_host then req.host = origin_of(url) end
+    if self._by_host then req.host = origin_of(url) end
     return req
   end
   if opts ~= EMPTY then
@@ -821,10 +821,10 @@ local function take_tokens(self, req, deadline)
 end
 
 local function admit(self, req)
-  if self._rate or self._hostrates then
+  if self._limited then
     take_tokens(self, req, req.pool_timeout and now() + req.pool_timeout)
   end
-  if req.host and self.max_per_host then req.hostslots = host_slots(self, req) end
+  if req.host and self._per_host_slots then req.hostslots = host_slots(self, req) end
   local hs = req.hostslots
   if not hs or hs:try_acquire() then -- a free slot is taken at once, also with pool_timeout=0
     if self._slots:try_acquire() then
@@ -1073,7 +1073,7 @@ local function perform(self, opts, fname, url, method)
   while true do
     n = n + 1
     req.attempt = n
-    if self.on_request then
+    if self._hooks and self.on_request then
       req.plain = nil -- (the hook may change any field: the request's own spec is sent)
       self.on_request(req)
     end
@@ -1083,7 +1083,7 @@ local function perform(self, opts, fname, url, method)
     req.deadline, req.timeout = nil, req.total_timeout -- (each attempt has its own timeout)
     local ok, res = pcall(hop, self, req)
     if ok and res.redirect_url and req.follow then ok, res = pcall(follow, self, req, res) end
-    if ok and self.on_response then
+    if ok and self._hooks and self.on_response then
       local hok, herr = pcall(self.on_response, res, req)
       if not hok then
         if res._x then res:close() end
@@ -1383,6 +1383,12 @@ function M.session(opts)
     rate_limiter("http.session", "per_host_rate", opts.per_host_rate) -- (checked now; one per host, made on use)
     s._hostrates = {}
   end
+  -- What the request path asks of every request, as fields of the session
+  -- itself (options it does not set would be looked for through its views).
+  s._limited = (s._rate or s._hostrates) and true or false
+  s._by_host = (s.per_host_rate or s.max_per_host) and true or false
+  s._per_host_slots = s.max_per_host and true or false
+  s._hooks = (s.on_request or s.on_response) and true or false
   -- The option fields of a request without options (build copies them).
   local def = {}
   option_fields(def, EMPTY, s, "http.session", nil)
