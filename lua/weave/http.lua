@@ -410,15 +410,16 @@ local function rate_limiter(fname, k, v)
 end
 
 -- Take a start now (nil), or the seconds to wait for one.
+local MARGIN = 0.005
 local function window_try(w)
   local t = now()
   local pace = w.tat - w.slack - t
   if pace > 0 then return pace end
   if w.count >= w.n then
-    -- (10 ms more than the window: a request reaches the server a little
+    -- (a little more than the window: a request reaches the server a little
     -- after it starts here, and must not fall into the same server window)
     local oldest = w.ring[w.i % w.n + 1]
-    if oldest + w.per + 0.01 > t then return oldest + w.per + 0.01 - t end
+    if oldest + w.per + MARGIN > t then return oldest + w.per + MARGIN - t end
   else
     w.count = w.count + 1
   end
@@ -795,7 +796,7 @@ local function take_token(self, req, deadline, rl)
     ok, got = pcall(weave.move_on_after, math.max(0, deadline - now()), window_acquire, rl)
   else
     ok, got = pcall(window_acquire, rl)
-    got = true
+    if ok then got = true end
   end
   self._queued = self._queued - 1
   if not ok then error(got, 0) end
