@@ -3,7 +3,7 @@
 ** multi_socket API and libuv, with nothing on top.  Keeps `inflight`
 ** transfers of `url` running until `total` are done; prints
 ** "<seconds> <bytes> <failures>".
-**     floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave|h2 CAFILE]]
+**     floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave|h2 CAFILE [weave]]]
 ** With "keep" each body is kept in memory until its transfer ends (a buffer
 ** sized from Content-Length, else grown by doubling), as a client that hands
 ** bodies to its caller must; without it the bytes are counted and dropped.
@@ -14,7 +14,8 @@
 ** "h2 CAFILE" asks for HTTP/2 over TLS and multiplexes: CURLPIPE_MULTIPLEX on
 ** the multi handle, CURLOPT_PIPEWAIT (wait for a connection that can
 ** multiplex rather than open another), CURL_HTTP_VERSION_2TLS, CAFILE as the
-** CA; a response that is not HTTP/2 counts as a failure.
+** CA; a response that is not HTTP/2 counts as a failure.  "h2 CAFILE weave"
+** is both.
 */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -193,7 +194,7 @@ int main(int argc, char **argv) {
   long inflight, i;
   uint64_t t0;
   if (argc < 4) {
-    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave|h2 CAFILE]]\n");
+    fprintf(stderr, "usage: floor URL TOTAL INFLIGHT [BUFFERSIZE [keep|weave|h2 CAFILE [weave]]]\n");
     return 2;
   }
   url = argv[1];
@@ -204,6 +205,7 @@ int main(int argc, char **argv) {
   like_weave = argc > 5 && strcmp(argv[5], "weave") == 0;
   h2 = argc > 6 && strcmp(argv[5], "h2") == 0;
   cafile = h2 ? argv[6] : NULL;
+  if (h2 && argc > 7 && strcmp(argv[7], "weave") == 0) keep = like_weave = 1;
   share = curl_share_init();
   curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_COOKIE);
   curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
