@@ -425,13 +425,13 @@ local function window_try(w)
   end
   w.i = w.i % w.n + 1
   w.ring[w.i] = t
-  w.tat = math.max(w.tat, t) + w.interval
+  w.tat = (w.tat > t and w.tat or t) + w.interval
   return nil
 end
 
--- Wait (FIFO: one waiter at a time sleeps until its turn) for a start.
+-- Wait (FIFO: one waiter at a time sleeps until its turn) for a start; the
+-- caller found none free at once (or others waiting before it).
 local function window_acquire(w)
-  if not w.turn:locked() and not window_try(w) then return end
   local _ <close> = w.turn:acquire()
   while true do
     local wait = window_try(w)
