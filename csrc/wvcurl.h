@@ -71,13 +71,12 @@ struct wv_session {
   struct curl_slist *lines; /* the default header lines (uservalue 1 is their table) */
   char *spare[2];           /* buffers of finished transfers, kept for the next */
   size_t sparecap[2];
-  char *strs[8];   /* the session's own string options (options.c's STROPTS), set on every handle */
-  wv_spec base;    /* the spec of a request without options (set_base), read once */
+  char *strs[8]; /* the session's own string options (options.c's STROPTS), set on every handle */
+  wv_spec base;  /* the spec of a request without options (set_base), read once */
   int hasbase;
   wv_sock **socks; /* curl.c's poll of each socket, by fd */
   int nsocks;
 };
-
 
 enum { XS_NEW, XS_RUNNING, XS_DONE };
 
