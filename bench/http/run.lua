@@ -384,14 +384,14 @@ md[#md + 1] = [[
   connection for every transfer added while the first one is still in its
   TLS handshake, unless the transfer sets CURLOPT_PIPEWAIT: then it waits
   and all 50 streams share one connection. A client without it pays 50 TLS
-  handshakes per run and gives up what multiplexing saves. This workload is
-  client-CPU bound, and weave's ratio is its instruction ratio: per request
-  (callgrind) the HTTP/2 floor needs ~105k, the floor asking for what weave
-  asks ~118k (HTTP/2 makes libcurl's header work dearer: +13k, against +10k
-  on HTTP/1.1), weave ~138k (149k before a session's `ca_file` stopped
-  resetting every handle). The same ~20k of weave's own as on HTTP/1.1, on
-  a cheaper request per byte: 0.86 of the floor with the same asks, 0.76 of
-  the bare floor. aiohttp has no HTTP/2 client; Node's fetch and http speak
+  handshakes per run and gives up what multiplexing saves. Per request
+  (callgrind) the HTTP/2 floor needs ~105k instructions, the floor asking
+  for what weave asks ~118k (HTTP/2 makes libcurl's header work dearer:
+  +13k, against +10k on HTTP/1.1), weave ~138k (149k before a session's
+  `ca_file` stopped resetting every handle): the same ~20k of weave's own
+  as on HTTP/1.1. By instructions weave is at 0.86 of the floor with the
+  same asks and 0.76 of the bare floor; in wall time its ratio moved
+  between 0.77 and 0.89 over the day's runs. aiohttp has no HTTP/2 client; Node's fetch and http speak
   HTTP/1.1, its http2 module multiplexes on the one session it is given.
 - The loopback numbers move by 20-50 % between runs on this 2-core machine
   (nginx shares the cores); every client runs in turns, best of the runs.
