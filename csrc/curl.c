@@ -13,8 +13,12 @@
 ** epoll removes and adds).  Sockets curl opens through open_socket are ours
 ** to track: REMOVE only marks such a poll unwanted (it stays in epoll; an
 ** event on it then stops it), the next add finds it by fd, and close_socket,
-** which curl calls before closing one, closes its poll.  Other sockets (the
-** resolver's) are forgotten on REMOVE as in multi-uv.c.
+** which curl calls before closing one, closes its poll.  But only once curl
+** has waited to read from the socket: libcurl 7.88 closes a socket still
+** connecting with a bare close(), without close_socket, and says REMOVE
+** after it; such a poll, and every poll of other sockets (the resolver's),
+** is closed on REMOVE as in multi-uv.c (a poll left on a closed fd aborts
+** libuv, or holds the fd number against the next socket that gets it).
 ** No Lua runs here: finished transfers are handed to transfer.c, which only
 ** wakes the waiting task.
 */
@@ -29,7 +33,8 @@ struct wv_sock {
   uv_poll_t poll;
   curl_socket_t fd;
   wv_session *s;
-  int owned;  /* opened by open_socket: kept across REMOVE, closed by close_socket */
+  int owned;  /* opened by open_socket: closed by close_socket */
+  int read;   /* curl waited to read from it: connected, so kept across REMOVE */
   int events; /* what the poll watches (UV_READABLE|UV_WRITABLE), 0 when stopped */
   int wanted; /* curl watches the socket (between an add and its REMOVE) */
 };
@@ -125,7 +130,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int action, void *userp, void
   if (action == CURL_POLL_REMOVE) {
     if (c != NULL) {
       c->wanted = 0;
-      if (!c->owned)
+      if (!c->owned || !c->read)
         sock_close(c);
       else
         uv_unref((uv_handle_t *)&c->poll); /* a parked poll keeps no loop alive */
@@ -138,6 +143,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int action, void *userp, void
     uv_ref((uv_handle_t *)&c->poll);
     c->wanted = 1;
   }
+  if (action & CURL_POLL_IN) c->read = 1;
   events = (action & CURL_POLL_IN ? UV_READABLE : 0) | (action & CURL_POLL_OUT ? UV_WRITABLE : 0);
   if (events != c->events) {
     uv_poll_start(&c->poll, events, on_poll);

@@ -507,6 +507,47 @@ describe("weave.http", function()
       end)
     end)
 
+    it("a request cancelled any number of loop turns after it started leaves the next one working", function()
+      -- (one cancel lands between curl opening the socket and libuv adding
+      -- it to epoll: a poll left on the fd curl closed aborted the process)
+      run(function()
+        for k = 0, 6 do
+          local s <close> = http.session {} -- (a new connection each time)
+          local t = spawn(function() return s:get(fault.url .. "/echo") end)
+          for _ = 1, k do sleep(0) end
+          t:cancel()
+          pcall(t.await, t)
+          sleep(0.01)
+          assert.are.equal(200, s:get(fault.url .. "/echo?k=" .. k).status)
+        end
+      end)
+    end)
+
+    it("a connection given up while still connecting takes nothing from other sessions, pipes or streams", function()
+      -- libcurl closes a socket still connecting with a bare close(): its fd
+      -- number goes to the next socket or pipe, which must work
+      local bh = servers.blackhole()
+      finally(bh.stop)
+      run(function()
+        local a <close> = http.session {}
+        local b <close> = http.session {}
+        for round = 1, 3 do
+          local ok, err
+          if round == 2 then
+            ok, err = pcall(weave.timeout, 0.2, a.get, a, bh.url .. "/x")
+          else
+            ok, err = pcall(a.get, a, bh.url .. "/x", { connect_timeout = 0.2 })
+          end
+          assert.is_false(ok)
+          assert.are.equal("timeout", err.kind)
+          assert.are.equal(200, weave.timeout(5, b.get, b, fault.url .. "/echo").status)
+          local r = weave.timeout(5, require("weave.process").run, { "/bin/echo", "hi" .. round })
+          assert.are.equal("hi" .. round .. "\n", r.stdout)
+          assert.are.equal(200, weave.timeout(5, a.get, a, fault.url .. "/echo").status)
+        end
+      end)
+    end)
+
     it("idle kept-alive connections keep no run alive: a wait nothing can settle is a deadlock", function()
       local ok, err = pcall(run, function()
         local s = http.session {}

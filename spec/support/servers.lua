@@ -258,6 +258,14 @@ local function python_server(script, args, dir, what)
   return srv
 end
 
+--- A listener that never accepts, its backlog full (spec/support/blackhole.py):
+-- a connect to it stays in progress. Returns {url=, port=, pid=, stop=}.
+function M.blackhole()
+  local srv = python_server("blackhole.py", "--port-file %s", tmpdir("blackhole"), "the black-hole listener")
+  srv.url = "http://127.0.0.1:" .. srv.port
+  return srv
+end
+
 --- The SOCKS5 server (spec/support/socks5.py): returns {url="socks5://...",
 -- port=, pid=, dir=, log=, stop=}. opts.user and opts.password require
 -- username/password authentication (RFC 1929). log gets one line per
