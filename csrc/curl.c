@@ -156,12 +156,26 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int action, void *userp, void
 ** a poll for it that lives until close_socket. */
 static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a) {
   wv_session *s = clientp;
-  wv_sock *old;
+  wv_sock *c;
   curl_socket_t fd;
   (void)purpose;
   fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   if (fd < 0) return CURL_SOCKET_BAD;
-  if ((old = sock_of(s, fd)) != NULL) sock_close(old); /* cannot happen: closed behind our back */
+  if ((c = sock_of(s, fd)) != NULL) {
+    /* The number of a socket curl closed with a bare close() and has not
+    ** said REMOVE for yet (it may, or may name this record again for the
+    ** new socket): the record stays, its poll watches the new socket. */
+    int events = c->events;
+    uv_poll_stop(&c->poll);
+    c->events = 0;
+    c->owned = 1;
+    c->read = 0;
+    if (c->wanted && events != 0) {
+      uv_poll_start(&c->poll, events, on_poll);
+      c->events = events;
+    }
+    return fd;
+  }
   if (sock_new(s, fd, 1) == NULL) {
     close(fd);
     return CURL_SOCKET_BAD;
