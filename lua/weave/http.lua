@@ -664,6 +664,15 @@ local function option_fields(req, opts, self, fname, url)
   end
 end
 
+-- The URL a request goes to: joined to base_url, its #fragment dropped
+-- (never sent; fetch drops it too).
+local function target(self, url)
+  url = join_url(self.base_url, url)
+  local frag = url:find("#", 1, true)
+  if frag then url = url:sub(1, frag - 1) end
+  return url
+end
+
 -- Turn request options into a spec.  Everything is checked here, before a
 -- slot is taken or a byte sent.
 local function build(self, opts, fname, url, method)
@@ -671,9 +680,7 @@ local function build(self, opts, fname, url, method)
   if opts == EMPTY and def and method and type(url) == "string" then
     -- No options (the common case): the session's fields, copied; the
     -- general path below would find nothing else to do.
-    url = join_url(self.base_url, url)
-    local frag = url:find("#", 1, true)
-    if frag then url = url:sub(1, frag - 1) end
+    url = target(self, url)
     local lines = NOBODY_CL[method] and self._lines_cl or self._lines
     -- (plain: the session's spec is this request's, but for url, method and
     -- headers; a redirect that changes more clears it)
@@ -693,9 +700,7 @@ local function build(self, opts, fname, url, method)
   if type(url) ~= "string" then
     error(invalid(fname, "expected a url string, got " .. type(url)), 3)
   end
-  url = join_url(self.base_url, url)
-  local frag = url:find("#", 1, true)
-  if frag then url = url:sub(1, frag - 1) end -- never sent (fetch drops it too)
+  url = target(self, url)
   if opts.query ~= nil then
     local q = encode_pairs(opts.query, "query", fname)
     if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
