@@ -339,6 +339,23 @@ describe("many API calls", function()
       end)
     end)
 
+    it("a queue of calls goes out as a stream of small groups, not a burst", function()
+      run(function()
+        -- 400/s: groups of the starts due within 1/20 s (20), never more
+        -- than two groups in any 1/20 s, never more than 400 in any second.
+        local s <close> = http.session { rate_limit = "400/s", max_connections = 100 }
+        local ids = {}
+        for i = 1, 600 do ids[i] = i end
+        weave.map(function(i) return s:get(api.url .. "/flaky/g" .. i .. "?fail=0").status end, ids,
+          { concurrency = 100 })
+        local log = seen(api, "/flaky/g")
+        assert.are.equal(600, #log)
+        assert.is_true(max_window(log, 1) <= 400, "most in 1 s: " .. max_window(log, 1))
+        assert.is_true(max_window(log, 0.05) <= 40, "most in 50 ms: " .. max_window(log, 0.05))
+        assert.is_true(max_window(log, 0.2) >= 40, "most in 200 ms: " .. max_window(log, 0.2))
+      end)
+    end)
+
     it("{rate=, per=} is the same limit", function()
       run(function()
         local s <close> = http.session { rate_limit = { rate = 5, per = 0.5 } }

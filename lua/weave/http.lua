@@ -385,6 +385,7 @@ end
 
 -- "100/s", "5/m", "3600/h" or {rate=, per=} -> a RateLimiter.
 local PER = { s = 1, m = 60, h = 3600 }
+local GROUP = 0.05
 local function rate_limiter(fname, k, v)
   local rate, per
   if type(v) == "string" then
@@ -400,21 +401,26 @@ local function rate_limiter(fname, k, v)
   -- A sliding window: at most n starts in any `per` seconds, exactly what a
   -- server counting requests per window sees (a token bucket paced by the
   -- loop's millisecond timer would fall behind the rate).
-  -- Starts are also paced (per/n apart, GCRA) with a little slack for the
-  -- timer's lateness, so a burst is spread instead of sent at once.
+  -- Starts are also paced (per/n apart, GCRA) so that a queue of calls goes
+  -- out as a stream, not a burst: in groups of the starts due within GROUP
+  -- seconds (1/20 of the window at most), one loop turn each, where one turn
+  -- per start would cost a wake-up per request (at 1,000/s: groups of 50,
+  -- 20 a second).
   local n = math.floor(rate)
   if n < 1 then n, per = 1, per / rate end
   local interval = per / n
+  local group = math.max(1, math.floor(math.min(GROUP, per / 20) / interval + 1e-9))
   return { n = n, per = per, ring = {}, i = 0, count = 0, turn = sync.Lock(), interval = interval,
-    slack = math.max(0, math.ceil(n * 0.01 / per) - 1) * interval, tat = -math.huge }
+    slack = (group - 1) * interval, tat = -math.huge }
 end
 
--- Take a start now (nil), or the seconds to wait for one.
+-- Take a start now (nil), or the seconds to wait for one and whether the
+-- pace (not the window) holds it back.
 local MARGIN = 0.005
 local function window_try(w)
   local t = now()
   local pace = w.tat - w.slack - t
-  if pace > 0 then return pace end
+  if pace > 0 then return pace, true end
   if w.count >= w.n then
     -- (a little more than the window: a request reaches the server a little
     -- after it starts here, and must not fall into the same server window)
@@ -434,12 +440,14 @@ end
 local function window_acquire(w)
   local _ <close> = w.turn:acquire()
   while true do
-    local wait = window_try(w)
+    local wait, paced = window_try(w)
     if not wait then return end
-    -- Sleep past the first free start, into the slack: the starts that are
-    -- free by then go out together, from one loop turn (the waiters behind
-    -- this one run in the same turn), instead of one turn each.
-    weave.sleep(wait + w.slack / 2)
+    -- Held back by the pace: sleep past the first free start, into the
+    -- slack, so that the starts free by then go out together, from one loop
+    -- turn (the waiters behind this one run in the same turn). Held back by
+    -- the window: the starts a window ago went out in such groups, so the
+    -- whole group is free at once; sleeping later would add to every round.
+    weave.sleep(paced and wait + w.slack / 2 or wait)
   end
 end
 
