@@ -416,14 +416,15 @@ end
 
 -- Take a start now (nil), or the seconds to wait for one and whether the
 -- pace (not the window) holds it back.
-local MARGIN = 0.005
+local MARGIN = 0.01
 local function window_try(w)
   local t = now()
   local pace = w.tat - w.slack - t
   if pace > 0 then return pace, true end
   if w.count >= w.n then
     -- (a little more than the window: a request reaches the server a little
-    -- after it starts here, and must not fall into the same server window)
+    -- after it starts here, a group spread over a few ms when the server is
+    -- busy, and must not fall into the same server window)
     local oldest = w.ring[w.i % w.n + 1]
     if oldest + w.per + MARGIN > t then return oldest + w.per + MARGIN - t end
   else
