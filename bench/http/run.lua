@@ -391,7 +391,12 @@ md[#md + 1] = [[
   `ca_file` stopped resetting every handle): the same ~20k of weave's own
   as on HTTP/1.1. By instructions weave is at 0.86 of the floor with the
   same asks and 0.76 of the bare floor; in wall time its ratio moved
-  between 0.77 and 0.89 over the day's runs. aiohttp has no HTTP/2 client; Node's fetch and http speak
+  between 0.77 and 0.89 over the runs of 2026-11-29 (one full run read
+  1.28, its floor slow in all five turns: runs of 0.12 s are noisy). libcurl's own work
+  (curl_multi_socket_action, callbacks included) is ~116k a request in
+  weave as in the floor with the same asks: a client asking libcurl for a
+  cookie jar, Accept-Encoding and the response headers stays near 0.9 of
+  the bare floor by instructions even with no work of its own. aiohttp has no HTTP/2 client; Node's fetch and http speak
   HTTP/1.1, its http2 module multiplexes on the one session it is given.
 - The loopback numbers move by 20-50 % between runs on this 2-core machine
   (nginx shares the cores); every client runs in turns, best of the runs.
