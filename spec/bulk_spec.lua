@@ -341,8 +341,10 @@ describe("many API calls", function()
 
     it("a queue of calls goes out as a stream of small groups, not a burst", function()
       run(function()
-        -- 400/s: groups of the starts due within 1/20 s (20), never more
-        -- than two groups in any 1/20 s, never more than 400 in any second.
+        -- 400/s: groups of the starts due within 1/20 s (20, then 10 every
+        -- 25 ms), never more than 400 in any second; in any 50 ms far
+        -- fewer than a burst (80 leaves room for a server that stalls and
+        -- reads a few groups at once).
         local s <close> = http.session { rate_limit = "400/s", max_connections = 100 }
         local ids = {}
         for i = 1, 600 do ids[i] = i end
@@ -351,7 +353,7 @@ describe("many API calls", function()
         local log = seen(api, "/flaky/g")
         assert.are.equal(600, #log)
         assert.is_true(max_window(log, 1) <= 400, "most in 1 s: " .. max_window(log, 1))
-        assert.is_true(max_window(log, 0.05) <= 40, "most in 50 ms: " .. max_window(log, 0.05))
+        assert.is_true(max_window(log, 0.05) <= 80, "most in 50 ms: " .. max_window(log, 0.05))
         assert.is_true(max_window(log, 0.2) >= 40, "most in 200 ms: " .. max_window(log, 0.2))
       end)
     end)
