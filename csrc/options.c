@@ -144,11 +144,23 @@ int weave__spec_dirty(const wv_session *s, const wv_spec *sp) {
          (sp->method != NULL && strcmp(sp->method, "GET") != 0) || sp->buffer_size > 0;
 }
 
-/* The tunables at their defaults: a handle whose last request was the same
+/* The tunables (timeouts, size limit, verification, HTTP version, and
+** PIPEWAIT, which follows the scheme) as the session's own requests have
+** them (its base spec; the defaults before it has one): 1 for http://, 2
+** for https://, else 0.  A handle whose last request was of the same class
 ** needs none of them set again. */
-int weave__spec_plain(const wv_spec *sp) {
-  return sp->timeout <= 0 && sp->connect_timeout <= 0 && sp->max_body == WV_DEFAULT_MAX_BODY && sp->verify &&
-         sp->http_version == NULL && strncasecmp(sp->url, "https:", 6) != 0; /* (PIPEWAIT off) */
+int weave__spec_plain(const wv_session *s, const wv_spec *sp) {
+  int https = strncasecmp(sp->url, "https:", 6) == 0;
+  if (s->hasbase) {
+    const wv_spec *b = &s->base;
+    if (sp->timeout != b->timeout || sp->connect_timeout != b->connect_timeout ||
+        sp->max_body != b->max_body || sp->verify != b->verify ||
+        !same_str(sp->http_version, b->http_version))
+      return 0;
+  } else if (sp->timeout > 0 || sp->connect_timeout > 0 || sp->max_body != WV_DEFAULT_MAX_BODY ||
+             !sp->verify || sp->http_version != NULL)
+    return 0;
+  return 1 + https;
 }
 
 /* Seconds as curl's milliseconds, rounded up: a positive time never

@@ -245,6 +245,12 @@ int weave__http_classes(lua_State *L) {
   size_t i;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TTABLE);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &weave__HTTP_FETCH);
+  lua_pushvalue(L, 1);
+  lua_setupvalue(L, -2, U_RESPONSE);
+  lua_pushvalue(L, 2);
+  lua_setupvalue(L, -2, U_HEADERS);
+  lua_pop(L, 1);
   luaL_getmetatable(L, WV_XFER_MT);
   lua_getfield(L, -1, "__index");
   for (i = 0; i < sizeof MAKERS / sizeof MAKERS[0]; i++) {
@@ -267,8 +273,9 @@ int weave__http_classes(lua_State *L) {
 ** Headers object, parsed only when looked at), redirect_url (a 3xx with a
 ** Location), retry_after (a 429/503 with one); with `body`, the body.  The
 ** table becomes a Response.  Called from a function with the upvalues of
-** weave__push_response_upvalues. */
-void weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
+** weave__push_response_upvalues.  Returns the connections the transfer
+** opened. */
+long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
   long code = 0, ver = 0;
   char *url = NULL;
   curl_off_t total_us = 0;
@@ -341,4 +348,5 @@ void weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
     lua_pushvalue(L, lua_upvalueindex(U_RESPONSE));
     lua_setmetatable(L, t);
   }
+  return conns;
 }

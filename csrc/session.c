@@ -61,7 +61,7 @@ CURL *weave__easy_take(wv_session *s, const wv_xfer *x, long bufsize, int *tuned
       curl_easy_reset(e);
       weave__base_options(s, e, bufsize);
     } else
-      *tuned = was == WV_EASY_PLAIN && x->plain;
+      *tuned = x->plain && was == (x->plain == 1 ? WV_EASY_PLAIN_HTTP : WV_EASY_PLAIN_HTTPS);
   } else {
     if ((e = curl_easy_init()) == NULL) return NULL;
     if (s->cookies) cookie_engine(s, e);
@@ -75,7 +75,10 @@ CURL *weave__easy_take(wv_session *s, const wv_xfer *x, long bufsize, int *tuned
 void weave__easy_give(wv_session *s, wv_xfer *x) {
   if (x->easy == NULL) return;
   if (!s->closed && s->neasy < WV_EASYPOOL) {
-    s->easystate[s->neasy] = x->dirty ? WV_EASY_DIRTY : x->plain ? WV_EASY_PLAIN : WV_EASY_TUNED;
+    s->easystate[s->neasy] = x->dirty        ? WV_EASY_DIRTY
+                             : x->plain == 1 ? WV_EASY_PLAIN_HTTP
+                             : x->plain == 2 ? WV_EASY_PLAIN_HTTPS
+                                             : WV_EASY_TUNED;
     s->easypool[s->neasy++] = x->easy;
   } else
     curl_easy_cleanup(x->easy);
@@ -196,9 +199,12 @@ static int l_session(lua_State *L) {
     if (lua_getfield(L, 1, "max_per_host") == LUA_TNUMBER) maxhost = (long)lua_tonumber(L, -1);
     if (lua_getfield(L, 1, "cookie_file") == LUA_TSTRING) cfile = lua_tostring(L, -1);
   }
-  s = lua_newuserdatauv(L, sizeof *s, 2); /* 1: the table of default lines, 2: the base spec */
+  /* 1: the table of default lines, 2: the base spec, 3: finished transfers */
+  s = lua_newuserdatauv(L, sizeof *s, 3);
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, WV_SESSION_MT);
+  lua_createtable(L, 8, 0);
+  lua_setiuservalue(L, -2, 3);
   /* Remember it (weakly) so weave_close can close it before the loop. */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &SESSIONS);
   lua_pushvalue(L, -2);
@@ -291,6 +297,16 @@ static int s_set_base(lua_State *L) {
   return 0;
 }
 
+/* session:counts() -> requests, bytes received, connections opened by
+** core.http_fetch (session:stats() adds the façade's own) */
+static int s_counts(lua_State *L) {
+  wv_session *s = weave__checkudata(L, 1, WV_SESSION_MT, "Session:counts");
+  lua_pushinteger(L, s->requests);
+  lua_pushinteger(L, s->bytes);
+  lua_pushinteger(L, s->conns);
+  return 3;
+}
+
 /* session:active() -> number of running transfers */
 static int s_active(lua_State *L) {
   wv_session *s = weave__checkudata(L, 1, WV_SESSION_MT, "Session:active");
@@ -304,8 +320,9 @@ static int s_active(lua_State *L) {
 
 void weave__sessionlib(lua_State *L, wv_rt *rt) {
   static const luaL_Reg meths[] = {
-      {"active", s_active},   {"set_lines", s_set_lines},           {"set_base", s_set_base},
-      {"cookies", s_cookies}, {"cookie_command", s_cookie_command}, {NULL, NULL}};
+      {"active", s_active}, {"set_lines", s_set_lines}, {"set_base", s_set_base},
+      {"counts", s_counts}, {"cookies", s_cookies},     {"cookie_command", s_cookie_command},
+      {NULL, NULL}};
   weave__weaktable(L, &SESSIONS, "k");
   weave__onclose(rt, closeall);
   weave__class(L, rt, WV_SESSION_MT, meths, s_close);

@@ -32,7 +32,8 @@
 /* A Transfer method's runtime: its upvalue 1. */
 #define getrt(L) ((wv_rt *)lua_touserdata(L, lua_upvalueindex(1)))
 
-const char weave__XFER_MT = 'x'; /* registry: the Transfer metatable */
+const char weave__XFER_MT = 'x';    /* registry: the Transfer metatable */
+const char weave__HTTP_FETCH = 'f'; /* registry: core.http_fetch */
 
 #define WV_STREAM_HIGHWATER (256 * 1024)
 #define WV_PRESIZE_MAX ((curl_off_t)256 * 1024 * 1024) /* trust Content-Length up to this */
@@ -442,6 +443,93 @@ static const char *clean_url(lua_State *L, const char *url, size_t len) {
   return lua_tostring(L, -1);
 }
 
+/* Make x (zeroed, the session at index 1) a transfer of s for sp: the
+** easy handle, its buffers and options.  spec: the spec table's index (0
+** for the session's own), hdridx: the header lines' (or 0).  Returns NULL,
+** or why the request cannot be made (x released). */
+static const char *setup(lua_State *L, wv_xfer *x, wv_session *s, const wv_spec *sp, int spec, int hdridx) {
+  long bufsize = sp->buffer_size > 0 ? (long)sp->buffer_size : 65536L;
+  const char *err;
+  int tuned;
+  x->s = s;
+  x->rtm.idx = -1;
+  x->rtm.cb = xfer_timer;
+  x->dirty = weave__spec_dirty(s, sp);
+  x->plain = weave__spec_plain(s, sp);
+  x->stream = sp->stream;
+  x->upload = sp->body_stream;
+  x->progress = sp->progress;
+  x->max_body = (curl_off_t)sp->max_body;
+  if (sp->read_timeout > 0)
+    x->read_ns = sp->read_timeout > 1e9 ? (uint64_t)1e18 : (uint64_t)(sp->read_timeout * 1e9) + 1;
+  if ((x->easy = weave__easy_take(s, x, bufsize, &tuned)) == NULL) {
+    weave__raise(L, "resource", "weave.http: out of memory");
+    return NULL;
+  }
+  weave__spare_take(s, 0, &x->hdr);
+  weave__spare_take(s, 1, &x->body);
+  if (spec && lua_getfield(L, spec, "fname") == LUA_TSTRING) {
+    size_t n;
+    const char *f = lua_tolstring(L, -1, &n);
+    if (n >= sizeof x->fname) n = sizeof x->fname - 1;
+    memcpy(x->fname, f, n);
+    x->fname[n] = '\0';
+    lua_pop(L, 1);
+  } else { /* the common case: "http." and the method */
+    const char *m = sp->method != NULL ? sp->method : "GET";
+    size_t i;
+    if (spec) lua_pop(L, 1);
+    memcpy(x->fname, "http.", 5);
+    for (i = 0; m[i] != '\0' && i < sizeof x->fname - 6; i++)
+      x->fname[5 + i] = (char)((unsigned char)m[i] | 0x20);
+    x->fname[5 + i] = '\0';
+  }
+  curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
+  if (x->upload) curl_easy_setopt(x->easy, CURLOPT_READFUNCTION, on_read);
+  if (x->progress) curl_easy_setopt(x->easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+  if ((err = weave__apply(L, x, sp, tuned, hdridx)) != NULL) {
+    lua_pushstring(L, err);
+    weave__xfer_release(x);
+    return lua_tostring(L, -1);
+  }
+  if (sp->output != NULL) {
+    int e = out_open(x, sp->output);
+    x->to_file = 1;
+    if (e != 0) {
+      weave__xfer_release(x);
+      return lua_pushfstring(L, "cannot write output file %s: %s (%s)", sp->output, strerror(e),
+                             uv_err_name(-e));
+    }
+  }
+  return NULL;
+}
+
+/* Check sp's url (percent-encoding what a URL never carries as it is):
+** NULL, or why it is refused. */
+static const char *check_url(lua_State *L, wv_spec *sp) {
+  if (sp->url == NULL) return "expected a url string";
+  if ((sp->url = clean_url(L, sp->url, sp->urllen)) == NULL) return "the url contains a NUL byte";
+  if (strncasecmp(sp->url, "http://", 7) != 0 && strncasecmp(sp->url, "https://", 8) != 0) {
+    lua_pushliteral(L, "the url must be http:// or https://, got ");
+    weave__push_safe_url(L, sp->url);
+    lua_concat(L, 2);
+    return lua_tostring(L, -1);
+  }
+  return NULL;
+}
+
+/* A new Transfer userdata of the session at index 1, pushed. */
+static wv_xfer *newxfer(lua_State *L) {
+  wv_xfer *x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
+  memset(x, 0, sizeof *x);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &weave__XFER_MT);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
+  return x;
+}
+
 /* core.http_new(session, spec [, url, method, headers [, old]]) -> Transfer
 ** (not started) | nil, message.  url, method and headers, when given, stand
 ** for those fields of spec (which a session can then share between
@@ -452,8 +540,6 @@ static int l_http_new(lua_State *L) {
   wv_xfer *x;
   wv_spec sp;
   const char *err;
-  long bufsize;
-  int tuned;
   weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
   lua_settop(L, 6);
   lua_getiuservalue(L, 1, 2);
@@ -471,76 +557,15 @@ static int l_http_new(lua_State *L) {
     lua_replace(L, 5);
     sp.headers = 5;
   }
-  if (sp.url == NULL) return refuse(L, "expected a url string");
-  if ((sp.url = clean_url(L, sp.url, sp.urllen)) == NULL) return refuse(L, "the url contains a NUL byte");
-  if (strncasecmp(sp.url, "http://", 7) != 0 && strncasecmp(sp.url, "https://", 8) != 0) {
-    lua_pushliteral(L, "the url must be http:// or https://, got ");
-    weave__push_safe_url(L, sp.url);
-    lua_concat(L, 2);
-    return refuse(L, lua_tostring(L, -1));
-  }
-  bufsize = sp.buffer_size > 0 ? (long)sp.buffer_size : 65536L;
+  if ((err = check_url(L, &sp)) != NULL) return refuse(L, err);
   if ((x = reusable(L, 6, s)) != NULL) {
     lua_pushvalue(L, 6);
     lua_pushnil(L);
     lua_setiuservalue(L, -2, 2);
     memset(x, 0, sizeof *x);
-  } else {
-    x = lua_newuserdatauv(L, sizeof *x, 2); /* 1: session, 2: the direct body string */
-    memset(x, 0, sizeof *x);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &weave__XFER_MT);
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, 1);
-    lua_setiuservalue(L, -2, 1); /* the transfer keeps its session alive */
-  }
-  x->s = s;
-  x->rtm.idx = -1;
-  x->rtm.cb = xfer_timer;
-  x->dirty = weave__spec_dirty(s, &sp);
-  x->plain = weave__spec_plain(&sp);
-  x->stream = sp.stream;
-  x->upload = sp.body_stream;
-  x->progress = sp.progress;
-  x->max_body = (curl_off_t)sp.max_body;
-  if (sp.read_timeout > 0)
-    x->read_ns = sp.read_timeout > 1e9 ? (uint64_t)1e18 : (uint64_t)(sp.read_timeout * 1e9) + 1;
-  if ((x->easy = weave__easy_take(s, x, bufsize, &tuned)) == NULL)
-    return weave__raise(L, "resource", "weave.http: out of memory");
-  weave__spare_take(s, 0, &x->hdr);
-  weave__spare_take(s, 1, &x->body);
-  if (lua_getfield(L, 2, "fname") == LUA_TSTRING) {
-    size_t n;
-    const char *f = lua_tolstring(L, -1, &n);
-    if (n >= sizeof x->fname) n = sizeof x->fname - 1;
-    memcpy(x->fname, f, n);
-    x->fname[n] = '\0';
-  } else { /* the fast path: "http." and the method */
-    const char *m = sp.method != NULL ? sp.method : "GET";
-    size_t i;
-    memcpy(x->fname, "http.", 5);
-    for (i = 0; m[i] != '\0' && i < sizeof x->fname - 6; i++)
-      x->fname[5 + i] = (char)((unsigned char)m[i] | 0x20);
-    x->fname[5 + i] = '\0';
-  }
-  lua_pop(L, 1);
-  curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
-  if (x->upload) curl_easy_setopt(x->easy, CURLOPT_READFUNCTION, on_read);
-  if (x->progress) curl_easy_setopt(x->easy, CURLOPT_XFERINFOFUNCTION, on_progress);
-  if ((err = weave__apply(L, x, &sp, tuned, sp.headers ? 5 : 0)) != NULL) {
-    lua_pushstring(L, err);
-    weave__xfer_release(x);
-    return refuse(L, lua_tostring(L, -1));
-  }
-  if (sp.output != NULL) {
-    int e = out_open(x, sp.output);
-    x->to_file = 1;
-    if (e != 0) {
-      weave__xfer_release(x);
-      lua_pushfstring(L, "cannot write output file %s: %s (%s)", sp.output, strerror(e), uv_err_name(-e));
-      return refuse(L, lua_tostring(L, -1));
-    }
-  }
+  } else
+    x = newxfer(L);
+  if ((err = setup(L, x, s, &sp, 2, sp.headers ? 5 : 0)) != NULL) return refuse(L, err);
   return 1;
 }
 
@@ -789,6 +814,105 @@ static int x_fetch(lua_State *L) {
   return fetch_wait(L, rt, x, t);
 }
 
+/* --- the façade's common case ---------------------------------------------- */
+
+/* Keep the finished transfer at idx for the session's next request (its
+** direct body string, if a failure left one, let go). */
+static void pool_give(lua_State *L, wv_session *s, int idx) {
+  if (s->closed || s->nxpool >= WV_XPOOL) return;
+  lua_pushnil(L);
+  lua_setiuservalue(L, idx, 2);
+  lua_getiuservalue(L, idx, 1);
+  lua_getiuservalue(L, -1, 3);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, ++s->nxpool);
+  lua_pop(L, 2);
+}
+
+static int get_k(lua_State *L, int status, lua_KContext ctx);
+
+/* The transfer (at index 1) is done: its Response, or its error raised;
+** either way it goes back to the pool. */
+static int get_done(lua_State *L, wv_xfer *x) {
+  wv_session *s = x->s;
+  lua_settop(L, 1);
+  if (weave__xfer_failed(x)) {
+    weave__push_xfer_error(L, x);
+    weave__xfer_release(x);
+    pool_give(L, s, 1);
+    return lua_error(L);
+  }
+  lua_createtable(L, 0, 8); /* the fields of a plain Response */
+  s->conns += weave__fill_response(L, x, 2, 1);
+  s->bytes += x->total;
+  weave__xfer_release(x);
+  pool_give(L, s, 1);
+  return 1;
+}
+
+static int get_wait(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t) {
+  reserve(L, x);
+  if (x->events & EV_DONE) return get_done(L, x);
+  return park(L, rt, x, t, get_k);
+}
+
+static int get_k(lua_State *L, int status, lua_KContext ctx) {
+  wv_rt *rt = (wv_rt *)ctx;
+  wv_xfer *x = lua_touserdata(L, 1);
+  wv_task *t = rt->current;
+  (void)status;
+  /* Woken to raise a cancel (weave__woken does): the aborted transfer's
+  ** handle and buffers go back now, not when the GC finds it. */
+  if (t != NULL && t->co == L && t->wake == WV_WAKE_CANCEL) weave__xfer_release(x);
+  t = weave__woken(L, rt);
+  return get_wait(L, rt, x, t);
+}
+
+/* core.http_fetch(session, url, method, lines) -> Response | false
+** The façade's common case in one call: a request with the session's own
+** spec (set_base) but for url, method and header lines, on a transfer from
+** the session's pool (no new userdata), started, awaited, read and given
+** back.  Raises the transfer's error object.  false: not made here (no
+** task can wait here, or the url is refused): the general path does it,
+** or says why not. */
+static int l_http_fetch(lua_State *L) {
+  wv_rt *rt = getrt(L);
+  wv_session *s = weave__checksession_rt(L, 1, rt);
+  wv_task *t = rt->current;
+  wv_spec sp;
+  wv_xfer *x;
+  lua_settop(L, 4);
+  if (t == NULL || t->co != L || !lua_isyieldable(L) || !s->hasbase || s->closed ||
+      lua_type(L, 2) != LUA_TSTRING || lua_type(L, 3) != LUA_TSTRING || lua_type(L, 4) != LUA_TTABLE) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  weave__checkcancel(L, t);
+  sp = s->base;
+  sp.url = lua_tolstring(L, 2, &sp.urllen);
+  sp.method = lua_tostring(L, 3);
+  if (check_url(L, &sp) != NULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (s->nxpool > 0) {
+    lua_getiuservalue(L, 1, 3);
+    lua_rawgeti(L, -1, s->nxpool--);
+    x = lua_touserdata(L, -1);
+    memset(x, 0, sizeof *x);
+  } else
+    x = newxfer(L);
+  if (setup(L, x, s, &sp, 0, 4) != NULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  s->requests++;
+  lua_replace(L, 1); /* (the transfer keeps its session) */
+  lua_settop(L, 1);
+  xfer_start(L, x);
+  return get_wait(L, rt, x, t);
+}
+
 /* Release everything; the easy handle goes back to the session's pool. */
 void weave__xfer_release(wv_xfer *x) {
   weave__xfer_abort(x);
@@ -886,4 +1010,10 @@ void weave__xferlib(lua_State *L, wv_rt *rt) {
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_http_new, 1);
   lua_setfield(L, -2, "http_new");
+  lua_pushlightuserdata(L, rt);
+  weave__push_response_upvalues(L);
+  lua_pushcclosure(L, l_http_fetch, WV_RESPONSE_UPVALUES);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &weave__HTTP_FETCH); /* (core.http_classes sets its classes) */
+  lua_setfield(L, -2, "http_fetch");
 }

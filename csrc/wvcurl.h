@@ -23,6 +23,7 @@
 #define WV_SESSION_MT "weave.Session"
 #define WV_XFER_MT "weave.Transfer"
 #define WV_EASYPOOL 64
+#define WV_XPOOL 64 /* finished transfers kept for core.http_fetch */
 
 /* Response header bytes (one response's header section and its trailers,
 ** together) beyond this abort the transfer with kind "too_large". */
@@ -33,9 +34,10 @@
 #define WV_DEFAULT_MAX_BODY (1024.0 * 1024 * 1024)
 
 /* A pooled easy handle: its tunables (timeouts, size limit, verification,
-** HTTP version) at their defaults; set to something else; or other options
-** changed (curl_easy_reset before reuse). */
-enum { WV_EASY_PLAIN, WV_EASY_TUNED, WV_EASY_DIRTY };
+** HTTP version, PIPEWAIT) as the session's own requests over http:// or
+** https:// have them; set to something else; or other options changed
+** (curl_easy_reset before reuse). */
+enum { WV_EASY_TUNED, WV_EASY_PLAIN_HTTP, WV_EASY_PLAIN_HTTPS, WV_EASY_DIRTY };
 
 typedef struct wv_session wv_session;
 typedef struct wv_xfer wv_xfer;
@@ -76,6 +78,8 @@ struct wv_session {
   int hasbase;
   wv_sock **socks; /* curl.c's poll of each socket, by fd */
   int nsocks;
+  int nxpool;                         /* finished transfers in uservalue 3, for core.http_fetch */
+  lua_Integer requests, bytes, conns; /* core.http_fetch's, for session:counts() */
 };
 
 enum { XS_NEW, XS_RUNNING, XS_DONE };
@@ -98,7 +102,7 @@ struct wv_xfer {
   int shared_hdrs; /* hdrs is the session's list of default lines */
   int to_file;     /* output=: the body goes to a file, res.body stays nil */
   int upload;      /* the request body is streamed (need_body events) */
-  int plain;       /* per-request tunables all at their defaults */
+  int plain;       /* weave__spec_plain: the tunables are the session's own (1 http, 2 https) */
   int dirty;       /* options beyond a plain GET: reset the handle before reuse */
   int sized;       /* the body buffer was sized from Content-Length (or not) */
   int encoded;     /* the response has a Content-Encoding: its length is not the body's */
@@ -147,7 +151,7 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
 int weave__spec_dirty(const wv_session *s, const wv_spec *sp);
 void weave__base_strs(const wv_session *s, CURL *e);
 void weave__set_base_strs(wv_session *s, const wv_spec *sp);
-int weave__spec_plain(const wv_spec *sp);
+int weave__spec_plain(const wv_session *s, const wv_spec *sp);
 
 /* transfer.c */
 void weave__xfer_done(wv_xfer *x, CURLcode rc);
@@ -158,10 +162,10 @@ void weave__xfer_release(wv_xfer *x);
 wv_xfer *weave__checkxfer(lua_State *L, int idx);
 void weave__xferlib(lua_State *L, wv_rt *rt);
 void weave__push_body(lua_State *L, wv_xfer *x);
-extern const char weave__XFER_MT;
+extern const char weave__XFER_MT, weave__HTTP_FETCH;
 
 /* response.c */
-void weave__fill_response(lua_State *L, wv_xfer *x, int t, int body);
+long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body);
 void weave__push_response_upvalues(lua_State *L);
 int weave__http_classes(lua_State *L);
 #define WV_RESPONSE_KEYS 12

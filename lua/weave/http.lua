@@ -24,7 +24,7 @@ end
 local type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math_type =
   type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math.type
 local concat, sort = table.concat, table.sort
-local new_transfer, running, now, state = core.http_new, core.running, core.now, core.state
+local new_transfer, fetch, running, now, state = core.http_new, core.http_fetch, core.running, core.now, core.state
 
 local M = {}
 
@@ -543,6 +543,10 @@ end
 M.user_agent = "weave/" .. core.version
 
 local Session = { __name = "weave.http.Session" }
+
+-- Sessions whose requests without options take the common case (plain):
+-- one lookup that also refuses anything else as self.
+local PLAIN = setmetatable({}, { __mode = "k" })
 Session.__index = Session
 
 local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true, DELETE = true, OPTIONS = true }
@@ -1151,40 +1155,32 @@ local function perform(self, opts, fname, url, method)
   end
 end
 
+-- Outside any loop, run one; inside a loop but outside a task the transfer
+-- itself raises the clear "called outside a weave task" error.
+local function blocking(fn, ...)
+  if not running() then return weave.run(fn, ...) end
+  return fn(...)
+end
+
 -- The common case, a branch of the pipeline: no options, a session without
 -- base_url, max_per_host, pool_timeout or defaults beyond headers, inside a
--- task.  The session's settings are in its shared spec table, the transfer
--- runs and reads its response in C (xfer:fetch).  A redirect, an unusual
--- URL or a busy pool takes the general path.
+-- task.  The session's settings are its shared spec (set_base): C makes,
+-- runs and reads the transfer in one call (core.http_fetch), on a transfer
+-- of the session's own pool, and counts it for s:stats().  A redirect
+-- follows on the general path; a URL that C refuses, or a busy pool, takes
+-- it from the start.
 local function plain(self, url, method, fname)
-  if self._closed or not self._slots:try_acquire() then
+  local slots = self._slots
+  if self._closed or not slots:try_acquire() then
     return perform(self, EMPTY, fname, url, method)
   end
-  -- Finished transfers are made anew (a few kept per session).
-  local pool, n = self._xpool, self._xn
-  local old = pool[n]
-  if n > 0 then pool[n], self._xn = nil, n - 1 end
-  local x, msg = new_transfer(self._s, self._spec, url, method, NOBODY_CL[method] and self._lines_cl or self._lines,
-    old)
-  if not x then
-    self._slots:release()
-    return perform(self, EMPTY, fname, url, method) -- (raises the clear error)
-  end
-  self._requests = self._requests + 1
-  local ok, res = pcall(x.fetch, x)
-  self._slots:release()
+  local ok, res = pcall(fetch, self._s, url, method, NOBODY_CL[method] and self._lines_cl or self._lines)
+  slots:release()
   if not ok then
-    x:close()
     count_error(self, res)
     error(res, 0)
   end
-  self._bytes = self._bytes + #res.body
-  if res.new_connections then self._conns = self._conns + res.new_connections end
-  n = self._xn
-  if n < 8 then
-    n = n + 1
-    pool[n], self._xn = x, n
-  end
+  if not res then return blocking(perform, self, EMPTY, fname, url, method) end -- (outside a task, or refused)
   if res.redirect_url then
     local req = build(self, EMPTY, fname, url, method)
     admit(self, req)
@@ -1196,13 +1192,6 @@ local function plain(self, url, method, fname)
     end
   end
   return res
-end
-
--- Outside any loop, run one; inside a loop but outside a task the transfer
--- itself raises the clear "called outside a weave task" error.
-local function blocking(fn, ...)
-  if not running() then return weave.run(fn, ...) end
-  return fn(...)
 end
 
 local function check_session(self, fname)
@@ -1224,8 +1213,7 @@ local function verb(method)
   return function(self, url, opts)
     -- (a url that is not a string is refused by http_new: plain then takes
     -- the general path, which says so)
-    if opts == nil and type(self) == "table" and self._plain and running()
-      and not (EVENTS.http_request or EVENTS.http_response) then
+    if opts == nil and PLAIN[self] and not (EVENTS.http_request or EVENTS.http_response) then
       return plain(self, url, method, fname)
     end
     if type(self) ~= "table" or not rawget(self, "_s") then
@@ -1257,8 +1245,10 @@ function Session:stats()
   check_session(self, "Session:stats")
   local errors = {}
   for k, v in pairs(self._errors) do errors[k] = v end
-  return { requests = self._requests, in_flight = self.max_connections - self._slots:value(), queued = self._queued,
-    retries = self._retries, errors = errors, bytes_received = self._bytes, connections = self._conns }
+  local requests, bytes, conns = self._s:counts() -- (the common case's, counted in C)
+  return { requests = self._requests + requests, in_flight = self.max_connections - self._slots:value(),
+    queued = self._queued, retries = self._retries, errors = errors, bytes_received = self._bytes + bytes,
+    connections = self._conns + conns }
 end
 
 ---------------------------------------------------------------------------
@@ -1408,8 +1398,10 @@ function M.session(opts)
   local def = {}
   option_fields(def, EMPTY, s, "http.session", nil)
   s._reqdef = def
-  s._plain = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout or s._retry
-    or s._rate or s._hostrates or s.on_request or s.on_response)
+  if not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout or s._retry
+    or s._rate or s._hostrates or s.on_request or s.on_response) then
+    PLAIN[s] = true
+  end
   s._s = core.http_session { cookies = opts.cookies ~= false, max_connections = maxc, max_per_host = opts.max_per_host,
     cookie_file = opts.cookie_file }
   s._s:set_lines(s._lines)
