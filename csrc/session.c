@@ -292,6 +292,7 @@ static int s_set_base(lua_State *L) {
   weave__set_base_strs(s, &sp);
   s->base = sp; /* (its strings live in the table, kept as uservalue 2) */
   s->hasbase = 1;
+  s->basedirty = weave__spec_dirty(s, &sp);
   lua_settop(L, 2);
   lua_setiuservalue(L, 1, 2);
   return 0;

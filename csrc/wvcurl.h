@@ -76,6 +76,7 @@ struct wv_session {
   char *strs[8]; /* the session's own string options (options.c's STROPTS), set on every handle */
   wv_spec base;  /* the spec of a request without options (set_base), read once */
   int hasbase;
+  int basedirty;   /* its options make a handle dirty (weave__spec_dirty), whatever the method */
   wv_sock **socks; /* curl.c's poll of each socket, by fd */
   int nsocks;
   int nxpool;                         /* finished transfers in uservalue 3, for core.http_fetch */

@@ -25,6 +25,10 @@ local type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, r
   type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math.type
 local concat, sort = table.concat, table.sort
 local new_transfer, fetch, running, now, state = core.http_new, core.http_fetch, core.running, core.now, core.state
+-- (the connection slots' two calls on the way of every request, without
+-- the method lookup)
+local Semaphore = getmetatable(sync.Semaphore(1))
+local sem_try, sem_give = Semaphore.try_acquire, Semaphore.release
 
 local M = {}
 
@@ -1169,29 +1173,52 @@ end
 -- of the session's own pool, and counts it for s:stats().  A redirect
 -- follows on the general path; a URL that C refuses, or a busy pool, takes
 -- it from the start.
-local function plain(self, url, method, fname)
-  local slots = self._slots
-  if self._closed or not slots:try_acquire() then
-    return perform(self, EMPTY, fname, url, method)
-  end
-  local ok, res = pcall(fetch, self._s, url, method, NOBODY_CL[method] and self._lines_cl or self._lines)
-  slots:release()
+-- The rest of the common case when it is not a plain answer: an error (ok
+-- false), a request C would not make (res false: the general path makes
+-- it, or says why not), or a redirect to follow.
+local function plain_rest(self, ok, res, url, method, fname)
   if not ok then
     count_error(self, res)
     error(res, 0)
   end
   if not res then return blocking(perform, self, EMPTY, fname, url, method) end -- (outside a task, or refused)
-  if res.redirect_url then
-    local req = build(self, EMPTY, fname, url, method)
-    admit(self, req)
-    ok, res = pcall(follow, self, req, res)
-    release(self, req)
-    if not ok then
-      count_error(self, res)
-      error(res, 0)
-    end
+  local req = build(self, EMPTY, fname, url, method)
+  admit(self, req)
+  ok, res = pcall(follow, self, req, res)
+  release(self, req)
+  if not ok then
+    count_error(self, res)
+    error(res, 0)
   end
   return res
+end
+
+local function plain(self, url, method, fname)
+  local slots = self._slots
+  if self._closed or not sem_try(slots) then
+    return perform(self, EMPTY, fname, url, method)
+  end
+  local ok, res = pcall(fetch, self._s, url, method, NOBODY_CL[method] and self._lines_cl or self._lines)
+  sem_give(slots)
+  if ok and res and not res.redirect_url then return res end
+  return plain_rest(self, ok, res, url, method, fname)
+end
+
+-- A plain session's own request methods (in its view): plain() with the
+-- session's fields as upvalues; anything else goes as Session's methods do.
+local function session_verb(s, method)
+  local generic, fname = Session[method:lower()], "http." .. method:lower()
+  local slots, sud, lines = s._slots, s._s, NOBODY_CL[method] and s._lines_cl or s._lines
+  return function(self, url, opts)
+    if opts == nil and self == s and not (EVENTS.http_request or EVENTS.http_response) then
+      if s._closed or not sem_try(slots) then return perform(s, EMPTY, fname, url, method) end
+      local ok, res = pcall(fetch, sud, url, method, lines)
+      sem_give(slots)
+      if ok and res and not res.redirect_url then return res end
+      return plain_rest(s, ok, res, url, method, fname)
+    end
+    return generic(self, url, opts)
+  end
 end
 
 local function check_session(self, fname)
@@ -1228,7 +1255,8 @@ local function verb(method)
   end
 end
 
-for _, m in ipairs { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" } do Session[m:lower()] = verb(m) end
+local VERBS = { "get", "head", "post", "put", "patch", "delete", "options", "request" }
+for i = 1, 7 do Session[VERBS[i]] = verb(VERBS[i]:upper()) end
 
 --- session:close(): abort its transfers and free its connections (the
 -- cookie jar is saved to cookie_file first).
@@ -1351,6 +1379,9 @@ function M.session(opts)
   for k, v in pairs(opts) do
     if o[k] == nil and k ~= "cookies" then o[k] = v end
   end
+  -- (the request methods in the view itself: s:get finds them one lookup
+  -- sooner; no option has their names)
+  for _, m in ipairs(VERBS) do o[m] = Session[m] end
   local view = setmetatable(o, Session)
   local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0, _closed = false,
     _streams = 0, _gc_at = -math.huge, _requests = 0, _retries = 0, _errors = {}, _bytes = 0, _conns = 0,
@@ -1398,14 +1429,16 @@ function M.session(opts)
   local def = {}
   option_fields(def, EMPTY, s, "http.session", nil)
   s._reqdef = def
-  if not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout or s._retry
-    or s._rate or s._hostrates or s.on_request or s.on_response) then
-    PLAIN[s] = true
-  end
+  local plain_session = not (s.base_url or s.max_per_host or s.pool_timeout or s._lines.cookie or s.timeout
+    or s._retry or s._rate or s._hostrates or s.on_request or s.on_response)
   s._s = core.http_session { cookies = opts.cookies ~= false, max_connections = maxc, max_per_host = opts.max_per_host,
     cookie_file = opts.cookie_file }
   s._s:set_lines(s._lines)
   s._s:set_base(spec)
+  if plain_session then
+    PLAIN[s] = true
+    for i = 1, 7 do view[VERBS[i]] = session_verb(s, VERBS[i]:upper()) end
+  end
   return s
 end
 
