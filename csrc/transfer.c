@@ -315,7 +315,7 @@ size_t weave__on_write(char *p, size_t size, size_t n, void *ud) {
     x->body.len += len;
     return len;
   }
-  if (weave__wbuf_add(&x->body, p, len) != 0) return 0;
+  if (weave__wbuf_put(&x->body, p, len) != 0) return 0;
   if (x->stream) event(x, EV_DATA);
   return len;
 }
@@ -343,13 +343,15 @@ size_t weave__on_header(char *p, size_t size, size_t n, void *ud) {
     if (code < 100 || code >= 200) headers_complete(x);
     return len;
   }
-  if ((p[0] | 0x20) == 'c' && len > 17 && strncasecmp(p, "content-encoding:", 17) == 0) x->encoded = 1;
+  if ((p[0] | 0x20) == 'c' && len > 17 && (p[8] | 0x20) == 'e' &&
+      strncasecmp(p, "content-encoding:", 17) == 0)
+    x->encoded = 1;
   while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
     len--;
   if (len == size * n) { /* no line end (cannot happen with curl): add one */
     if (weave__wbuf_add(&x->hdr, p, len) != 0 || weave__wbuf_add(&x->hdr, "\n", 1) != 0) return 0;
   } else { /* the line and one byte of its end, made a "\n" */
-    if (weave__wbuf_add(&x->hdr, p, len + 1) != 0) return 0;
+    if (weave__wbuf_put(&x->hdr, p, len + 1) != 0) return 0;
     x->hdr.p[x->hdr.len - 1] = '\n';
   }
   return size * n;
@@ -454,8 +456,13 @@ static const char *setup(lua_State *L, wv_xfer *x, wv_session *s, const wv_spec 
   x->s = s;
   x->rtm.idx = -1;
   x->rtm.cb = xfer_timer;
-  x->dirty = weave__spec_dirty(s, sp);
-  x->plain = weave__spec_plain(s, sp);
+  if (spec == 0) { /* the session's own spec: what set_base found, but for the method and scheme */
+    x->dirty = s->basedirty || (sp->method != NULL && strcmp(sp->method, "GET") != 0);
+    x->plain = 1 + (strncasecmp(sp->url, "https:", 6) == 0);
+  } else {
+    x->dirty = weave__spec_dirty(s, sp);
+    x->plain = weave__spec_plain(s, sp);
+  }
   x->stream = sp->stream;
   x->upload = sp->body_stream;
   x->progress = sp->progress;
@@ -540,10 +547,11 @@ static int l_http_new(lua_State *L) {
   wv_xfer *x;
   wv_spec sp;
   const char *err;
+  int base;
   weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
   lua_settop(L, 6);
   lua_getiuservalue(L, 1, 2);
-  if (s->hasbase && lua_rawequal(L, -1, 2))
+  if ((base = s->hasbase && lua_rawequal(L, -1, 2)))
     sp = s->base; /* the session's own spec, read once */
   else
     weave__read_spec(L, 2, &sp);
@@ -565,7 +573,7 @@ static int l_http_new(lua_State *L) {
     memset(x, 0, sizeof *x);
   } else
     x = newxfer(L);
-  if ((err = setup(L, x, s, &sp, 2, sp.headers ? 5 : 0)) != NULL) return refuse(L, err);
+  if ((err = setup(L, x, s, &sp, base ? 0 : 2, sp.headers ? 5 : 0)) != NULL) return refuse(L, err);
   return 1;
 }
 
