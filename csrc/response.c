@@ -238,6 +238,28 @@ void weave__push_response_upvalues(lua_State *L) {
   lua_pushnil(L);
 }
 
+/* Response.__index: the class's fields (methods, defaults), and
+** `headers`, a Headers object made when first looked at over the raw
+** header block the response keeps.  Upvalues: Response, Headers,
+** "headers", "_raw". */
+static int r_index(lua_State *L) {
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL || !lua_rawequal(L, 2, lua_upvalueindex(3))) return 1;
+  lua_pushvalue(L, lua_upvalueindex(4));
+  if (lua_rawget(L, 1) != LUA_TSTRING) return 1;
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, lua_upvalueindex(4));
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, 1);
+  return 1;
+}
+
 /* core.http_classes(Response, Headers): the metatables of the tables
 ** xfer:fetch() and xfer:response() return (the façade's classes). */
 int weave__http_classes(lua_State *L) {
@@ -261,7 +283,14 @@ int weave__http_classes(lua_State *L) {
     lua_setupvalue(L, -2, U_HEADERS);
     lua_pop(L, 1);
   }
-  return 0;
+  lua_pop(L, 2);
+  /* Response.__index */
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushliteral(L, "headers");
+  lua_pushliteral(L, "_raw");
+  lua_pushcclosure(L, r_index, 4);
+  return 1;
 }
 
 /* Push the key of field k (an upvalue index): the value is pushed next and
@@ -274,8 +303,9 @@ int weave__http_classes(lua_State *L) {
 ** Location), retry_after (a 429/503 with one); with `body`, the body.  The
 ** table becomes a Response.  Called from a function with the upvalues of
 ** weave__push_response_upvalues.  Returns the connections the transfer
-** opened. */
-long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
+** opened; *redirect (if not NULL) says whether redirect_url was set. */
+long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body, int *redirect) {
+  if (redirect != NULL) *redirect = 0;
   long code = 0, ver = 0;
   char *url = NULL;
   curl_off_t total_us = 0;
@@ -313,15 +343,8 @@ long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
   KEY(L, K_ELAPSED);
   lua_pushnumber(L, (double)total_us / 1e6);
   lua_rawset(L, t);
-  KEY(L, K_HEADERS);
-  lua_createtable(L, 0, 1);
-  KEY(L, K_RAW);
+  KEY(L, K_RAW); /* (res.headers is made from it when first looked at) */
   lua_pushlstring(L, x->hdr.p ? x->hdr.p : "", x->hdr.len);
-  lua_rawset(L, -3);
-  if (lua_istable(L, lua_upvalueindex(U_HEADERS))) {
-    lua_pushvalue(L, lua_upvalueindex(U_HEADERS));
-    lua_setmetatable(L, -2);
-  }
   lua_rawset(L, t);
   if (code == 429 || code == 503) { /* (seconds, from either form of Retry-After) */
     curl_off_t ra = -1;
@@ -334,6 +357,7 @@ long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body) {
   if (code >= 300 && code < 400) {
     char *loc = NULL;
     if (curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK && loc != NULL) {
+      if (redirect != NULL) *redirect = 1;
       KEY(L, K_REDIRECT);
       lua_pushstring(L, loc);
       lua_rawset(L, t);

@@ -762,7 +762,7 @@ static int x_response(lua_State *L) {
   wv_xfer *x = checkself(L);
   lua_settop(L, 1);
   lua_createtable(L, 0, 8);
-  weave__fill_response(L, x, 2, 0);
+  weave__fill_response(L, x, 2, 0, NULL);
   return 1;
 }
 
@@ -786,7 +786,7 @@ static int fetch_done(lua_State *L, wv_xfer *x) {
     return lua_error(L);
   }
   lua_createtable(L, 0, 8); /* the fields of a plain Response */
-  weave__fill_response(L, x, 2, !x->to_file);
+  weave__fill_response(L, x, 2, !x->to_file, NULL);
   weave__xfer_release(x);
   return 1;
 }
@@ -843,6 +843,7 @@ static int get_k(lua_State *L, int status, lua_KContext ctx);
 ** either way it goes back to the pool. */
 static int get_done(lua_State *L, wv_xfer *x) {
   wv_session *s = x->s;
+  int redirect;
   lua_settop(L, 1);
   if (weave__xfer_failed(x)) {
     weave__push_xfer_error(L, x);
@@ -851,11 +852,12 @@ static int get_done(lua_State *L, wv_xfer *x) {
     return lua_error(L);
   }
   lua_createtable(L, 0, 8); /* the fields of a plain Response */
-  s->conns += weave__fill_response(L, x, 2, 1);
+  s->conns += weave__fill_response(L, x, 2, 1, &redirect);
   s->bytes += x->total;
   weave__xfer_release(x);
   pool_give(L, s, 1);
-  return 1;
+  lua_pushboolean(L, redirect);
+  return 2;
 }
 
 static int get_wait(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t) {
@@ -876,11 +878,12 @@ static int get_k(lua_State *L, int status, lua_KContext ctx) {
   return get_wait(L, rt, x, t);
 }
 
-/* core.http_fetch(session, url, method, lines) -> Response | false
+/* core.http_fetch(session, url, method, lines) -> Response, redirect | false
 ** The façade's common case in one call: a request with the session's own
 ** spec (set_base) but for url, method and header lines, on a transfer from
 ** the session's pool (no new userdata), started, awaited, read and given
-** back.  Raises the transfer's error object.  false: not made here (no
+** back; redirect: it has a redirect_url.  Raises the transfer's error
+** object.  false: not made here (no
 ** task can wait here, or the url is refused): the general path does it,
 ** or says why not. */
 static int l_http_fetch(lua_State *L) {

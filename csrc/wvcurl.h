@@ -166,7 +166,7 @@ void weave__push_body(lua_State *L, wv_xfer *x);
 extern const char weave__XFER_MT, weave__HTTP_FETCH;
 
 /* response.c */
-long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body);
+long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body, int *redirect);
 void weave__push_response_upvalues(lua_State *L);
 int weave__http_classes(lua_State *L);
 #define WV_RESPONSE_KEYS 12

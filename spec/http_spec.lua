@@ -66,6 +66,23 @@ describe("weave.http", function()
       end)
     end)
 
+    it("res.headers is made when first read, once, over the raw header block", function()
+      run(function()
+        local s <close> = http.session {}
+        local r = s:get(ng.url .. "/1k")
+        assert.is_nil(rawget(r, "headers"))
+        local h = r.headers
+        assert.are.equal(http.Headers, getmetatable(h))
+        assert.are.equal(h, r.headers)
+        assert.are.equal(h, rawget(r, "headers"))
+        assert.are.equal("1024", h["content-length"])
+        -- Methods, class defaults and missing fields read as before.
+        assert.are.equal(0, r.redirects)
+        assert.is_nil(r.redirect_url)
+        assert.are.equal(r, r:raise_for_status())
+      end)
+    end)
+
     it("headers are case-insensitive and keep repeated fields", function()
       run(function()
         local r = http.get(fault.url .. "/headers")
@@ -467,6 +484,35 @@ describe("weave.http", function()
         end
         assert.are.equal(0, s._s:active())
         assert.are.equal(base, until_open_at_most(base))
+      end)
+    end)
+
+    it("cancelled requests without options give back their slots and transfers", function()
+      run(function()
+        local s <close> = http.session { max_connections = 2 }
+        for _ = 1, 3 do -- (each round reuses the transfers the last one gave back)
+          local tasks = { spawn(function() return s:get(fault.url .. "/stall") end),
+            spawn(function() return s:get(fault.url .. "/stall") end) }
+          for _ = 1, 100 do
+            if s:stats().in_flight == 2 then break end
+            sleep(0.01)
+          end
+          assert.are.equal(2, s:stats().in_flight)
+          for _, t in ipairs(tasks) do t:cancel() end
+          for _, t in ipairs(tasks) do assert.are.equal("cancelled", select(2, pcall(t.await, t)).kind) end
+          assert.are.equal(0, s:stats().in_flight)
+          assert.are.equal(0, s._s:active())
+          -- Both slots are free: two more requests run at once (a leaked
+          -- slot would hold one back until the timeout).
+          local r = weave.timeout(5, weave.gather, { function() return s:get(ng.url .. "/1k") end,
+            function() return s:get(ng.url .. "/1k") end })
+          assert.are.equal(200, r[1].status)
+          assert.are.equal(200, r[2].status)
+        end
+        local st = s:stats()
+        assert.are.equal(12, st.requests)
+        assert.are.equal(6 * 1024, st.bytes_received)
+        assert.are.equal(6, st.errors.cancelled)
       end)
     end)
 

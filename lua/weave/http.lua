@@ -191,7 +191,7 @@ Response.history = setmetatable({}, { __newindex = function() error("Response.hi
 
 -- xfer:fetch() and xfer:response() return Responses (their headers a
 -- Headers object over the raw block, parsed on first use).
-core.http_classes(Response, Headers)
+Response.__index = core.http_classes(Response, Headers)
 
 -- Methods called with '.' (or on something else) get a clear error.
 local function check_res(self, fname)
@@ -1198,9 +1198,9 @@ local function plain(self, url, method, fname)
   if self._closed or not sem_try(slots) then
     return perform(self, EMPTY, fname, url, method)
   end
-  local ok, res = pcall(fetch, self._s, url, method, NOBODY_CL[method] and self._lines_cl or self._lines)
+  local ok, res, redirect = pcall(fetch, self._s, url, method, NOBODY_CL[method] and self._lines_cl or self._lines)
   sem_give(slots)
-  if ok and res and not res.redirect_url then return res end
+  if ok and res and not redirect then return res end
   return plain_rest(self, ok, res, url, method, fname)
 end
 
@@ -1212,9 +1212,9 @@ local function session_verb(s, method)
   return function(self, url, opts)
     if opts == nil and self == s and not (EVENTS.http_request or EVENTS.http_response) then
       if s._closed or not sem_try(slots) then return perform(s, EMPTY, fname, url, method) end
-      local ok, res = pcall(fetch, sud, url, method, lines)
+      local ok, res, redirect = pcall(fetch, sud, url, method, lines)
       sem_give(slots)
-      if ok and res and not res.redirect_url then return res end
+      if ok and res and not redirect then return res end
       return plain_rest(s, ok, res, url, method, fname)
     end
     return generic(self, url, opts)
