@@ -283,6 +283,7 @@ void weave__session_close(wv_session *s) {
   free(s->spare[0]);
   free(s->spare[1]);
   s->spare[0] = s->spare[1] = NULL;
+  weave__url_free(s);
   if (s->timer != NULL) {
     uv_timer_stop(s->timer);
     uv_close((uv_handle_t *)s->timer, free_handle);

@@ -270,7 +270,17 @@ const char *weave__apply(lua_State *L, wv_xfer *x, const wv_spec *sp, int tuned,
       lua_pushfstring(L, "option %s is not usable (too long?)", STROPTS[i].name);
       return lua_tostring(L, -1);
     }
-  if (curl_easy_setopt(e, CURLOPT_URL, sp->url) != CURLE_OK) return "the url is not usable (too long?)";
+  /* A URL seen before goes parsed (CURLOPT_CURLU, with its normalized
+  ** form as CURLOPT_URL: res.url as libcurl makes it either way); else
+  ** libcurl parses it (and any parsed URL the handle had is let go). */
+  if ((x->urlent = weave__url_take(s, sp->url)) > 0) {
+    const wv_urlent *u = &s->urls[x->urlent - 1];
+    curl_easy_setopt(e, CURLOPT_URL, u->norm);
+    curl_easy_setopt(e, CURLOPT_CURLU, u->uh);
+  } else {
+    curl_easy_setopt(e, CURLOPT_CURLU, (CURLU *)NULL);
+    if (curl_easy_setopt(e, CURLOPT_URL, sp->url) != CURLE_OK) return "the url is not usable (too long?)";
+  }
   if (sp->auth_type != NULL) {
     unsigned long a = strcmp(sp->auth_type, "digest") == 0 ? CURLAUTH_DIGEST
                       : strcmp(sp->auth_type, "any") == 0  ? CURLAUTH_ANY

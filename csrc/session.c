@@ -109,6 +109,79 @@ void weave__spare_give(wv_session *s, int i, wv_wbuf *b) {
   weave__wbuf_free(b);
 }
 
+/* --- the URL cache ---------------------------------------------------------- */
+
+static uint64_t url_hash(const char *p, size_t *len) {
+  uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+  const char *q = p;
+  for (; *q != '\0'; q++)
+    h = (h ^ (unsigned char)*q) * 1099511628211ULL;
+  *len = (size_t)(q - p);
+  return h != 0 ? h : 1;
+}
+
+static void url_drop(wv_urlent *u) {
+  free(u->url);
+  curl_free(u->norm);
+  curl_url_cleanup(u->uh);
+  memset(u, 0, sizeof *u);
+}
+
+/* Parse u's URL once for all, as libcurl would for CURLOPT_URL. */
+static void url_parse(wv_urlent *u, const char *url) {
+  if ((u->uh = curl_url()) == NULL || (u->url = malloc(u->len + 1)) == NULL ||
+      curl_url_set(u->uh, CURLUPART_URL, url, CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+      curl_url_get(u->uh, CURLUPART_URL, &u->norm, 0) != CURLUE_OK) {
+    uint64_t h = u->hash;
+    size_t len = u->len;
+    url_drop(u);
+    u->hash = h, u->len = len, u->bad = 1; /* (curl says why when it meets it) */
+    return;
+  }
+  memcpy(u->url, url, u->len + 1);
+}
+
+/* The entry (1 + index) whose parsed form a transfer to url uses, counted
+** as used, or 0: the URL is new (remembered), refused, or the cache is
+** busy.  A URL is parsed the second time it is seen. */
+int weave__url_take(wv_session *s, const char *url) {
+  size_t len;
+  uint64_t h = url_hash(url, &len);
+  wv_urlent *u, *victim = NULL;
+  int i;
+  for (i = 0; i < WV_URLCACHE; i++) {
+    u = &s->urls[i];
+    if (u->hash == h && u->len == len && (u->url == NULL || memcmp(u->url, url, len) == 0)) {
+      u->used = ++s->urlclock;
+      if (u->bad) return 0;
+      if (u->uh == NULL) url_parse(u, url);
+      if (u->uh == NULL) return 0;
+      u->refs++;
+      return i + 1;
+    }
+    if (u->refs == 0 && (victim == NULL || u->hash == 0 || (victim->hash != 0 && u->used < victim->used)))
+      victim = u;
+  }
+  if (victim != NULL) { /* seen once: the hash only */
+    url_drop(victim);
+    victim->hash = h;
+    victim->len = len;
+    victim->used = ++s->urlclock;
+  }
+  return 0;
+}
+
+void weave__url_give(wv_session *s, int ent) {
+  if (ent > 0) s->urls[ent - 1].refs--;
+}
+
+/* The session is closed: its handles will not start another transfer. */
+void weave__url_free(wv_session *s) {
+  int i;
+  for (i = 0; i < WV_URLCACHE; i++)
+    url_drop(&s->urls[i]);
+}
+
 wv_session *weave__checksession(lua_State *L, int idx) {
   return weave__checksession_rt(L, idx, weave__rt(L));
 }

@@ -927,6 +927,8 @@ static int l_http_fetch(lua_State *L) {
 /* Release everything; the easy handle goes back to the session's pool. */
 void weave__xfer_release(wv_xfer *x) {
   weave__xfer_abort(x);
+  weave__url_give(x->s, x->urlent);
+  x->urlent = 0;
   if (x->mime != NULL) { /* (before the handle is reused or cleaned up) */
     if (x->easy != NULL) curl_easy_setopt(x->easy, CURLOPT_MIMEPOST, (curl_mime *)NULL);
     curl_mime_free(x->mime);

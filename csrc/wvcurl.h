@@ -40,6 +40,22 @@
 enum { WV_EASY_TUNED, WV_EASY_PLAIN_HTTP, WV_EASY_PLAIN_HTTPS, WV_EASY_DIRTY };
 
 typedef struct wv_session wv_session;
+
+/* A URL the session has asked for (session.c's URL cache): seen once (its
+** hash only), or seen again and parsed by libcurl once for all
+** (CURLOPT_CURLU): later requests for it skip libcurl's URL parser, which
+** costs about as much as the rest of weave's work for a request. */
+#define WV_URLCACHE 16
+typedef struct {
+  uint64_t hash; /* of the URL as given; 0: a free slot */
+  size_t len;
+  char *url;  /* the URL as given, once parsed (else NULL) */
+  char *norm; /* libcurl's normalized form of it (what CURLOPT_URL would make) */
+  CURLU *uh;  /* the parsed URL */
+  int refs;   /* transfers using uh (it outlives them) */
+  int bad;    /* libcurl refused it: not cached */
+  unsigned used;
+} wv_urlent;
 typedef struct wv_xfer wv_xfer;
 typedef struct wv_sock wv_sock;
 
@@ -79,6 +95,8 @@ struct wv_session {
   int basedirty;   /* its options make a handle dirty (weave__spec_dirty), whatever the method */
   wv_sock **socks; /* curl.c's poll of each socket, by fd */
   int nsocks;
+  wv_urlent urls[WV_URLCACHE]; /* URLs seen lately (the URL cache) */
+  unsigned urlclock;
   int nxpool;                         /* finished transfers in uservalue 3, for core.http_fetch */
   lua_Integer requests, bytes, conns; /* core.http_fetch's, for session:counts() */
 };
@@ -104,6 +122,7 @@ struct wv_xfer {
   int to_file;     /* output=: the body goes to a file, res.body stays nil */
   int upload;      /* the request body is streamed (need_body events) */
   int plain;       /* weave__spec_plain: the tunables are the session's own (1 http, 2 https) */
+  int urlent;      /* 1 + its entry in the session's URL cache, or 0 */
   int dirty;       /* options beyond a plain GET: reset the handle before reuse */
   int sized;       /* the body buffer was sized from Content-Length (or not) */
   int encoded;     /* the response has a Content-Encoding: its length is not the body's */
@@ -140,6 +159,9 @@ CURL *weave__easy_take(wv_session *s, const wv_xfer *x, long bufsize, int *tuned
 void weave__easy_give(wv_session *s, wv_xfer *x);
 void weave__spare_take(wv_session *s, int i, wv_wbuf *b);
 void weave__spare_give(wv_session *s, int i, wv_wbuf *b);
+int weave__url_take(wv_session *s, const char *url);
+void weave__url_give(wv_session *s, int ent);
+void weave__url_free(wv_session *s);
 void weave__base_options(wv_session *s, CURL *e, long bufsize);
 void weave__sessionlib(lua_State *L, wv_rt *rt);
 struct curl_slist *weave__slist_of(lua_State *L, int idx);

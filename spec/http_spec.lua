@@ -66,6 +66,36 @@ describe("weave.http", function()
       end)
     end)
 
+    it("URLs asked for again go parsed once; every answer is its own URL's", function()
+      run(function()
+        -- One connection, one handle at a time: each request reuses the last
+        -- one's handle, with a URL parsed before (the cache) or not.
+        local s <close> = http.session { max_connections = 1 }
+        local base = ng.url:gsub("^http://", "HTTP://") -- (libcurl normalizes the scheme)
+        local urls = { base .. "/hello", base .. "/1k", ng.url .. "/delayms/?s=0.001", base .. "/hello",
+          ng.url .. "/delayms/?s=0.002" }
+        local want = { ["/hello"] = "hello from nginx\n", ["/1k"] = 1024 }
+        for round = 1, 4 do
+          for i, u in ipairs(urls) do
+            local r = s:get(u)
+            assert.are.equal(200, r.status)
+            local path = u:match("^%a+://[^/]+(.*)$")
+            assert.are.equal(ng.url .. path, r.url, ("round %d, url %d"):format(round, i))
+            local w = want[path]
+            if type(w) == "number" then
+              assert.are.equal(w, #r.body)
+            elseif w then
+              assert.are.equal(w, r.body)
+            else
+              assert.are.equal("delayed " .. u:match("s=([%d.]+)") .. "\n", r.body)
+            end
+          end
+        end
+        -- A host without a path: "/" as libcurl makes it, every time.
+        for _ = 1, 3 do assert.are.equal(ng.url .. "/", s:get(ng.url).url) end
+      end)
+    end)
+
     it("res.headers is made when first read, once, over the raw header block", function()
       run(function()
         local s <close> = http.session {}
