@@ -149,6 +149,14 @@ int weave__url_take(wv_session *s, const char *url) {
   uint64_t h = url_hash(url, &len);
   wv_urlent *u, *victim = NULL;
   int i;
+  if (s->urllast > 0) { /* the last one hit first: a loop over one URL */
+    u = &s->urls[s->urllast - 1];
+    if (u->uh != NULL && u->hash == h && u->len == len && memcmp(u->url, url, len) == 0) {
+      u->used = ++s->urlclock;
+      u->refs++;
+      return s->urllast;
+    }
+  }
   for (i = 0; i < WV_URLCACHE; i++) {
     u = &s->urls[i];
     if (u->hash == h && u->len == len && (u->url == NULL || memcmp(u->url, url, len) == 0)) {
@@ -157,7 +165,7 @@ int weave__url_take(wv_session *s, const char *url) {
       if (u->uh == NULL) url_parse(u, url);
       if (u->uh == NULL) return 0;
       u->refs++;
-      return i + 1;
+      return s->urllast = i + 1;
     }
     if (u->refs == 0 && (victim == NULL || u->hash == 0 || (victim->hash != 0 && u->used < victim->used)))
       victim = u;
@@ -178,6 +186,7 @@ void weave__url_give(wv_session *s, int ent) {
 /* The session is closed: its handles will not start another transfer. */
 void weave__url_free(wv_session *s) {
   int i;
+  s->urllast = 0;
   for (i = 0; i < WV_URLCACHE; i++)
     url_drop(&s->urls[i]);
 }

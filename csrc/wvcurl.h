@@ -97,6 +97,7 @@ struct wv_session {
   int nsocks;
   wv_urlent urls[WV_URLCACHE]; /* URLs seen lately (the URL cache) */
   unsigned urlclock;
+  int urllast;                        /* 1 + the entry last hit, or 0 */
   int nxpool;                         /* finished transfers in uservalue 3, for core.http_fetch */
   lua_Integer requests, bytes, conns; /* core.http_fetch's, for session:counts() */
 };
