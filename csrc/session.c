@@ -142,38 +142,31 @@ static void url_parse(wv_urlent *u, const char *url) {
 }
 
 /* The entry (1 + index) whose parsed form a transfer to url uses, counted
-** as used, or 0: the URL is new (remembered), refused, or the cache is
-** busy.  A URL is parsed the second time it is seen. */
+** as used, or 0: the URL is new (remembered), refused, or both entries it
+** may take are busy.  A URL is parsed the second time it is seen.  Two
+** entries per hash (2-way): a miss costs the hash and two compares. */
 int weave__url_take(wv_session *s, const char *url) {
   size_t len;
   uint64_t h = url_hash(url, &len);
+  int i = (int)(h % WV_URLCACHE) & ~1, j;
   wv_urlent *u, *victim = NULL;
-  int i;
-  if (s->urllast > 0) { /* the last one hit first: a loop over one URL */
-    u = &s->urls[s->urllast - 1];
-    if (u->uh != NULL && u->hash == h && u->len == len && memcmp(u->url, url, len) == 0) {
-      u->used = ++s->urlclock;
-      u->refs++;
-      return s->urllast;
-    }
-  }
-  for (i = 0; i < WV_URLCACHE; i++) {
-    u = &s->urls[i];
+  for (j = i; j < i + 2; j++) {
+    u = &s->urls[j];
     if (u->hash == h && u->len == len && (u->url == NULL || memcmp(u->url, url, len) == 0)) {
       u->used = ++s->urlclock;
       if (u->bad) return 0;
       if (u->uh == NULL) url_parse(u, url);
       if (u->uh == NULL) return 0;
       u->refs++;
-      return s->urllast = i + 1;
+      return j + 1;
     }
-    if (u->refs == 0 && (victim == NULL || u->hash == 0 || (victim->hash != 0 && u->used < victim->used)))
-      victim = u;
+    if (u->refs == 0 && (victim == NULL || u->used < victim->used)) victim = u;
   }
   if (victim != NULL) { /* seen once: the hash only */
-    url_drop(victim);
+    if (victim->url != NULL || victim->uh != NULL) url_drop(victim);
     victim->hash = h;
     victim->len = len;
+    victim->bad = 0;
     victim->used = ++s->urlclock;
   }
   return 0;
@@ -186,7 +179,6 @@ void weave__url_give(wv_session *s, int ent) {
 /* The session is closed: its handles will not start another transfer. */
 void weave__url_free(wv_session *s) {
   int i;
-  s->urllast = 0;
   for (i = 0; i < WV_URLCACHE; i++)
     url_drop(&s->urls[i]);
 }

@@ -45,7 +45,7 @@ typedef struct wv_session wv_session;
 ** hash only), or seen again and parsed by libcurl once for all
 ** (CURLOPT_CURLU): later requests for it skip libcurl's URL parser, which
 ** costs about as much as the rest of weave's work for a request. */
-#define WV_URLCACHE 16
+#define WV_URLCACHE 32 /* (even: 2-way) */
 typedef struct {
   uint64_t hash; /* of the URL as given; 0: a free slot */
   size_t len;
