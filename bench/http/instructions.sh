@@ -10,6 +10,6 @@ perw() { a=$(count "$@" 2000 20 65536 weave); b=$(count "$@" 4000 20 65536 weave
 echo "instructions per request (client side):"
 echo "  C floor (libcurl multi + libuv):   $(per build/bench/floor "$url")"
 echo "  C floor asking libcurl for what weave asks (keep bodies and headers,"
-echo "    cookies, Accept-Encoding, User-Agent): $(perw build/bench/floor "$url")"
+echo "    cookies, Accept-Encoding, User-Agent; the URL parsed once): $(perw build/bench/floor "$url")"
 echo "  weave raw transfer primitives:     $(per lua5.4 bench/http/raw.lua "$url")"
 echo "  weave (s:get through the façade):  $(per lua5.4 bench/http/weave.lua "$url")"
