@@ -363,19 +363,19 @@ md[#md + 1] = [[
   at ~100 % of a core while nginx takes the other. Client-side instructions
   per request (`make bench-instr`, callgrind, repeatable): C floor ~70k; the
   same floor asking libcurl for what weave asks (cookie jar, Accept-Encoding,
-  User-Agent, bodies and headers kept) ~80k; weave through `s:get` ~98.6k
-  (104.7k at the start of the 2026-11-29 work: the session's spec read once,
-  Responses made in C with interned keys, no registry lookup per method call,
-  Semaphore checks without getmetatable). libcurl's own work per transfer
-  is the same for weave and the floor (~77k in curl_multi_socket_action for
-  both); the ~18k left is the Lua side: the task's resume, the request, and
-  a Response of 8 fields plus its Headers object. On the wire weave now does
-  less than the floor: a kept-alive connection keeps its libuv poll between
-  requests (the floor, as curl's multi-uv.c, closes and re-makes it: seven
-  syscalls a request), which is why it is level with or ahead of the floor
-  in wall time. pycurl needs ~112k instructions per request and is still
-  fast: with the server on the other core, how requests batch matters as
-  much as instructions, so read these ratios as ranges.
+  User-Agent, bodies and headers kept, the URL parsed once) ~70k; weave
+  through `s:get` ~83k (99k before the 2026-11-29 afternoon: one C call for
+  the common case, a URL asked for again parsed by libcurl once, headers
+  made when read). libcurl's URL parser alone costs ~10k instructions a
+  transfer, as much as the whole of weave's own work; the ~13k left is the
+  Lua side: the task's resume, the request, the connection slot, and a
+  Response of 8 fields. On the wire weave does less than the floor: a
+  kept-alive connection keeps its libuv poll between requests (the floor,
+  as curl's multi-uv.c, closes and re-makes it: seven syscalls a request),
+  which is why it is level with or ahead of the floor in wall time.
+  pycurl needs ~112k instructions per request and is still fast: with the
+  server on the other core, how requests batch matters as much as
+  instructions, so read these ratios as ranges.
 - **10 MiB bodies.** The floor drops the bytes and curl's CLI writes them to
   /dev/null; weave doing the same job (`output="/dev/null"`) is on par with
   the CLI. `res.body` must be a Lua string: weave receives a big body (known
@@ -389,19 +389,20 @@ md[#md + 1] = [[
   TLS handshake, unless the transfer sets CURLOPT_PIPEWAIT: then it waits
   and all 50 streams share one connection. A client without it pays 50 TLS
   handshakes per run and gives up what multiplexing saves. Per request
-  (callgrind) the HTTP/2 floor needs ~105k instructions, the floor asking
-  for what weave asks ~118k (HTTP/2 makes libcurl's header work dearer:
-  +13k, against +10k on HTTP/1.1), weave ~138k (149k before a session's
-  `ca_file` stopped resetting every handle): the same ~20k of weave's own
-  as on HTTP/1.1. By instructions weave is at 0.86 of the floor with the
-  same asks and 0.76 of the bare floor; in wall time its ratio moved
-  between 0.77 and 0.89 over the runs of 2026-11-29 (one full run read
-  1.28, its floor slow in all five turns: runs of 0.12 s are noisy). libcurl's own work
-  (curl_multi_socket_action, callbacks included) is ~116k a request in
-  weave as in the floor with the same asks: a client asking libcurl for a
-  cookie jar, Accept-Encoding and the response headers stays near 0.9 of
-  the bare floor by instructions even with no work of its own. aiohttp has no HTTP/2 client; Node's fetch and http speak
-  HTTP/1.1, its http2 module multiplexes on the one session it is given.
+  (callgrind) the bare HTTP/2 floor needs ~105k instructions; asking
+  libcurl for what weave asks costs ~13k more (HTTP/2 makes its header
+  work dearer: each header line libcurl formats byte by byte, ~4-7k for
+  User-Agent and Accept-Encoding each) and parsing the URL once saves
+  ~10k of it back (the floor asking what weave asks: ~107k); weave needs
+  ~120k (138k before the 2026-11-29 afternoon). In wall time weave is at
+  0.91-0.94 of the bare floor in the runs of that day (best of 15 turns:
+  the runs are 0.12 s and one slow moment of a shared machine moved a
+  best of 5 between 0.77 and 0.98), and ~0.95 of the floor with the same
+  asks. A script whose every request has a different URL does not get
+  the parsed-URL saving (~10k instructions a request; weave's cache then
+  costs ~0.4k instructions a request, +0.3 %). aiohttp has no
+  HTTP/2 client; Node's fetch and http speak HTTP/1.1, its http2 module
+  multiplexes on the one session it is given.
 - The loopback numbers move by 20-50 % between runs on this 2-core machine
   (nginx shares the cores); every client runs in turns, best of the runs.
 ]]
