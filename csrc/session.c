@@ -147,9 +147,12 @@ static void url_parse(wv_urlent *u, const char *url) {
 ** entries per hash (2-way): a miss costs the hash and two compares. */
 int weave__url_take(wv_session *s, const char *url) {
   size_t len;
-  uint64_t h = url_hash(url, &len);
-  int i = (int)(h % WV_URLCACHE) & ~1, j;
+  uint64_t h;
+  int i, j;
   wv_urlent *u, *victim = NULL;
+  if (s->closed) return 0; /* (its cache is gone with it) */
+  h = url_hash(url, &len);
+  i = (int)(h % WV_URLCACHE) & ~1;
   for (j = i; j < i + 2; j++) {
     u = &s->urls[j];
     if (u->hash == h && u->len == len && (u->url == NULL || memcmp(u->url, url, len) == 0)) {

@@ -401,15 +401,18 @@ wv_xfer *weave__checkxfer(lua_State *L, int idx) {
 ** lookup on the way of every request). */
 static wv_xfer *checkself(lua_State *L) { return weave__checkud(L, 1, getrt(L)->xfermt, WV_XFER_MT); }
 
+/* Finished and released: nothing of it is in use. */
+static int released(const wv_xfer *x) {
+  return x->s != NULL && x->easy == NULL && x->state != XS_RUNNING && x->waiter == NULL && x->rtm.idx < 0 &&
+         !x->direct && x->out == NULL && x->hdrs == NULL && x->mime == NULL && x->outpath == NULL;
+}
+
 /* A finished, released transfer of session s that can be made anew. */
 static wv_xfer *reusable(lua_State *L, int idx, wv_session *s) {
   wv_xfer *x;
   if (lua_isnoneornil(L, idx)) return NULL;
   x = weave__checkxfer(L, idx);
-  if (x->s != s || x->easy != NULL || x->state == XS_RUNNING || x->waiter != NULL || x->rtm.idx >= 0 ||
-      x->direct || x->out != NULL || x->hdrs != NULL || x->mime != NULL || x->outpath != NULL)
-    return NULL;
-  return x;
+  return x->s == s && released(x) ? x : NULL;
 }
 
 /* Bytes a URL never carries as they are: controls, space, non-ASCII and
@@ -537,11 +540,46 @@ static wv_xfer *newxfer(lua_State *L) {
   return x;
 }
 
+/* Keep the finished transfer at idx for the session's next request (its
+** direct body string, if a failure left one, let go). */
+static void pool_give(lua_State *L, wv_session *s, int idx) {
+  if (s->closed || s->nxpool >= WV_XPOOL) return;
+  lua_pushnil(L);
+  lua_setiuservalue(L, idx, 2);
+  lua_getiuservalue(L, idx, 1);
+  lua_getiuservalue(L, -1, 3);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, ++s->nxpool);
+  lua_pop(L, 2);
+}
+
+/* A Transfer of the session at index 1, pushed: a finished one from its
+** pool (no new userdata), else a new one. */
+static wv_xfer *pool_take(lua_State *L, wv_session *s) {
+  wv_xfer *x;
+  if (s->nxpool == 0 || s->closed) return newxfer(L);
+  lua_getiuservalue(L, 1, 3);
+  lua_rawgeti(L, -1, s->nxpool--);
+  lua_remove(L, -2);
+  x = lua_touserdata(L, -1);
+  memset(x, 0, sizeof *x);
+  return x;
+}
+
+/* core.http_give(xfer): a finished transfer the caller is done with goes
+** back to its session's pool (a running or unfinished one is left alone). */
+static int l_http_give(lua_State *L) {
+  wv_xfer *x = weave__checkxfer(L, 1);
+  if (released(x)) pool_give(L, x->s, 1);
+  return 0;
+}
+
 /* core.http_new(session, spec [, url, method, headers [, old]]) -> Transfer
 ** (not started) | nil, message.  url, method and headers, when given, stand
 ** for those fields of spec (which a session can then share between
 ** requests).  old, a finished transfer of the session, is reused if it can
-** be: no new userdata, and no finalizer for the GC to run. */
+** be, else one of the session's pool (core.http_give): no new userdata, and
+** no finalizer for the GC to run. */
 static int l_http_new(lua_State *L) {
   wv_session *s = weave__checksession_rt(L, 1, getrt(L));
   wv_xfer *x;
@@ -572,7 +610,7 @@ static int l_http_new(lua_State *L) {
     lua_setiuservalue(L, -2, 2);
     memset(x, 0, sizeof *x);
   } else
-    x = newxfer(L);
+    x = pool_take(L, s);
   if ((err = setup(L, x, s, &sp, base ? 0 : 2, sp.headers ? 5 : 0)) != NULL) return refuse(L, err);
   return 1;
 }
@@ -824,19 +862,6 @@ static int x_fetch(lua_State *L) {
 
 /* --- the façade's common case ---------------------------------------------- */
 
-/* Keep the finished transfer at idx for the session's next request (its
-** direct body string, if a failure left one, let go). */
-static void pool_give(lua_State *L, wv_session *s, int idx) {
-  if (s->closed || s->nxpool >= WV_XPOOL) return;
-  lua_pushnil(L);
-  lua_setiuservalue(L, idx, 2);
-  lua_getiuservalue(L, idx, 1);
-  lua_getiuservalue(L, -1, 3);
-  lua_pushvalue(L, idx);
-  lua_rawseti(L, -2, ++s->nxpool);
-  lua_pop(L, 2);
-}
-
 static int get_k(lua_State *L, int status, lua_KContext ctx);
 
 /* The transfer (at index 1) is done: its Response, or its error raised;
@@ -906,13 +931,7 @@ static int l_http_fetch(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (s->nxpool > 0) {
-    lua_getiuservalue(L, 1, 3);
-    lua_rawgeti(L, -1, s->nxpool--);
-    x = lua_touserdata(L, -1);
-    memset(x, 0, sizeof *x);
-  } else
-    x = newxfer(L);
+  x = pool_take(L, s);
   if (setup(L, x, s, &sp, 0, 4) != NULL) {
     lua_pushboolean(L, 0);
     return 1;
@@ -1023,6 +1042,8 @@ void weave__xferlib(lua_State *L, wv_rt *rt) {
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_http_new, 1);
   lua_setfield(L, -2, "http_new");
+  lua_pushcfunction(L, l_http_give);
+  lua_setfield(L, -2, "http_give");
   lua_pushlightuserdata(L, rt);
   weave__push_response_upvalues(L);
   lua_pushcclosure(L, l_http_fetch, WV_RESPONSE_UPVALUES);

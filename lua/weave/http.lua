@@ -24,7 +24,8 @@ end
 local type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math_type =
   type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math.type
 local concat, sort = table.concat, table.sort
-local new_transfer, fetch, running, now, state = core.http_new, core.http_fetch, core.running, core.now, core.state
+local new_transfer, fetch, give, running, now, state =
+  core.http_new, core.http_fetch, core.http_give, core.running, core.now, core.state
 -- (the connection slots' two calls on the way of every request, without
 -- the method lookup)
 local Semaphore = getmetatable(sync.Semaphore(1))
@@ -947,25 +948,18 @@ local function hop(self, req, x)
     req.timeout = left
   end
   if not x and req.plain and not req.deadline then
-    -- The session's own spec, and a finished transfer of its pool reused
-    -- (as the fast path does); http_new refusing: transfer() says why.
-    local pool, n = self._xpool, self._xn
-    local old = pool[n]
-    if n > 0 then pool[n], self._xn = nil, n - 1 end
-    x = new_transfer(self._s, self._spec, req.url, req.method, req.headers, old)
+    -- The session's own spec (as the common case has it); http_new
+    -- refusing: transfer() says why.
+    x = new_transfer(self._s, self._spec, req.url, req.method, req.headers)
   end
-  x = x or transfer(self, req)
+  x = x or transfer(self, req) -- (both on a finished transfer of the session's pool)
   if not (req.stream or req.body_iter or req.progress) then
     local ok, res = pcall(x.fetch, x)
     if not ok then
       x:close()
       error(res, 0)
     end
-    local n = self._xn
-    if n < 8 then
-      n = n + 1
-      self._xpool[n], self._xn = x, n
-    end
+    give(x) -- (back to the pool)
     return res
   end
   local ok, r = pcall(function()
@@ -1383,7 +1377,7 @@ function M.session(opts)
   -- sooner; no option has their names)
   for _, m in ipairs(VERBS) do o[m] = Session[m] end
   local view = setmetatable(o, Session)
-  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _xpool = {}, _xn = 0, _closed = false,
+  local s = setmetatable({ _slots = sync.Semaphore(maxc), _hosts = {}, _closed = false,
     _streams = 0, _gc_at = -math.huge, _requests = 0, _retries = 0, _errors = {}, _bytes = 0, _conns = 0,
     _queued = 0 }, {
     __name = Session.__name, __index = view, __newindex = fixed, __close = finalize, __gc = finalize,
