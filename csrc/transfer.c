@@ -814,19 +814,30 @@ static int x_check(lua_State *L) {
   return 0;
 }
 
-/* The transfer is done: its response fields and body, or its error raised;
-** the transfer is released either way. */
+/* The transfer (at index 1) is done: its Response, or its error raised; the
+** transfer is released either way.  One of core.http_fetch's also goes
+** back to the session's pool, is counted for s:stats(), and returns
+** whether the Response has a redirect_url. */
 static int fetch_done(lua_State *L, wv_xfer *x) {
+  wv_session *s = x->s;
+  int pooled = x->pooled, redirect;
+  long conns;
   lua_settop(L, 1);
   if (weave__xfer_failed(x)) {
     weave__push_xfer_error(L, x);
     weave__xfer_release(x);
+    if (pooled) pool_give(L, s, 1);
     return lua_error(L);
   }
   lua_createtable(L, 0, 8); /* the fields of a plain Response */
-  weave__fill_response(L, x, 2, !x->to_file, NULL);
+  conns = weave__fill_response(L, x, 2, !x->to_file, &redirect);
   weave__xfer_release(x);
-  return 1;
+  if (!pooled) return 1;
+  s->conns += conns;
+  s->bytes += x->total;
+  pool_give(L, s, 1);
+  lua_pushboolean(L, redirect);
+  return 2;
 }
 
 static int fetch_k(lua_State *L, int status, lua_KContext ctx);
@@ -839,9 +850,14 @@ static int fetch_wait(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t) {
 
 static int fetch_k(lua_State *L, int status, lua_KContext ctx) {
   wv_rt *rt = (wv_rt *)ctx;
-  wv_task *t = weave__woken(L, rt);
+  wv_xfer *x = lua_touserdata(L, 1);
+  wv_task *t = rt->current;
   (void)status;
-  return fetch_wait(L, rt, lua_touserdata(L, 1), t);
+  /* Woken to raise a cancel (weave__woken does): the aborted transfer's
+  ** handle and buffers go back now, not when the GC or a close finds it. */
+  if (t != NULL && t->co == L && t->wake == WV_WAKE_CANCEL) weave__xfer_release(x);
+  t = weave__woken(L, rt);
+  return fetch_wait(L, rt, x, t);
 }
 
 /* xfer:fetch() -> response fields with body (raises the transfer's error):
@@ -861,47 +877,6 @@ static int x_fetch(lua_State *L) {
 }
 
 /* --- the façade's common case ---------------------------------------------- */
-
-static int get_k(lua_State *L, int status, lua_KContext ctx);
-
-/* The transfer (at index 1) is done: its Response, or its error raised;
-** either way it goes back to the pool. */
-static int get_done(lua_State *L, wv_xfer *x) {
-  wv_session *s = x->s;
-  int redirect;
-  lua_settop(L, 1);
-  if (weave__xfer_failed(x)) {
-    weave__push_xfer_error(L, x);
-    weave__xfer_release(x);
-    pool_give(L, s, 1);
-    return lua_error(L);
-  }
-  lua_createtable(L, 0, 8); /* the fields of a plain Response */
-  s->conns += weave__fill_response(L, x, 2, 1, &redirect);
-  s->bytes += x->total;
-  weave__xfer_release(x);
-  pool_give(L, s, 1);
-  lua_pushboolean(L, redirect);
-  return 2;
-}
-
-static int get_wait(lua_State *L, wv_rt *rt, wv_xfer *x, wv_task *t) {
-  reserve(L, x);
-  if (x->events & EV_DONE) return get_done(L, x);
-  return park(L, rt, x, t, get_k);
-}
-
-static int get_k(lua_State *L, int status, lua_KContext ctx) {
-  wv_rt *rt = (wv_rt *)ctx;
-  wv_xfer *x = lua_touserdata(L, 1);
-  wv_task *t = rt->current;
-  (void)status;
-  /* Woken to raise a cancel (weave__woken does): the aborted transfer's
-  ** handle and buffers go back now, not when the GC finds it. */
-  if (t != NULL && t->co == L && t->wake == WV_WAKE_CANCEL) weave__xfer_release(x);
-  t = weave__woken(L, rt);
-  return get_wait(L, rt, x, t);
-}
 
 /* core.http_fetch(session, url, method, lines) -> Response, redirect | false
 ** The façade's common case in one call: a request with the session's own
@@ -937,10 +912,11 @@ static int l_http_fetch(lua_State *L) {
     return 1;
   }
   s->requests++;
+  x->pooled = 1;
   lua_replace(L, 1); /* (the transfer keeps its session) */
   lua_settop(L, 1);
   xfer_start(L, x);
-  return get_wait(L, rt, x, t);
+  return fetch_wait(L, rt, x, t);
 }
 
 /* Release everything; the easy handle goes back to the session's pool. */
