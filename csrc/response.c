@@ -245,9 +245,14 @@ void weave__push_response_upvalues(lua_State *L) {
 static int r_index(lua_State *L) {
   lua_settop(L, 2);
   lua_pushvalue(L, 2);
-  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL || !lua_rawequal(L, 2, lua_upvalueindex(3))) return 1;
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL || !lua_rawequal(L, 2, lua_upvalueindex(3)) ||
+      !lua_istable(L, 1)) /* (called by hand on something else: the class's fields only) */
+    return 1;
   lua_pushvalue(L, lua_upvalueindex(4));
-  if (lua_rawget(L, 1) != LUA_TSTRING) return 1;
+  if (lua_rawget(L, 1) != LUA_TSTRING) { /* no raw block (or one replaced by something else) */
+    lua_pushnil(L);
+    return 1;
+  }
   lua_createtable(L, 0, 1);
   lua_pushvalue(L, lua_upvalueindex(4));
   lua_pushvalue(L, -3);

@@ -566,20 +566,36 @@ static wv_xfer *pool_take(lua_State *L, wv_session *s) {
   return x;
 }
 
-/* core.http_give(xfer): a finished transfer the caller is done with goes
-** back to its session's pool (a running or unfinished one is left alone). */
-static int l_http_give(lua_State *L) {
-  wv_xfer *x = weave__checkxfer(L, 1);
-  if (released(x)) pool_give(L, x->s, 1);
-  return 0;
+/* The spec of a request (the session at index 1): the table at index 2,
+** the session's own (read once, by set_base) or read now, with url, method
+** and headers at 3, 4, 5 standing for its fields when given.  Returns
+** whether it is the session's own. */
+static int spec_args(lua_State *L, wv_session *s, wv_spec *sp) {
+  int base;
+  lua_getiuservalue(L, 1, 2);
+  if ((base = s->hasbase && lua_rawequal(L, -1, 2)))
+    *sp = s->base;
+  else
+    weave__read_spec(L, 2, sp);
+  lua_pop(L, 1);
+  if (lua_type(L, 3) == LUA_TSTRING) sp->url = lua_tolstring(L, 3, &sp->urllen);
+  if (lua_type(L, 4) == LUA_TSTRING) sp->method = lua_tostring(L, 4);
+  if (lua_type(L, 5) == LUA_TTABLE)
+    sp->headers = 5;
+  else if (sp->headers) {
+    lua_getfield(L, 2, "headers");
+    lua_replace(L, 5);
+    sp->headers = 5;
+  }
+  return base;
 }
 
 /* core.http_new(session, spec [, url, method, headers [, old]]) -> Transfer
 ** (not started) | nil, message.  url, method and headers, when given, stand
 ** for those fields of spec (which a session can then share between
 ** requests).  old, a finished transfer of the session, is reused if it can
-** be, else one of the session's pool (core.http_give): no new userdata, and
-** no finalizer for the GC to run. */
+** be, else one of the session's pool (core.http_fetch's): no new userdata,
+** and no finalizer for the GC to run. */
 static int l_http_new(lua_State *L) {
   wv_session *s = weave__checksession_rt(L, 1, getrt(L));
   wv_xfer *x;
@@ -588,21 +604,7 @@ static int l_http_new(lua_State *L) {
   int base;
   weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
   lua_settop(L, 6);
-  lua_getiuservalue(L, 1, 2);
-  if ((base = s->hasbase && lua_rawequal(L, -1, 2)))
-    sp = s->base; /* the session's own spec, read once */
-  else
-    weave__read_spec(L, 2, &sp);
-  lua_pop(L, 1);
-  if (lua_type(L, 3) == LUA_TSTRING) sp.url = lua_tolstring(L, 3, &sp.urllen);
-  if (lua_type(L, 4) == LUA_TSTRING) sp.method = lua_tostring(L, 4);
-  if (lua_type(L, 5) == LUA_TTABLE)
-    sp.headers = 5;
-  else if (sp.headers) {
-    lua_getfield(L, 2, "headers");
-    lua_replace(L, 5);
-    sp.headers = 5;
-  }
+  base = spec_args(L, s, &sp);
   if ((err = check_url(L, &sp)) != NULL) return refuse(L, err);
   if ((x = reusable(L, 6, s)) != NULL) {
     lua_pushvalue(L, 6);
@@ -816,8 +818,8 @@ static int x_check(lua_State *L) {
 
 /* The transfer (at index 1) is done: its Response, or its error raised; the
 ** transfer is released either way.  One of core.http_fetch's also goes
-** back to the session's pool, is counted for s:stats(), and returns
-** whether the Response has a redirect_url. */
+** back to the session's pool, is counted for s:stats() if asked, and
+** returns whether the Response has a redirect_url. */
 static int fetch_done(lua_State *L, wv_xfer *x) {
   wv_session *s = x->s;
   int pooled = x->pooled, redirect;
@@ -833,8 +835,10 @@ static int fetch_done(lua_State *L, wv_xfer *x) {
   conns = weave__fill_response(L, x, 2, !x->to_file, &redirect);
   weave__xfer_release(x);
   if (!pooled) return 1;
-  s->conns += conns;
-  s->bytes += x->total;
+  if (pooled == 2) { /* counted: for s:stats() */
+    s->conns += conns;
+    s->bytes += x->total;
+  }
   pool_give(L, s, 1);
   lua_pushboolean(L, redirect);
   return 2;
@@ -878,41 +882,43 @@ static int x_fetch(lua_State *L) {
 
 /* --- the façade's common case ---------------------------------------------- */
 
-/* core.http_fetch(session, url, method, lines) -> Response, redirect | false
-** The façade's common case in one call: a request with the session's own
-** spec (set_base) but for url, method and header lines, on a transfer from
-** the session's pool (no new userdata), started, awaited, read and given
-** back; redirect: it has a redirect_url.  Raises the transfer's error
-** object.  false: not made here (no
-** task can wait here, or the url is refused): the general path does it,
-** or says why not. */
+/* core.http_fetch(session, spec [, url, method, headers [, counted]]) ->
+** Response, redirect | nil, message | false
+** A request that needs no streaming (no stream=, body function or
+** on_progress) in one call: made on a finished transfer of the session's
+** pool, started, awaited, read, and given back to the pool; the transfer
+** never reaches Lua.  spec, url, method and headers as for http_new;
+** redirect: the Response has a redirect_url; counted: count it for
+** s:stats() here (the façade's common case; the general path counts its
+** own).  Raises the transfer's error object.  nil, message: refused, as
+** http_new would.  false: not made here (no task can wait here, or the
+** spec streams): the caller makes it with http_new. */
 static int l_http_fetch(lua_State *L) {
   wv_rt *rt = getrt(L);
   wv_session *s = weave__checksession_rt(L, 1, rt);
   wv_task *t = rt->current;
   wv_spec sp;
   wv_xfer *x;
-  lua_settop(L, 4);
-  if (t == NULL || t->co != L || !lua_isyieldable(L) || !s->hasbase || s->closed ||
-      lua_type(L, 2) != LUA_TSTRING || lua_type(L, 3) != LUA_TSTRING || lua_type(L, 4) != LUA_TTABLE) {
+  const char *err;
+  int base, counted;
+  weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
+  lua_settop(L, 6);
+  counted = lua_toboolean(L, 6);
+  if (t == NULL || t->co != L || !lua_isyieldable(L) || s->closed) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  base = spec_args(L, s, &sp);
+  if (sp.stream || sp.progress || sp.body_stream) {
     lua_pushboolean(L, 0);
     return 1;
   }
   weave__checkcancel(L, t);
-  sp = s->base;
-  sp.url = lua_tolstring(L, 2, &sp.urllen);
-  sp.method = lua_tostring(L, 3);
-  if (check_url(L, &sp) != NULL) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
+  if ((err = check_url(L, &sp)) != NULL) return refuse(L, err);
   x = pool_take(L, s);
-  if (setup(L, x, s, &sp, 0, 4) != NULL) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  s->requests++;
-  x->pooled = 1;
+  if ((err = setup(L, x, s, &sp, base ? 0 : 2, sp.headers ? 5 : 0)) != NULL) return refuse(L, err);
+  if (counted) s->requests++;
+  x->pooled = 1 + counted;
   lua_replace(L, 1); /* (the transfer keeps its session) */
   lua_settop(L, 1);
   xfer_start(L, x);
@@ -1018,8 +1024,7 @@ void weave__xferlib(lua_State *L, wv_rt *rt) {
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_http_new, 1);
   lua_setfield(L, -2, "http_new");
-  lua_pushcfunction(L, l_http_give);
-  lua_setfield(L, -2, "http_give");
+
   lua_pushlightuserdata(L, rt);
   weave__push_response_upvalues(L);
   lua_pushcclosure(L, l_http_fetch, WV_RESPONSE_UPVALUES);

@@ -124,7 +124,7 @@ struct wv_xfer {
   int upload;      /* the request body is streamed (need_body events) */
   int plain;       /* weave__spec_plain: the tunables are the session's own (1 http, 2 https) */
   int urlent;      /* 1 + its entry in the session's URL cache, or 0 */
-  int pooled;      /* core.http_fetch's: back to the session's pool when done */
+  int pooled;      /* core.http_fetch's: back to the session's pool when done (2: and counted) */
   int dirty;       /* options beyond a plain GET: reset the handle before reuse */
   int sized;       /* the body buffer was sized from Content-Length (or not) */
   int encoded;     /* the response has a Content-Encoding: its length is not the body's */

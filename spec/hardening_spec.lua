@@ -602,6 +602,39 @@ describe("hardening: bad arguments", function()
   end)
 
   -- Defect 13: strings with NUL bytes are silently truncated at the C boundary.
+  -- Found against the common case's C path (2026-11-29): Response's C
+  -- __index called by hand on a non-table crashed; a replaced raw header
+  -- block came back as res.headers; a public http_give let a script put one
+  -- transfer in the pool twice (two requests on one transfer, a hang).
+  it("Response's __index, core.http_fetch and the transfer pool take any argument without a crash", function()
+    local out, err, rc, dt = child [==[
+      local http = require "weave.http"
+      local core = require "weave.core"
+      for _, v in ipairs { "x", 1, true, false, print, coroutine.create(print), io.stdout } do
+        local ok, r = pcall(http.Response.__index, v, "headers")
+        assert(ok and r == nil, "Response.__index(" .. type(v) .. ", 'headers'): " .. tostring(r))
+        local ok2, m = pcall(http.Response.__index, v, "json")
+        assert(ok2 and m == http.Response.json, "the class's methods still read")
+      end
+      assert(pcall(http.Response.__index, nil, "headers"))
+      assert(setmetatable({ _raw = 42 }, http.Response).headers == nil, "a raw block that is not a string")
+      assert(setmetatable({ _raw = "A: b\n" }, http.Response).headers.a == "b")
+      for _, args in ipairs { {}, { 1 }, { "s" }, { io.stdout } } do
+        local ok, e = pcall(core.http_fetch, table.unpack(args))
+        assert(not ok and tostring(e):find("weave.http", 1, true), tostring(e))
+      end
+      local s = http.session {}
+      local ok, e = pcall(core.http_fetch, s._s, "not a spec")
+      assert(not ok and tostring(e):find("table", 1, true), tostring(e))
+      -- outside a task: not made here (false), the façade goes the long way
+      assert(core.http_fetch(s._s, s._spec, "http://127.0.0.1:1/") == false)
+      assert(core.http_give == nil, "pooled transfers never reach Lua")
+      s:close()
+      print("OK")
+    ]==]
+    assert_ok(out, err, rc, dt, "Response.__index / core.http_fetch with wrong arguments")
+  end)
+
   it("NUL bytes in paths, argv, env, URLs and headers are refused", function()
     local tmp = os.tmpname()
     local out, err, rc, dt = child(([==[

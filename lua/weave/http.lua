@@ -24,8 +24,7 @@ end
 local type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math_type =
   type, tostring, pairs, ipairs, error, pcall, setmetatable, select, next, rawget, math.type
 local concat, sort = table.concat, table.sort
-local new_transfer, fetch, give, running, now, state =
-  core.http_new, core.http_fetch, core.http_give, core.running, core.now, core.state
+local new_transfer, fetch, running, now, state = core.http_new, core.http_fetch, core.running, core.now, core.state
 -- (the connection slots' two calls on the way of every request, without
 -- the method lookup)
 local Semaphore = getmetatable(sync.Semaphore(1))
@@ -931,14 +930,9 @@ local function hop_stream(self, x, req)
 end
 
 -- A transfer for req (not started); raises what http_new refuses.
-local function transfer(self, req)
-  local x, msg = new_transfer(self._s, req)
-  if not x then error(invalid(req.fname, msg, req.url), 0) end
-  return x
-end
 
 -- Run one transfer for req (x, or a new one); its Response (raises its error).
-local function hop(self, req, x)
+local function hop(self, req)
   if req.deadline then -- one timeout for all the hops
     local left = req.deadline - now()
     if left <= 0 then
@@ -947,21 +941,18 @@ local function hop(self, req, x)
     end
     req.timeout = left
   end
-  if not x and req.plain and not req.deadline then
-    -- The session's own spec (as the common case has it); http_new
-    -- refusing: transfer() says why.
-    x = new_transfer(self._s, self._spec, req.url, req.method, req.headers)
-  end
-  x = x or transfer(self, req) -- (both on a finished transfer of the session's pool)
+  -- (a request without options goes with the session's own spec, as the
+  -- common case does)
+  local spec = req.plain and not req.deadline and self._spec or req
   if not (req.stream or req.body_iter or req.progress) then
-    local ok, res = pcall(x.fetch, x)
-    if not ok then
-      x:close()
-      error(res, 0)
-    end
-    give(x) -- (back to the pool)
-    return res
+    -- Made, run and read in C on a transfer of the session's pool.
+    local res, msg = fetch(self._s, spec, req.url, req.method, req.headers)
+    if res then return res end
+    if res == nil then error(invalid(req.fname, msg, req.url), 0) end
+    -- (false: no task can wait here; the transfer below says so)
   end
+  local x, msg = new_transfer(self._s, spec, req.url, req.method, req.headers)
+  if not x then error(invalid(req.fname, msg, req.url), 0) end
   local ok, r = pcall(function()
     x:start()
     if req.stream then return hop_stream(self, x, req) end
@@ -1192,7 +1183,8 @@ local function plain(self, url, method, fname)
   if self._closed or not sem_try(slots) then
     return perform(self, EMPTY, fname, url, method)
   end
-  local ok, res, redirect = pcall(fetch, self._s, url, method, NOBODY_CL[method] and self._lines_cl or self._lines)
+  local ok, res, redirect = pcall(fetch, self._s, self._spec, url, method,
+    NOBODY_CL[method] and self._lines_cl or self._lines, true)
   sem_give(slots)
   if ok and res and not redirect then return res end
   return plain_rest(self, ok, res, url, method, fname)
@@ -1202,11 +1194,11 @@ end
 -- session's fields as upvalues; anything else goes as Session's methods do.
 local function session_verb(s, method)
   local generic, fname = Session[method:lower()], "http." .. method:lower()
-  local slots, sud, lines = s._slots, s._s, NOBODY_CL[method] and s._lines_cl or s._lines
+  local slots, sud, spec, lines = s._slots, s._s, s._spec, NOBODY_CL[method] and s._lines_cl or s._lines
   return function(self, url, opts)
     if opts == nil and self == s and not (EVENTS.http_request or EVENTS.http_response) then
       if s._closed or not sem_try(slots) then return perform(s, EMPTY, fname, url, method) end
-      local ok, res, redirect = pcall(fetch, sud, url, method, lines)
+      local ok, res, redirect = pcall(fetch, sud, spec, url, method, lines, true)
       sem_give(slots)
       if ok and res and not redirect then return res end
       return plain_rest(s, ok, res, url, method, fname)
