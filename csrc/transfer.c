@@ -401,20 +401,6 @@ wv_xfer *weave__checkxfer(lua_State *L, int idx) {
 ** lookup on the way of every request). */
 static wv_xfer *checkself(lua_State *L) { return weave__checkud(L, 1, getrt(L)->xfermt, WV_XFER_MT); }
 
-/* Finished and released: nothing of it is in use. */
-static int released(const wv_xfer *x) {
-  return x->s != NULL && x->easy == NULL && x->state != XS_RUNNING && x->waiter == NULL && x->rtm.idx < 0 &&
-         !x->direct && x->out == NULL && x->hdrs == NULL && x->mime == NULL && x->outpath == NULL;
-}
-
-/* A finished, released transfer of session s that can be made anew. */
-static wv_xfer *reusable(lua_State *L, int idx, wv_session *s) {
-  wv_xfer *x;
-  if (lua_isnoneornil(L, idx)) return NULL;
-  x = weave__checkxfer(L, idx);
-  return x->s == s && released(x) ? x : NULL;
-}
-
 /* Bytes a URL never carries as they are: controls, space, non-ASCII and
 ** the characters RFC 3986 excludes; '#' starts the fragment. */
 static const unsigned char URLBAD[256] = {
@@ -590,12 +576,11 @@ static int spec_args(lua_State *L, wv_session *s, wv_spec *sp) {
   return base;
 }
 
-/* core.http_new(session, spec [, url, method, headers [, old]]) -> Transfer
-** (not started) | nil, message.  url, method and headers, when given, stand
-** for those fields of spec (which a session can then share between
-** requests).  old, a finished transfer of the session, is reused if it can
-** be, else one of the session's pool (core.http_fetch's): no new userdata,
-** and no finalizer for the GC to run. */
+/* core.http_new(session, spec [, url, method, headers]) -> Transfer (not
+** started) | nil, message.  url, method and headers, when given, stand for
+** those fields of spec (which a session can then share between requests).
+** The Transfer is a finished one of the session's pool (core.http_fetch's)
+** when there is one: no new userdata, and no finalizer for the GC to run. */
 static int l_http_new(lua_State *L) {
   wv_session *s = weave__checksession_rt(L, 1, getrt(L));
   wv_xfer *x;
@@ -603,16 +588,10 @@ static int l_http_new(lua_State *L) {
   const char *err;
   int base;
   weave__checktype(L, 2, LUA_TTABLE, "weave.http", "a table");
-  lua_settop(L, 6);
+  lua_settop(L, 5);
   base = spec_args(L, s, &sp);
   if ((err = check_url(L, &sp)) != NULL) return refuse(L, err);
-  if ((x = reusable(L, 6, s)) != NULL) {
-    lua_pushvalue(L, 6);
-    lua_pushnil(L);
-    lua_setiuservalue(L, -2, 2);
-    memset(x, 0, sizeof *x);
-  } else
-    x = pool_take(L, s);
+  x = pool_take(L, s);
   if ((err = setup(L, x, s, &sp, base ? 0 : 2, sp.headers ? 5 : 0)) != NULL) return refuse(L, err);
   return 1;
 }
