@@ -207,11 +207,12 @@ void weave__push_xfer_error(lua_State *L, wv_xfer *x) {
 }
 
 /* The field names of a response table, pushed as upvalues 2.. of the C
-** functions that make one (then the Response and Headers metatables, set by
+** functions that make one (then the Response metatable, set by
 ** core.http_classes): setting a field is a rawset with a key already
-** interned (lua_setfield would look each name up again). */
+** interned (lua_setfield would look each name up again).  `headers` is
+** not one: Response's __index makes it from _raw when first read. */
 static const char *const KEYS[WV_RESPONSE_KEYS] = {
-    "status", "ok",          "reason",       "http_version",    "url", "elapsed", "headers",
+    "status", "ok",          "reason",       "http_version",    "url", "elapsed",
     "body",   "retry_after", "redirect_url", "new_connections", "_raw"};
 enum {
   K_STATUS = 2,
@@ -220,22 +221,19 @@ enum {
   K_VERSION,
   K_URL,
   K_ELAPSED,
-  K_HEADERS,
   K_BODY,
   K_RETRY,
   K_REDIRECT,
   K_CONNS,
   K_RAW,
-  U_RESPONSE,
-  U_HEADERS
+  U_RESPONSE
 };
 
 void weave__push_response_upvalues(lua_State *L) {
   int i;
   for (i = 0; i < WV_RESPONSE_KEYS; i++)
     lua_pushstring(L, KEYS[i]);
-  lua_pushnil(L); /* the Response and Headers metatables */
-  lua_pushnil(L);
+  lua_pushnil(L); /* the Response metatable */
 }
 
 /* Response.__index: the class's fields (methods, defaults), and
@@ -265,27 +263,22 @@ static int r_index(lua_State *L) {
   return 1;
 }
 
-/* core.http_classes(Response, Headers): the metatables of the tables
-** xfer:fetch() and xfer:response() return (the façade's classes). */
+/* core.http_classes(Response, Headers) -> Response.__index: the classes of
+** the tables core.http_fetch, xfer:fetch() and xfer:response() return (the
+** façade's); Headers is the class of res.headers. */
 int weave__http_classes(lua_State *L) {
   static const char *const MAKERS[] = {"fetch", "response"};
   size_t i;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &weave__HTTP_FETCH);
-  lua_pushvalue(L, 1);
-  lua_setupvalue(L, -2, U_RESPONSE);
-  lua_pushvalue(L, 2);
-  lua_setupvalue(L, -2, U_HEADERS);
-  lua_pop(L, 1);
   luaL_getmetatable(L, WV_XFER_MT);
   lua_getfield(L, -1, "__index");
-  for (i = 0; i < sizeof MAKERS / sizeof MAKERS[0]; i++) {
-    lua_getfield(L, -1, MAKERS[i]);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &weave__HTTP_FETCH);
+  for (i = 0; i < sizeof MAKERS / sizeof MAKERS[0]; i++)
+    lua_getfield(L, -2 - (int)i, MAKERS[i]);
+  for (i = 0; i < 1 + sizeof MAKERS / sizeof MAKERS[0]; i++) { /* (the makers pushed above) */
     lua_pushvalue(L, 1);
     lua_setupvalue(L, -2, U_RESPONSE);
-    lua_pushvalue(L, 2);
-    lua_setupvalue(L, -2, U_HEADERS);
     lua_pop(L, 1);
   }
   lua_pop(L, 2);

@@ -193,8 +193,8 @@ extern const char weave__XFER_MT, weave__HTTP_FETCH;
 long weave__fill_response(lua_State *L, wv_xfer *x, int t, int body, int *redirect);
 void weave__push_response_upvalues(lua_State *L);
 int weave__http_classes(lua_State *L);
-#define WV_RESPONSE_KEYS 12
-#define WV_RESPONSE_UPVALUES (1 + WV_RESPONSE_KEYS + 2) /* the runtime, the keys, two metatables */
+#define WV_RESPONSE_KEYS 11
+#define WV_RESPONSE_UPVALUES (1 + WV_RESPONSE_KEYS + 1) /* the runtime, the keys, the Response metatable */
 int weave__xfer_failed(const wv_xfer *x);
 void weave__push_xfer_error(lua_State *L, wv_xfer *x);
 void weave__push_safe_url(lua_State *L, const char *url);
