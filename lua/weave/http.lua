@@ -548,8 +548,8 @@ M.user_agent = "weave/" .. core.version
 
 local Session = { __name = "weave.http.Session" }
 
--- Sessions whose requests without options take the common case (plain):
--- one lookup that also refuses anything else as self.
+-- Plain sessions (their requests without options take the common case)
+-- -> their own request methods: one lookup that refuses anything else.
 local PLAIN = setmetatable({}, { __mode = "k" })
 Session.__index = Session
 
@@ -929,9 +929,7 @@ local function hop_stream(self, x, req)
   return res
 end
 
--- A transfer for req (not started); raises what http_new refuses.
-
--- Run one transfer for req (x, or a new one); its Response (raises its error).
+-- Run one transfer for req; its Response (raises its error).
 local function hop(self, req)
   if req.deadline then -- one timeout for all the hops
     local left = req.deadline - now()
@@ -1151,16 +1149,9 @@ local function blocking(fn, ...)
   return fn(...)
 end
 
--- The common case, a branch of the pipeline: no options, a session without
--- base_url, max_per_host, pool_timeout or defaults beyond headers, inside a
--- task.  The session's settings are its shared spec (set_base): C makes,
--- runs and reads the transfer in one call (core.http_fetch), on a transfer
--- of the session's own pool, and counts it for s:stats().  A redirect
--- follows on the general path; a URL that C refuses, or a busy pool, takes
--- it from the start.
 -- The rest of the common case when it is not a plain answer: an error (ok
--- false), a request C would not make (res false: the general path makes
--- it, or says why not), or a redirect to follow.
+-- false), a request C would not make (res false or nil: the general path
+-- makes it, or says why not), or a redirect to follow.
 local function plain_rest(self, ok, res, url, method, fname)
   if not ok then
     count_error(self, res)
@@ -1178,32 +1169,26 @@ local function plain_rest(self, ok, res, url, method, fname)
   return res
 end
 
-local function plain(self, url, method, fname)
-  local slots = self._slots
-  if self._closed or not sem_try(slots) then
-    return perform(self, EMPTY, fname, url, method)
-  end
-  local ok, res, redirect = pcall(fetch, self._s, self._spec, url, method,
-    NOBODY_CL[method] and self._lines_cl or self._lines, true)
-  sem_give(slots)
-  if ok and res and not redirect then return res end
-  return plain_rest(self, ok, res, url, method, fname)
-end
-
--- A plain session's own request methods (in its view): plain() with the
--- session's fields as upvalues; anything else goes as Session's methods do.
-local function session_verb(s, method)
-  local generic, fname = Session[method:lower()], "http." .. method:lower()
+-- The common case, a branch of the pipeline: no options, a plain session (no
+-- base_url, max_per_host, pool_timeout, timeout, retry, rate limits, hooks or
+-- default Cookie), no weave.on listeners.  A plain session's own request
+-- methods (in its view, the session's fields as upvalues): C makes, runs and
+-- reads the transfer in one call (core.http_fetch) with the session's spec,
+-- on a transfer of its pool, and counts it for s:stats().  A redirect follows
+-- on the general path; a URL C refuses, a busy pool or a call outside a task
+-- takes it from the start; anything else goes as `general` does.
+local function session_verb(s, method, general)
+  local fname = "http." .. method:lower()
   local slots, sud, spec, lines = s._slots, s._s, s._spec, NOBODY_CL[method] and s._lines_cl or s._lines
   return function(self, url, opts)
     if opts == nil and self == s and not (EVENTS.http_request or EVENTS.http_response) then
-      if s._closed or not sem_try(slots) then return perform(s, EMPTY, fname, url, method) end
+      if s._closed or not sem_try(slots) then return blocking(perform, s, EMPTY, fname, url, method) end
       local ok, res, redirect = pcall(fetch, sud, spec, url, method, lines, true)
       sem_give(slots)
       if ok and res and not redirect then return res end
       return plain_rest(s, ok, res, url, method, fname)
     end
-    return generic(self, url, opts)
+    return general(self, url, opts)
   end
 end
 
@@ -1221,16 +1206,13 @@ function Session:request(opts)
   return blocking(perform, self, opts, "http.request")
 end
 
+-- Session's request methods: the general path (a plain session's own
+-- methods, in PLAIN, take the common case first).
 local function verb(method)
-  local fname = "http." .. method:lower()
-  return function(self, url, opts)
-    -- (a url that is not a string is refused by http_new: plain then takes
-    -- the general path, which says so)
-    if opts == nil and PLAIN[self] and not (EVENTS.http_request or EVENTS.http_response) then
-      return plain(self, url, method, fname)
-    end
+  local fname, lname = "http." .. method:lower(), method:lower()
+  local function general(self, url, opts)
     if type(self) ~= "table" or not rawget(self, "_s") then
-      error(invalid(fname, "call it on a session with ':' (s:" .. method:lower() .. "(url))"), 2)
+      error(invalid(fname, "call it on a session with ':' (s:" .. lname .. "(url))"), 2)
     end
     if opts == nil then
       opts = EMPTY
@@ -1239,10 +1221,16 @@ local function verb(method)
     end
     return blocking(perform, self, opts, fname, url, method)
   end
+  return function(self, url, opts)
+    local own = PLAIN[self] -- (Session.get(s, url) called through the class)
+    if own then return own[lname](self, url, opts) end
+    return general(self, url, opts)
+  end, general
 end
 
 local VERBS = { "get", "head", "post", "put", "patch", "delete", "options", "request" }
-for i = 1, 7 do Session[VERBS[i]] = verb(VERBS[i]:upper()) end
+local GENERAL = {}
+for i = 1, 7 do Session[VERBS[i]], GENERAL[VERBS[i]] = verb(VERBS[i]:upper()) end
 
 --- session:close(): abort its transfers and free its connections (the
 -- cookie jar is saved to cookie_file first).
@@ -1422,8 +1410,8 @@ function M.session(opts)
   s._s:set_lines(s._lines)
   s._s:set_base(spec)
   if plain_session then
-    PLAIN[s] = true
-    for i = 1, 7 do view[VERBS[i]] = session_verb(s, VERBS[i]:upper()) end
+    for i = 1, 7 do view[VERBS[i]] = session_verb(s, VERBS[i]:upper(), GENERAL[VERBS[i]]) end
+    PLAIN[s] = view
   end
   return s
 end
